@@ -41,3 +41,19 @@ def exit_on_input_error(func: F) -> F:
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_positive(name: str, value: Any, *, optional: bool = False) -> float | None:
+    """``value`` as a finite float > 0 (``None`` passes when ``optional``), else an InputError."""
+    import math
+
+    if value is None and optional:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise param_error(name, value, "must be a positive number" + (" or null" if optional
+                                                                      else ""))
+    return v

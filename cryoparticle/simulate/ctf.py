@@ -13,6 +13,7 @@ density appears dark at low frequency in underfocus, as in real micrographs.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -65,35 +66,60 @@ def frequency_grid(shape: tuple[int, int], pixel_size_a: float, *, rfft: bool = 
 
 
 def ctf_2d(params: CTFParams, kx: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
-    """Evaluate the CTF at frequencies ``kx, ky`` (1/Å, any broadcastable shape).
+    """Evaluate the CTF at frequencies ``kx, ky`` (1/Å, any broadcastable shape)."""
+    return _ctf_from_terms(params, *_frequency_terms(kx, ky))
+
+
+def _frequency_terms(kx: torch.Tensor, ky: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``k²``, ``kx² − ky²`` and ``2·kx·ky``: what the CTF needs of the frequency grid."""
+    kx2, ky2 = kx * kx, ky * ky
+    return kx2 + ky2, kx2 - ky2, 2.0 * kx * ky
+
+
+def _ctf_from_terms(params: CTFParams, k2: torch.Tensor, cos_term: torch.Tensor,
+                    sin_term: torch.Tensor, k4: torch.Tensor | None = None) -> torch.Tensor:
+    """The CTF from the frequency terms of :func:`_frequency_terms` (``k4 = k2²`` if cached).
 
     Uses ``√(1−A²)·sin χ + A·cos χ = sin(χ + arcsin A)`` and
-    ``cos 2(θ − θ_ast) = [(kx² − ky²)·cos 2θ_ast + 2·kx·ky·sin 2θ_ast] / k²``: one
-    transcendental per frequency (two with a B-factor).
+    ``k²·cos 2(θ − θ_ast) = (kx² − ky²)·cos 2θ_ast + 2·kx·ky·sin 2θ_ast``: one
+    transcendental per frequency (two with a B-factor), no division by ``k²``, and in-place
+    arithmetic (this runs once per simulated micrograph on 4096×2049 grids).
     """
     lam = electron_wavelength_a(params.voltage_kv)
     cs_a = params.cs_mm * 1e7
-    kx2, ky2 = kx * kx, ky * ky
-    k2 = kx2 + ky2
     ast = 2.0 * math.radians(params.astigmatism_angle_deg)
     mean_df = 0.5 * (params.defocus_u_a + params.defocus_v_a)
     half_diff = 0.5 * (params.defocus_u_a - params.defocus_v_a)
-    # Δf·k² without dividing by k² (finite at k = 0).
-    defocus_k2 = mean_df * k2 + half_diff * ((kx2 - ky2) * math.cos(ast)
-                                             + 2.0 * kx * ky * math.sin(ast))
     phase = math.radians(params.phase_shift_deg) + math.asin(params.amplitude_contrast)
-    chi = math.pi * lam * defocus_k2 - 0.5 * math.pi * cs_a * lam**3 * k2 * k2 + phase
-    ctf = -torch.sin(chi)
+    chi = k2 * (math.pi * lam * mean_df)
+    if half_diff:
+        chi.add_(cos_term, alpha=math.pi * lam * half_diff * math.cos(ast))
+        chi.add_(sin_term, alpha=math.pi * lam * half_diff * math.sin(ast))
+    chi.add_(k2 * k2 if k4 is None else k4, alpha=-0.5 * math.pi * cs_a * lam**3)
+    chi.add_(phase)
+    ctf = chi.sin_().neg_()
     if params.b_factor_a2:
-        ctf = ctf * torch.exp(-params.b_factor_a2 * k2 / 4.0)
+        ctf.mul_(torch.exp(k2 * (-params.b_factor_a2 / 4.0)))
     return ctf
+
+
+@functools.lru_cache(maxsize=2)
+def _image_terms(shape: tuple[int, int], pixel_size_a: float, device: str
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    kx, ky = frequency_grid(shape, pixel_size_a, rfft=True, device=device)
+    k2, cos_term, sin_term = _frequency_terms(kx, ky)
+    return k2, cos_term, sin_term, k2 * k2
 
 
 def ctf_for_image(params: CTFParams, shape: tuple[int, int], pixel_size_a: float,
                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """The CTF on the ``rfft2`` grid of an image of ``shape`` at ``pixel_size_a``."""
-    kx, ky = frequency_grid(shape, pixel_size_a, rfft=True, device=device)
-    return ctf_2d(params, kx, ky)
+    """The CTF on the ``rfft2`` grid of an image of ``shape`` at ``pixel_size_a``.
+
+    The frequency terms of the last two grids are cached: a simulator evaluates the CTF of
+    many micrographs of one size.
+    """
+    return _ctf_from_terms(params, *_image_terms(tuple(shape), float(pixel_size_a), str(device)))
 
 
 def apply_ctf(image: torch.Tensor, params: CTFParams, pixel_size_a: float) -> torch.Tensor:

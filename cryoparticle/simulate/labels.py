@@ -12,23 +12,47 @@ import torch
 import torch.nn.functional as F
 
 
-def _box_indices(centres_xy: torch.Tensor, box: int, height: int, width: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat micrograph indices ``(N, box, box)`` of each box and whether they fall inside."""
-    offs = torch.arange(box, device=centres_xy.device) - box // 2
-    rows = centres_xy[:, 1, None, None] + offs[None, :, None]
-    cols = centres_xy[:, 0, None, None] + offs[None, None, :]
-    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    return rows * width + cols, inside
+class BoxIndices:
+    """Where the pixels of boxes ``(N, B, B)`` centred at ``(x, y)`` land in an ``(H, W)`` image.
+
+    Indices are flat positions in a canvas padded by ``B//2 + 1`` on every side, so boxes cut
+    by the border need no masking (no boolean gathers in the hot path); :meth:`crop` returns
+    the ``(H, W)`` image.
+    """
+
+    def __init__(self, centres_xy: torch.Tensor, box: int, height: int, width: int) -> None:
+        self.pad = box // 2 + 1
+        self.height, self.width = height, width
+        self.padded_width = width + 2 * self.pad
+        self.numel = (height + 2 * self.pad) * self.padded_width
+        offs = torch.arange(box, device=centres_xy.device) + (self.pad - box // 2)
+        rows = centres_xy[:, 1, None, None] + offs[None, :, None]
+        cols = centres_xy[:, 0, None, None] + offs[None, None, :]
+        self.flat = (rows * self.padded_width + cols).reshape(-1)
+
+    def crop(self, canvas: torch.Tensor) -> torch.Tensor:
+        padded = canvas.view(-1, self.padded_width)
+        p = self.pad
+        return padded[p:p + self.height, p:p + self.width].contiguous()
 
 
-def paste_sum(boxes: torch.Tensor, centres_xy: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Sum boxes ``(N, B, B)`` into an ``(H, W)`` image, box index ``B//2`` at each centre (x, y)."""
-    canvas = torch.zeros(height * width, dtype=boxes.dtype, device=boxes.device)
-    if boxes.shape[0]:
-        idx, inside = _box_indices(centres_xy, boxes.shape[-1], height, width)
-        canvas.index_add_(0, idx[inside], boxes[inside])
-    return canvas.view(height, width)
+def box_indices(centres_xy: torch.Tensor, box: int, height: int, width: int) -> BoxIndices:
+    """The :class:`BoxIndices` of boxes of ``box`` pixels at these centres."""
+    return BoxIndices(centres_xy, box, height, width)
+
+
+def paste_sum(boxes: torch.Tensor, centres_xy: torch.Tensor, height: int, width: int,
+              indices: BoxIndices | None = None) -> torch.Tensor:
+    """Sum boxes ``(N, B, B)`` into an ``(H, W)`` image, box index ``B//2`` at each centre (x, y).
+
+    ``indices``: the result of :func:`box_indices` for these centres, when already computed.
+    """
+    if boxes.shape[0] == 0:
+        return torch.zeros((height, width), dtype=boxes.dtype, device=boxes.device)
+    at = indices or box_indices(centres_xy, boxes.shape[-1], height, width)
+    canvas = torch.zeros(at.numel, dtype=boxes.dtype, device=boxes.device)
+    canvas.index_add_(0, at.flat, boxes.reshape(-1))
+    return at.crop(canvas)
 
 
 def binary_closing(masks: torch.Tensor, radius_px: int) -> torch.Tensor:
@@ -56,17 +80,18 @@ def particle_masks(projections: torch.Tensor, threshold_fraction: float, closing
     return binary_closing(masks, closing_radius_px)
 
 
-def instance_map(masks: torch.Tensor, centres_xy: torch.Tensor, height: int, width: int
-                 ) -> torch.Tensor:
+def instance_map(masks: torch.Tensor, centres_xy: torch.Tensor, height: int, width: int,
+                 indices: BoxIndices | None = None) -> torch.Tensor:
     """Instance labels ``(H, W)`` int32: 0 = background, ``k`` = particle ``k − 1``.
 
     Where particles overlap, the later particle in the table wins (a fixed, documented rule).
     """
-    canvas = torch.zeros(height * width, dtype=torch.int32, device=masks.device)
-    if masks.shape[0]:
-        ids = torch.arange(1, masks.shape[0] + 1, dtype=torch.int32, device=masks.device)
-        idx, inside = _box_indices(centres_xy, masks.shape[-1], height, width)
-        keep = inside & masks  # only particle pixels: the mask is sparse in its box
-        canvas.scatter_reduce_(0, idx[keep], ids[:, None, None].expand_as(masks)[keep],
-                               reduce="amax")
-    return canvas.view(height, width)
+    if masks.shape[0] == 0:
+        return torch.zeros((height, width), dtype=torch.int32, device=masks.device)
+    at = indices or box_indices(centres_xy, masks.shape[-1], height, width)
+    canvas = torch.zeros(at.numel, dtype=torch.int32, device=masks.device)
+    ids = torch.arange(1, masks.shape[0] + 1, dtype=torch.int32, device=masks.device)
+    keep = masks.reshape(-1)  # only particle pixels: the mask is sparse in its box
+    canvas.scatter_reduce_(0, at.flat[keep], ids[:, None, None].expand_as(masks).reshape(-1)[keep],
+                           reduce="amax")
+    return at.crop(canvas)

@@ -24,13 +24,14 @@ from cryoparticle.errors import param_error
 from cryoparticle.micrograph import Micrograph
 from cryoparticle.simulate.contaminants import draw_contaminants
 from cryoparticle.simulate.ctf import CTFParams, ctf_for_image
-from cryoparticle.simulate.labels import instance_map, paste_sum, particle_masks
+from cryoparticle.simulate.labels import box_indices, instance_map, paste_sum, particle_masks
 from cryoparticle.simulate.noise import add_noise, ice_gradient, noise_sigma, rfft2_variance
 from cryoparticle.simulate.placement import place_particles
 from cryoparticle.simulate.projection import FourierProjector, euler_to_matrix, random_euler_angles
 from cryoparticle.simulate.volume import load_volume
 
 UM2_IN_A2 = 1e8
+SEED_TAG = 0x5EED
 
 
 def tight_box(volume: np.ndarray, fraction: float = 0.01) -> np.ndarray:
@@ -109,7 +110,9 @@ class MicrographSimulator:
         width = height if width is None else width
         if height <= 0 or width <= 0:
             raise param_error("micrograph_size", (height, width), "must be > 0")
-        ss = np.random.SeedSequence(seed)
+        # A non-zero tag closes the seed: SeedSequence ignores trailing zeros, so without it
+        # (s, e, 0) and (s, e) — a training crop and a written micrograph — would coincide.
+        ss = np.random.SeedSequence([*np.atleast_1d(seed).tolist(), SEED_TAG])
         rng = np.random.default_rng(ss)
         gen = torch.Generator(device=self.device).manual_seed(int(ss.generate_state(1)[0]))
         cfg, px = self.cfg, self.pixel_size_a
@@ -127,10 +130,12 @@ class MicrographSimulator:
 
         centres_t = torch.as_tensor(centres, device=self.device)
         projections = self.projector.project(euler_to_matrix(angles))
-        potential = paste_sum(projections, centres_t, height, width)
+        indices = box_indices(centres_t, projections.shape[-1], height, width)
+        potential = paste_sum(projections, centres_t, height, width, indices)
         masks = particle_masks(projections, cfg.labels.threshold_fraction,
                                cfg.labels.closing_radius_px)
-        instances = instance_map(masks, centres_t, height, width)
+        instances = instance_map(masks, centres_t, height, width, indices)
+        del indices
 
         ctf_grid = ctf_for_image(ctf, (height, width), px, device=self.device)
         spectrum = torch.fft.rfft2(potential) * ctf_grid
@@ -147,7 +152,7 @@ class MicrographSimulator:
         image = add_noise(clean, sigma, gen, shot_noise=cfg.noise.shot_noise,
                           dose_per_pixel=cfg.noise.dose_e_per_a2 * px * px,
                           image_contrast=cfg.noise.image_contrast)
-        image = (image - image.mean()) / image.std().clamp_min(1e-12)
+        image = image.sub_(image.mean()).div_(image.std().clamp_min(1e-12))
 
         particles = pd.DataFrame({
             "micrograph": name,
@@ -156,12 +161,12 @@ class MicrographSimulator:
             "angle_rot": angles[:, 0], "angle_tilt": angles[:, 1], "angle_psi": angles[:, 2],
             "defocus_u_a": ctf.defocus_u_a, "defocus_v_a": ctf.defocus_v_a,
         })
-        inst = instances.cpu().numpy().astype(np.int32)
+        inst = instances.cpu().numpy()  # int32
         metadata = {"seed": list(np.atleast_1d(seed).tolist()), "ctf": ctf.as_dict(),
                     "snr": float(cfg.noise.snr), "noise_sigma": sigma,
                     "signal_variance": signal_var, "n_particles": int(len(centres)),
                     "n_contaminant_bodies": len(contaminants.ellipsoids),
                     "carbon_edge": contaminants.carbon is not None}
-        return Micrograph(name=name, image=image.cpu().numpy().astype(np.float32),
-                          mask=(inst > 0).astype(np.uint8), pixel_size_a=px,
+        return Micrograph(name=name, image=image.cpu().numpy().astype(np.float32, copy=False),
+                          mask=(inst > 0).view(np.uint8), pixel_size_a=px,
                           particles=particles, instances=inst, metadata=metadata)

@@ -93,3 +93,10 @@ def test_bad_parameters_are_input_errors(override, name):
 def test_too_many_particles(simulator):
     with pytest.raises(InputError, match="n_particles"):
         simulator.simulate((0, 0), 64, n_particles=500)
+
+
+def test_trailing_zero_seeds_are_distinct(simulator):
+    # numpy's SeedSequence ignores trailing zeros; our seeds must not
+    a = simulator.simulate((0, 0), 64)
+    b = simulator.simulate((0, 0, 0), 64)
+    assert not np.array_equal(a.image, b.image)

@@ -1,0 +1,302 @@
+"""Segmentation networks: ``build_network(name, backbone, ...)`` → ``nn.Module`` producing logits.
+
+Every network returned by :func:`build_network` maps a batch ``(N, in_channels, H, W)`` to logits
+``(N, num_classes, H, W)`` at the input resolution for *any* ``H, W``: the input is padded by
+reflection to the multiple the architecture needs (the encoder's output stride) and the output
+cropped back (:class:`PaddedNetwork`).
+
+=================  ==============================================================================
+name               architecture
+=================  ==============================================================================
+``fcn``            torchvision FCN; ``resnet18``/``resnet34`` built here (stride-32 ResNet features
+                   + torchvision ``FCNHead``), ``resnet50``/``resnet101`` from torchvision
+                   (dilated, stride 8)
+``deeplabv3``      torchvision DeepLabv3 (ASPP ``DeepLabHead``), backbones as for ``fcn``
+``unet``           segmentation_models_pytorch U-Net, ``backbone`` = any smp encoder
+``unetplusplus``   segmentation_models_pytorch U-Net++
+``deeplabv3plus``  segmentation_models_pytorch DeepLabv3+
+=================  ==============================================================================
+
+Micrographs have one channel: the first convolution takes ``in_channels`` inputs (no RGB copy).
+Pretrained weights can only come from a local file (``pretrained="path/to/resnet18.pth"``: a
+``state_dict`` of the backbone/encoder, e.g. ``torchvision.models.resnet18(...).state_dict()``);
+RGB kernels of the first convolution are summed over the colour axis for one input channel
+(and cycled and rescaled by ``3 / in_channels`` otherwise, as segmentation_models_pytorch does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cryoparticle.errors import file_error, param_error
+
+#: Network names accepted by :func:`build_network`.
+NETWORKS: tuple[str, ...] = ("fcn", "deeplabv3", "unet", "unetplusplus", "deeplabv3plus")
+#: The ones built from torchvision's segmentation models.
+TORCHVISION_NETWORKS: tuple[str, ...] = ("fcn", "deeplabv3")
+#: The ones built with segmentation_models_pytorch.
+SMP_NETWORKS: tuple[str, ...] = ("unet", "unetplusplus", "deeplabv3plus")
+#: Backbones of the torchvision networks.
+TORCHVISION_BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101")
+#: Names that mean "download weights", impossible here.
+_DOWNLOAD_NAMES = ("imagenet", "ssl", "swsl", "true", "coco", "default")
+#: State-dict key prefixes stripped when loading a backbone/encoder file.
+_PREFIXES = ("", "module.", "backbone.", "encoder.", "model.", "model.backbone.",
+             "model.encoder.", "network.model.backbone.", "network.model.encoder.")
+
+
+class PaddedNetwork(nn.Module):
+    """Wrap a segmentation model: reflect-pad the input to ``multiple``, crop the logits back.
+
+    ``model`` returns a tensor or (torchvision) a dict with the logits under ``"out"``.
+    """
+
+    def __init__(self, model: nn.Module, multiple: int) -> None:
+        super().__init__()
+        self.model = model
+        self.multiple = int(multiple)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        top, left = ph // 2, pw // 2
+        if ph or pw:
+            x = reflect_pad(x, (left, pw - left, top, ph - top))
+        out = self.model(x)
+        if isinstance(out, Mapping):
+            out = out["out"]
+        return out[..., top:top + h, left:left + w]
+
+
+def reflect_pad(x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
+    """``F.pad(x, pads, mode="reflect")`` (``pads`` = left, right, top, bottom) for pads of any
+    size: reflected repeatedly; an axis of length 1 is replicated."""
+    left, right, top, bottom = pads
+    for axis, (before, after) in ((-1, (left, right)), (-2, (top, bottom))):
+        while before or after:
+            size = x.shape[axis]
+            if size == 1:
+                mode, b, a = "replicate", before, after
+            else:
+                mode, b, a = "reflect", min(before, size - 1), min(after, size - 1)
+            x = F.pad(x, (b, a, 0, 0) if axis == -1 else (0, 0, b, a), mode=mode)
+            before, after = before - b, after - a
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# builders
+
+
+def _smp_encoder_names() -> list[str]:
+    import segmentation_models_pytorch as smp
+
+    return sorted(smp.encoders.get_encoder_names())
+
+
+def _valid_backbones(name: str) -> str:
+    if name in TORCHVISION_NETWORKS:
+        return ", ".join(TORCHVISION_BACKBONES)
+    return ", ".join(_smp_encoder_names()) + " (or any timm encoder as 'tu-<timm name>')"
+
+
+def _torchvision_network(name: str, backbone: str, in_channels: int, num_classes: int,
+                         **kwargs: Any) -> tuple[nn.Module, nn.Module, int]:
+    """(model, backbone module, multiple) for ``fcn``/``deeplabv3``."""
+    import torchvision
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+    from torchvision.models.segmentation.fcn import FCN, FCNHead
+
+    if kwargs:
+        raise param_error("network", sorted(kwargs),
+                          f"unknown options for {name!r} (torchvision networks take none)")
+    if backbone in ("resnet18", "resnet34"):
+        # BasicBlock ResNets cannot be dilated: stride-32 features, the head upsamples.
+        resnet = getattr(torchvision.models, backbone)(weights=None)
+        features = IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
+        if name == "fcn":
+            model: nn.Module = FCN(features, FCNHead(512, num_classes))
+        else:
+            model = DeepLabV3(features, DeepLabHead(512, num_classes))
+        multiple = 32
+    else:
+        builder = getattr(torchvision.models.segmentation, f"{name}_{backbone}")
+        model = builder(weights=None, weights_backbone=None, num_classes=num_classes,
+                        aux_loss=False)
+        multiple = 8  # dilated ResNet: output stride 8
+    body = model.backbone
+    old = body.conv1
+    body.conv1 = nn.Conv2d(in_channels, old.out_channels, kernel_size=old.kernel_size,
+                           stride=old.stride, padding=old.padding, bias=old.bias is not None)
+    return model, body, multiple
+
+
+def _smp_network(name: str, backbone: str, in_channels: int, num_classes: int,
+                 **kwargs: Any) -> tuple[nn.Module, nn.Module, int]:
+    import segmentation_models_pytorch as smp
+
+    cls = {"unet": smp.Unet, "unetplusplus": smp.UnetPlusPlus,
+           "deeplabv3plus": smp.DeepLabV3Plus}[name]
+    try:
+        model = cls(encoder_name=backbone, encoder_weights=None, in_channels=in_channels,
+                    classes=num_classes, **kwargs)
+    except TypeError as exc:
+        raise param_error("network", kwargs, f"invalid options for {name!r}: {exc}") from exc
+    multiple = int(getattr(model.encoder, "output_stride", 32))
+    return model, model.encoder, multiple
+
+
+def build_network(name: str, backbone: str = "resnet18", in_channels: int = 1,
+                  num_classes: int = 2, pretrained: bool | str | Path = False,
+                  **kwargs: Any) -> nn.Module:
+    """Build the segmentation network ``name`` (one of :data:`NETWORKS`).
+
+    Returns a module mapping ``(N, in_channels, H, W)`` to logits ``(N, num_classes, H, W)`` for
+    any ``H, W``. ``pretrained``: ``False`` or a local file holding a ``state_dict`` of the
+    backbone (torchvision networks) or encoder (smp networks), keys with or without a
+    ``backbone.``/``encoder.`` prefix. ``kwargs`` go to the smp constructor (e.g.
+    ``decoder_channels``, ``encoder_depth``). Bad names, backbones or weights raise
+    :class:`~cryoparticle.errors.InputError`.
+    """
+    if name not in NETWORKS:
+        raise param_error("network.name", name, f"unknown network; choose one of "
+                          f"{', '.join(NETWORKS)}")
+    if in_channels < 1 or num_classes < 1:
+        raise param_error("network", (in_channels, num_classes),
+                          "in_channels and num_classes must be ≥ 1")
+    weights_path = _pretrained_path(pretrained)
+    if name in TORCHVISION_NETWORKS:
+        if backbone not in TORCHVISION_BACKBONES:
+            raise param_error("network.backbone", backbone,
+                              f"unknown backbone for {name!r}; choose one of "
+                              f"{_valid_backbones(name)}")
+        model, body, multiple = _torchvision_network(name, backbone, in_channels, num_classes,
+                                                     **kwargs)
+    else:
+        if backbone not in _smp_encoder_names() and not str(backbone).startswith("tu-"):
+            raise param_error("network.backbone", backbone,
+                              f"unknown encoder for {name!r}; choose one of "
+                              f"{_valid_backbones(name)}")
+        try:
+            model, body, multiple = _smp_network(name, backbone, in_channels, num_classes,
+                                                 **kwargs)
+        except (KeyError, RuntimeError) as exc:  # e.g. an unknown timm name
+            raise param_error("network.backbone", backbone, f"cannot build it: {exc}") from exc
+    if weights_path is not None:
+        load_backbone_weights(body, weights_path, in_channels)
+    return PaddedNetwork(model, multiple)
+
+
+# --------------------------------------------------------------------------------------------
+# pretrained weights from a local file
+
+
+def _pretrained_path(pretrained: bool | str | Path | None) -> Path | None:
+    if pretrained is None or pretrained is False or (isinstance(pretrained, str)
+                                                     and pretrained.strip() in ("", "false",
+                                                                                "none")):
+        return None
+    if pretrained is True or (isinstance(pretrained, str)
+                              and pretrained.strip().lower() in _DOWNLOAD_NAMES):
+        raise param_error("network.pretrained", pretrained,
+                          "weights cannot be downloaded here; pass the path of a local file "
+                          "holding the backbone's state_dict (e.g. torchvision "
+                          "resnet18(...).state_dict() saved with torch.save)")
+    if not isinstance(pretrained, (str, Path)):
+        raise param_error("network.pretrained", pretrained,
+                          "must be false or the path of a local state_dict file")
+    return Path(pretrained).expanduser()
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise file_error(path, "pretrained weights file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise file_error(path, f"not a readable PyTorch state_dict ({type(exc).__name__}: "
+                               f"{exc})".splitlines()[0]) from exc
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]  # a Lightning / training checkpoint
+    if not isinstance(obj, Mapping) or not obj:
+        raise file_error(path, "does not hold a state_dict (a dict of tensors)")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise file_error(path, "does not hold a state_dict (a dict of tensors)")
+    return tensors
+
+
+def _first_conv_key(module: nn.Module) -> str | None:
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Conv2d):
+            return f"{name}.weight" if name else "weight"
+    return None
+
+
+def adapt_first_conv(weight: Tensor, in_channels: int) -> Tensor:
+    """Kernels ``(out, c, kh, kw)`` of an RGB-trained first convolution for ``in_channels``
+    inputs: summed over the colour axis for 1; for more, channel ``i`` copies colour
+    ``i mod c`` and all are scaled by ``c / in_channels`` (segmentation_models_pytorch's rule)."""
+    c = weight.shape[1]
+    if in_channels == c:
+        return weight
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    idx = torch.arange(in_channels) % c
+    return weight[:, idx] * (c / in_channels)
+
+
+def load_backbone_weights(module: nn.Module, path: str | Path, in_channels: int) -> None:
+    """Load the ``state_dict`` in ``path`` into the backbone/encoder ``module``.
+
+    Prefixes such as ``backbone.``/``encoder.``/``module.`` are stripped (whichever matches the
+    most keys); the classifier of an ImageNet ResNet (``fc.*``) is ignored. The first
+    convolution's kernels are adapted to ``in_channels`` (:func:`adapt_first_conv`). Missing
+    tensors, tensors the backbone has no place for (another depth) and shape mismatches raise
+    :class:`InputError` naming the file with examples of the offending keys.
+    """
+    path = Path(path)
+    saved = _read_state_dict(path)
+    target = module.state_dict()
+    best: dict[str, Tensor] = {}
+    for prefix in _PREFIXES:
+        cand = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
+        if len(cand.keys() & target.keys()) > len(best.keys() & target.keys()):
+            best = cand
+    matched = best.keys() & target.keys()
+    if not matched:
+        raise file_error(path, "no tensor matches the network's backbone: expected keys like "
+                               f"{sorted(target)[:3]}, the file has keys like {sorted(saved)[:3]}")
+    first = _first_conv_key(module)
+    new_state: dict[str, Tensor] = {}
+    bad_shapes = []
+    for key in matched:
+        value = best[key]
+        if key == first and value.ndim == 4 and value.shape[1] != in_channels:
+            value = adapt_first_conv(value, in_channels)
+        if value.shape != target[key].shape:
+            bad_shapes.append(f"{key}: file {tuple(value.shape)} vs network "
+                              f"{tuple(target[key].shape)}")
+            continue
+        new_state[key] = value.to(target[key].dtype)
+    if bad_shapes:
+        raise file_error(path, f"incompatible weights ({len(bad_shapes)} shape mismatches, e.g. "
+                               + "; ".join(bad_shapes[:3]) + ")")
+    missing = sorted(k for k in target.keys() - matched if not k.endswith("num_batches_tracked"))
+    if missing:
+        raise file_error(path, f"incompatible weights: {len(missing)} tensors of the backbone "
+                               f"are missing from the file, e.g. {missing[:3]} (another "
+                               "architecture or depth?)")
+    unused = sorted(k for k in best.keys() - matched if not k.startswith("fc."))
+    if unused:
+        raise file_error(path, f"incompatible weights: {len(unused)} tensors of the file have "
+                               f"no place in the backbone, e.g. {unused[:3]} (another "
+                               "architecture or depth?)")
+    module.load_state_dict(new_state, strict=False)

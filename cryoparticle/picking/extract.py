@@ -1,0 +1,236 @@
+"""Probability map → particle table: threshold, split touching particles, centre, score, NMS.
+
+:func:`extract_particles` turns a per-pixel particle probability map ``(H, W)`` into the
+standard particle table (``micrograph, x, y, diameter, score``; see
+:mod:`cryoparticle.io.coords`), with ``x`` = column and ``y`` = row in pixels *of the given map*
+(scale binned maps back with :func:`cryoparticle.io.coords.scale_coordinates`).
+
+The steps, all vectorised (``scipy.ndimage`` / ``np.bincount`` over label arrays; the only
+Python loop runs over *conflicting* pick pairs in the non-maximum suppression):
+
+1. **foreground** = ``prob >= threshold``; connected components (4-connected);
+2. **split** touching particles by a watershed of the negated Euclidean distance transform,
+   one marker per distance peak at least ``min_distance_fraction × diameter`` apart (every
+   component gets at least one marker, at its deepest pixel), restricted to the foreground.
+   With ``split_touching=False`` only components larger than ``max_size_fraction`` disc areas
+   are split (they cannot be one particle); the others stay whole;
+3. **area filter** on the final regions against the disc area ``π (d/2)²``: a region smaller
+   than ``min_size_fraction`` disc areas is dropped (specks, slivers). A region still larger
+   than ``max_size_fraction`` disc areas after the watershed (nothing left to split) is *kept*
+   as one pick; rejecting contaminants is the network's (and the CRF's) job;
+4. **centre** = probability-weighted centroid of the region; **score** = *mean* probability in
+   the region (in ``[threshold, 1]``; the mean rather than the max, which saturates at 1 for
+   every confident blob and so cannot rank them);
+5. **border**: centres closer than ``border_px`` to the edge are dropped, i.e. kept when
+   ``border_px <= x <= W - 1 - border_px`` (same for ``y``; pixel centres at ``0 … W-1``).
+   This is done *before* the suppression, so a pick that is about to be discarded cannot
+   suppress a valid neighbour;
+6. **non-maximum suppression**: no two picks closer than ``min_distance_fraction × diameter``
+   (strictly; a pair exactly at that distance is kept). Greedy in descending score (ties: the
+   pick with the smaller ``y``, then smaller ``x``, wins), over the conflicting pairs found by
+   a KD-tree.
+
+The table is sorted by descending score.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from cryoparticle.errors import param_error
+from cryoparticle.io.coords import empty_particles
+
+_PROB_TOLERANCE = 1e-4
+
+
+def _as_probability_map(prob: Any) -> np.ndarray:
+    """``prob`` (ndarray or torch tensor, (H, W) or with leading singleton axes) as float64."""
+    try:
+        import torch
+
+        if isinstance(prob, torch.Tensor):
+            prob = prob.detach().to("cpu", torch.float64).numpy()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    try:
+        array = np.asarray(prob, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise param_error("prob", type(prob).__name__, "must be a numeric (H, W) array") from exc
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise param_error("prob.shape", tuple(np.shape(prob)), "must be (H, W)")
+    if array.size and not np.isfinite(array).all():
+        raise param_error("prob", "non-finite values", "must be finite probabilities")
+    if array.size and (array.min() < -_PROB_TOLERANCE or array.max() > 1 + _PROB_TOLERANCE):
+        raise param_error("prob", f"range [{array.min():.4g}, {array.max():.4g}]",
+                          "must be probabilities in [0, 1] (apply a sigmoid/softmax to logits)")
+    return np.clip(array, 0.0, 1.0)
+
+
+def _check_fraction(name: str, value: float, *, allow_zero: bool = True) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        raise param_error(name, value, "must be a " + ("non-negative" if allow_zero
+                                                       else "positive") + " finite number")
+    return number
+
+
+def _split_regions(fg: np.ndarray, components: np.ndarray, n_components: int,
+                   min_distance_px: int, split: np.ndarray) -> np.ndarray:
+    """Watershed of −EDT inside the foreground; components with ``split[k]`` False stay whole.
+
+    ``split`` is a boolean array over component labels ``0..n`` (index 0 unused).
+    Returns a label image (0 = background) whose regions are the pieces.
+    """
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    distance = ndimage.distance_transform_edt(fg)
+    # Peaks of the distance map anywhere (one pass, no per-region loop), kept only in the
+    # components that are to be split; then one marker at the deepest pixel of every component
+    # that has none (whole components, and any whose peak lost to a neighbour's).
+    peaks = peak_local_max(distance, min_distance=max(1, min_distance_px), exclude_border=False)
+    peak_labels = components[peaks[:, 0], peaks[:, 1]] if len(peaks) else np.zeros(0, int)
+    keep = (peak_labels > 0) & split[peak_labels]
+    peaks, peak_labels = peaks[keep], peak_labels[keep]
+    has_marker = np.bincount(peak_labels, minlength=n_components + 1).astype(bool)
+    missing = np.flatnonzero(~has_marker[1:]) + 1
+    if len(missing):
+        extra = np.asarray(ndimage.maximum_position(distance, components, missing),
+                           dtype=np.intp).reshape(-1, 2)
+        peaks = np.concatenate([peaks, extra])
+    markers = np.zeros(fg.shape, dtype=np.int32)
+    markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+    return watershed(-distance, markers, mask=fg)
+
+
+def _suppress(xy: np.ndarray, order: np.ndarray, min_distance_px: float) -> np.ndarray:
+    """Greedy NMS: boolean keep-mask over ``xy``; ``order`` ranks the picks (best first).
+
+    Only the picks involved in a conflict (a pair closer than ``min_distance_px``) are visited
+    by the loop; all others are kept without looking at them.
+    """
+    keep = np.ones(len(xy), dtype=bool)
+    if len(xy) < 2 or min_distance_px <= 0:
+        return keep
+    pairs = cKDTree(xy).query_pairs(r=min_distance_px, output_type="ndarray")
+    if len(pairs):
+        gaps = np.hypot(*(xy[pairs[:, 0]] - xy[pairs[:, 1]]).T)
+        pairs = pairs[gaps < min_distance_px]
+    if not len(pairs):
+        return keep
+    rank = np.empty(len(xy), dtype=np.int64)
+    rank[order] = np.arange(len(xy))
+    # Orient each pair (better, worse) and group by the better pick.
+    better = np.where(rank[pairs[:, 0]] < rank[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
+    worse = pairs[:, 0] + pairs[:, 1] - better
+    by_better = np.argsort(rank[better], kind="stable")
+    better, worse = better[by_better], worse[by_better]
+    starts = np.flatnonzero(np.r_[True, better[1:] != better[:-1]])
+    ends = np.r_[starts[1:], len(better)]
+    for start, end in zip(starts, ends, strict=True):  # conflicts only, best pick first
+        if keep[better[start]]:
+            keep[worse[start:end]] = False
+    return keep
+
+
+def extract_particles(prob: Any, particle_diameter_px: float, *, threshold: float = 0.5,
+                      min_size_fraction: float = 0.25, max_size_fraction: float = 3.0,
+                      min_distance_fraction: float = 0.5, border_px: int = 0,
+                      split_touching: bool = True, micrograph: str = "") -> pd.DataFrame:
+    """Particles from a probability map ``prob`` ``(H, W)`` in ``[0, 1]`` (ndarray or tensor).
+
+    Args:
+        prob: per-pixel particle probability (leading singleton axes are dropped).
+        particle_diameter_px: expected particle diameter in pixels of ``prob``; written to the
+            ``diameter`` column and the scale of every other length below.
+        threshold: foreground is ``prob >= threshold``.
+        min_size_fraction: regions smaller than this many disc areas ``π (d/2)²`` are dropped.
+        max_size_fraction: components larger than this many disc areas are always split by
+            the watershed, even with ``split_touching=False``; regions that stay larger are
+            kept as one pick.
+        min_distance_fraction: minimum distance between picks (and between watershed
+            markers), in diameters.
+        border_px: centres closer than this to the map's edge are dropped.
+        split_touching: split touching particles by the distance-transform watershed.
+        micrograph: name written to the ``micrograph`` column.
+
+    Returns:
+        The particle table (see :mod:`cryoparticle.io.coords`), ``x`` = column, ``y`` = row,
+        pixels of ``prob``, ``score`` = mean probability of the region, sorted by descending
+        score. No particle → an empty table with the standard columns.
+    """
+    array = _as_probability_map(prob)
+    diameter = _check_fraction("particle_diameter_px", particle_diameter_px, allow_zero=False)
+    threshold = _check_fraction("threshold", threshold)
+    if threshold > 1:
+        raise param_error("threshold", threshold, "must be in [0, 1]")
+    min_size = _check_fraction("min_size_fraction", min_size_fraction)
+    max_size = _check_fraction("max_size_fraction", max_size_fraction)
+    min_distance = _check_fraction("min_distance_fraction", min_distance_fraction) * diameter
+    border = _check_fraction("border_px", border_px)
+    out = empty_particles()
+    if not array.size:
+        return out
+
+    fg = array >= threshold
+    components, n_components = ndimage.label(fg)
+    if n_components == 0:
+        return out
+    disc_area = math.pi * (diameter / 2) ** 2
+    if split_touching:
+        split = np.ones(n_components + 1, dtype=bool)
+    else:
+        split = np.bincount(components.ravel(), minlength=n_components + 1) > max_size * disc_area
+    split[0] = False
+    if split.any():
+        regions = _split_regions(fg, components, n_components,
+                                 round(min_distance), split)
+    else:
+        regions = components
+    n_regions = int(regions.max())
+
+    # Per-region sums over the foreground pixels only (labels as bincount indices).
+    pixels = np.flatnonzero(regions)
+    flat = regions.ravel()[pixels]
+    weights = array.ravel()[pixels]
+    rows, cols = np.divmod(pixels, array.shape[1])
+    area = np.bincount(flat, minlength=n_regions + 1)[1:]
+    mass = np.bincount(flat, weights=weights, minlength=n_regions + 1)[1:]
+    present = area > 0
+    safe_mass = np.where(mass > 0, mass, 1.0)
+    y = np.bincount(flat, weights=weights * rows, minlength=n_regions + 1)[1:] / safe_mass
+    x = np.bincount(flat, weights=weights * cols, minlength=n_regions + 1)[1:] / safe_mass
+    score = mass / np.maximum(area, 1)
+
+    height, width = array.shape
+    valid = present & (mass > 0) & (area >= min_size * disc_area)
+    valid &= (x >= border) & (x <= width - 1 - border) & (y >= border) & (y <= height - 1 - border)
+    x, y, score = x[valid], y[valid], score[valid]
+    if not len(x):
+        return out
+    # Best first: higher score; ties by smaller y, then smaller x (deterministic).
+    order = np.lexsort((x, y, -score))
+    keep = _suppress(np.column_stack([x, y]), order, min_distance)
+    order = order[keep[order]]
+    n = len(order)
+    return pd.DataFrame({
+        "micrograph": pd.Series([str(micrograph)] * n, dtype=object).astype(str),
+        "x": x[order],
+        "y": y[order],
+        "diameter": np.full(n, diameter),
+        "score": np.clip(score[order], 0.0, 1.0),
+    })
+
+
+__all__ = ["extract_particles"]

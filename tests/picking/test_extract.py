@@ -1,0 +1,126 @@
+"""extract_particles on hand-made probability maps with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cryoparticle.errors import InputError
+from cryoparticle.io.coords import COLUMNS
+from cryoparticle.picking.extract import extract_particles
+
+H, W = 120, 200  # non-square: rows ≠ columns
+D = 20.0  # particle diameter (px)
+
+
+def disc(prob: np.ndarray, x: float, y: float, radius: float = D / 2,
+         value: float = 0.9) -> np.ndarray:
+    """Paint a disc of probability ``value`` centred on column ``x``, row ``y``."""
+    rows, cols = np.mgrid[: prob.shape[0], : prob.shape[1]]
+    prob[(cols - x) ** 2 + (rows - y) ** 2 <= radius**2] = value
+    return prob
+
+
+def blank() -> np.ndarray:
+    return np.zeros((H, W), dtype=np.float32)
+
+
+def nearest(df, x, y) -> float:
+    return float(np.hypot(df["x"] - x, df["y"] - y).min())
+
+
+def test_discs_at_known_positions_x_is_column():
+    centres = [(40.0, 30.0), (150.0, 85.0), (100.0, 60.0)]  # (x, y), x ≠ y
+    prob = blank()
+    for x, y in centres:
+        disc(prob, x, y)
+    df = extract_particles(prob, D, micrograph="mic")
+    assert list(df.columns) == list(COLUMNS)
+    assert len(df) == 3
+    for x, y in centres:
+        assert nearest(df, x, y) < 1.0
+    assert (df["micrograph"] == "mic").all() and (df["diameter"] == D).all()
+    # orientation: the pick near column 150 sits in row 85, not the other way round
+    row = df.loc[(df["x"] - 150).abs().idxmin()]
+    assert abs(row["y"] - 85) < 1.0
+
+
+def test_touching_discs_are_split():
+    prob = disc(disc(blank(), 60, 60), 78, 60)  # centres 18 px apart, discs overlap
+    df = extract_particles(prob, D)
+    assert len(df) == 2
+    assert nearest(df, 60, 60) < 1.5 and nearest(df, 78, 60) < 1.5
+    assert len(extract_particles(prob, D, split_touching=False)) == 1
+    # too big to be one particle: split even without split_touching
+    big = blank()
+    for x in (30, 48, 66, 84):
+        disc(big, x, 60)
+    assert len(extract_particles(big, D, split_touching=False, max_size_fraction=3.0)) == 4
+
+
+def test_speck_is_dropped():
+    prob = disc(blank(), 50, 50)
+    prob[100:103, 150:153] = 1.0  # 9 px, far below a quarter of the disc area (~79 px)
+    df = extract_particles(prob, D)
+    assert len(df) == 1 and nearest(df, 50, 50) < 1.0
+    assert len(extract_particles(prob, D, min_size_fraction=0.0)) == 2
+
+
+def test_close_picks_suppressed_keep_higher_score():
+    # a disc cut in half by a background row: two regions whose centres are ~9.5 px apart
+    prob = disc(blank(), 100, 60, value=0.6)
+    prob[:60, :] = np.where(prob[:60, :] > 0, 0.95, 0)
+    prob[60, :] = 0
+    df = extract_particles(prob, D, min_distance_fraction=0.5)  # 10 px
+    assert len(df) == 1
+    assert df["score"].iloc[0] == pytest.approx(0.95) and df["y"].iloc[0] < 60
+    both = extract_particles(prob, D, min_distance_fraction=0.3)  # 6 px
+    assert len(both) == 2
+
+
+def test_border_exclusion():
+    prob = disc(disc(disc(blank(), 14, 60), 186, 60), 100, 60)
+    assert len(extract_particles(prob, D)) == 3
+    df = extract_particles(prob, D, border_px=15)
+    assert len(df) == 1 and nearest(df, 100, 60) < 1.0
+    assert len(extract_particles(prob, D, border_px=13)) == 3
+
+
+def test_empty_map_gives_empty_table():
+    for prob in (blank(), np.full((H, W), 0.2), np.zeros((0, 0))):
+        df = extract_particles(prob, D)
+        assert df.empty and list(df.columns) == list(COLUMNS)
+        assert df["x"].dtype == np.float64
+
+
+def test_scores_in_unit_interval_and_sorted():
+    prob = blank()
+    for x, value in ((30, 0.6), (100, 0.95), (170, 0.8)):
+        disc(prob, x, 60, value=value)
+    df = extract_particles(prob, D)
+    assert df["score"].between(0, 1).all()
+    assert df["score"].tolist() == pytest.approx([0.95, 0.8, 0.6])
+    assert df["x"].tolist() == pytest.approx([100, 170, 30], abs=1.0)
+    assert len(extract_particles(prob, D, threshold=0.7)) == 2
+
+
+def test_weighted_centroid_and_torch_input():
+    prob = disc(blank(), 80, 50, value=0.6)
+    prob[40:61, 80:91] = np.where(prob[40:61, 80:91] > 0, 1.0, 0)  # heavier right half
+    df = extract_particles(torch.from_numpy(prob)[None, None], D)
+    assert len(df) == 1 and df["x"].iloc[0] > 80.5 and abs(df["y"].iloc[0] - 50) < 0.5
+    assert df.equals(extract_particles(prob, D))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"prob": np.full((10, 10), 2.0)},          # logits, not probabilities
+    {"prob": np.zeros((2, 10, 10))},           # not 2-D
+    {"particle_diameter_px": 0},
+    {"threshold": 1.5},
+    {"border_px": -1},
+])
+def test_bad_arguments_raise_input_error(kwargs):
+    args = {"prob": blank(), "particle_diameter_px": D} | kwargs
+    with pytest.raises(InputError):
+        extract_particles(args.pop("prob"), args.pop("particle_diameter_px"), **args)
