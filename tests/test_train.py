@@ -67,16 +67,16 @@ def test_fast_dev_run_every_network(tmp_path, model):
 
 def test_learning_check_loss_falls_iou_rises(tmp_path):
     cfg = compose("train", ["debug=tiny", "print_config=false", f"paths.output_dir={tmp_path}",
-                            "data.crop_size=64", "data.train_samples_per_epoch=160",
+                            "data.crop_size=64", "data.train_samples_per_epoch=320",
                             "data.eval_micrograph_size=160", "data.batch_size=8",
-                            "trainer.max_epochs=4", "logger=csv"])
+                            "trainer.max_epochs=3", "logger=csv"])
     metrics, best = run(cfg)
     import pandas as pd
     log = pd.read_csv(next(tmp_path.rglob("metrics.csv")))
     losses = log["train/loss_step"].dropna().to_numpy()
     assert losses[-3:].mean() < losses[:3].mean()
-    chance = 0.1  # particles cover ≈7 % of the pixels: predicting all-particle gives IoU ≈ 0.07
-    assert metrics["test/iou"] > 3 * chance, metrics
+    chance = 0.07  # particles cover ≈7 % of the pixels: predicting all-particle gives IoU ≈ 0.07
+    assert metrics["test/iou"] > 4 * chance, metrics
     assert best and Path(best).exists()
 
 
