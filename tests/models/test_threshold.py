@@ -82,15 +82,14 @@ def test_best_pick_threshold_plateau_and_empty_cases():
                                                            t)
     assert (threshold, f1, precision, recall) == (0.5, 1.0, 1.0, 1.0)  # no truth: pick nothing
     assert best_pick_threshold(np.zeros((5, 3)), t)[1] == 1.0
-    assert PICK_THRESHOLDS[0] == 0.1 and PICK_THRESHOLDS[-1] == 0.9 and len(PICK_THRESHOLDS) == 17
+    assert PICK_THRESHOLDS[0] == 0.1 and PICK_THRESHOLDS[-1] == 0.9 and len(PICK_THRESHOLDS) == 9
 
 
 def test_validation_calibrates_the_threshold_and_the_checkpoint_carries_it(tmp_path):
     seg = segmenter(threshold=0.5)
     tr = trainer()
     metrics = tr.validate(seg, val_loader(), verbose=False)[0]
-    # thresholds 0.35, 0.40, 0.45 keep the three particles and drop the 0.32 blob: F1 = 1;
-    # the middle of that plateau is chosen
+    # only thresholds in (0.32, 0.47] keep the three particles and drop the 0.32 blob: F1 = 1
     assert seg.hparams.picking_threshold == pytest.approx(0.4)
     assert metrics["val/pick_f1"] == pytest.approx(1.0)
     assert metrics["val/pick_threshold"] == pytest.approx(0.4)

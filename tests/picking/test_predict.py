@@ -1,0 +1,552 @@
+"""predict.py end to end: particles at known positions in simulated non-square micrographs,
+every output format re-read with plain readers, tiling, reruns, bad input."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+import torch
+from PIL import Image
+
+from cryoparticle.config import compose, simulator_config
+from cryoparticle.errors import InputError
+from cryoparticle.io.mrc import write_mrc
+from cryoparticle.picking.predict import fitted_tile, list_micrographs, micrograph_names, run
+from cryoparticle.simulate.micrograph import MicrographSimulator
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*(does not have many workers|LeafSpec|dataloader).*")
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_PX = 14.16          # the checkpoint's pixel size (Å/px)
+MIC_PX = 7.08             # the micrographs' pixel size: predict bins them 2×
+DIAMETER_A = 190.0
+DIAMETER_PX = DIAMETER_A / MIC_PX  # ≈ 27 px in the original micrographs
+TOLERANCE_PX = 5.0        # a pick matches a particle within this distance (original pixels)
+# name: (rows, columns, number of particles); both non-square, one wide and one tall
+MICROGRAPHS = {"wide": (256, 384, 8), "tall": (320, 224, 6)}
+FORMATS = "[star,box,csv,topaz]"
+EASY = ["noise.snr=5", "noise.ice_gradient=0", "contaminants.ice_blobs.probability=0",
+        "contaminants.aggregates.probability=0", "contaminants.carbon_edge.probability=0"]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    """A tiny U-Net trained for 48 steps (8 epochs of 6 batches) on easy simulated crops at
+    14.16 Å/px; its validation at the end calibrates the picking threshold stored in the
+    checkpoint."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from cryoparticle.data.datasets import MicrographDataset
+    from cryoparticle.models.segmenter import Segmenter
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    sim = MicrographSimulator(simulator_config(overrides=[f"pixel_size_a={MODEL_PX}", *EASY]))
+    crops = [sim.simulate((0, 0, i), 64, name=f"crop{i}") for i in range(48)]
+    train = [(torch.from_numpy(c.image)[None], torch.from_numpy(c.mask.astype(np.int64)))
+             for c in crops]
+    val = MicrographDataset([sim.simulate((1, 0), 256, name="val")])
+    seg = Segmenter({"name": "unet", "backbone": "resnet18", "encoder_depth": 3,
+                     "decoder_channels": [32, 16, 8]},
+                    optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 5e-3},
+                    tile_size=64, tile_overlap=16, pixel_size_a=MODEL_PX,
+                    particle_diameter_a=DIAMETER_A)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=48, logger=False, num_sanity_val_steps=0,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, check_val_every_n_epoch=8)  # at the end
+    trainer.fit(seg, DataLoader(train, batch_size=8, shuffle=True),
+                DataLoader(val, batch_size=1))
+    path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    torch.set_num_threads(before)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sims(tmp_path_factory) -> tuple[Path, dict[str, pd.DataFrame]]:
+    """``in/``: two non-square micrographs (MRC, 7.08 Å/px in the header) and a corrupt one;
+    returns the folder and the true particle tables (pixels of the written micrographs)."""
+    folder = tmp_path_factory.mktemp("in")
+    sim = MicrographSimulator(simulator_config(overrides=[
+        f"pixel_size_a={MIC_PX}", *EASY, "particles.min_distance_a=420"]))
+    truth = {}
+    for seed, (name, (rows, cols, count)) in enumerate(MICROGRAPHS.items()):
+        mic = sim.simulate((11, seed), rows, cols, name=name, n_particles=count)
+        assert mic.image.shape == (rows, cols)
+        write_mrc(folder / f"{name}.mrc", mic.image, MIC_PX)
+        truth[name] = mic.particles[["x", "y"]].reset_index(drop=True)
+    (folder / "broken.mrc").write_bytes(b"this is not an MRC file" * 20)
+    return folder, truth
+
+
+def _predict_cmd(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "predict.py"), *args]
+
+
+_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="session")
+def missing_ckpt_run(tmp_path_factory):
+    """``python predict.py`` with a missing checkpoint, started first: it runs while the
+    checkpoint is trained. Returns a function waiting for ``(rc, stdout, stderr, out)``."""
+    tmp = tmp_path_factory.mktemp("bad_cli")
+    (tmp / "mic.mrc").write_bytes(b"x")
+    out = tmp / "never"
+    proc = subprocess.Popen(
+        _predict_cmd(f"ckpt_path={tmp / 'missing.ckpt'}", f"input={tmp / 'mic.mrc'}",
+                     f"output_dir={out}"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp, env=_ENV)
+
+    def result():
+        stdout, stderr = proc.communicate(timeout=600)
+        return proc.returncode, stdout, stderr, out
+
+    yield result
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.fixture(scope="session")
+def full_run(missing_ckpt_run, ckpt, sims, tmp_path_factory):
+    """``python predict.py`` in a subprocess on the folder (every format and option)."""
+    folder, _ = sims
+    out = tmp_path_factory.mktemp("run") / "out"
+    good = subprocess.run(
+        _predict_cmd(f"ckpt_path={ckpt}", f"input={folder}", f"output_dir={out}",
+                     f"formats={FORMATS}", "write_probability=true", "write_mask=true",
+                     "write_overlay=true", "num_workers=1", "num_threads=1"),
+        capture_output=True, text=True, cwd=out.parent, env=_ENV, timeout=600, check=False)
+    return {"out": out, "rc": good.returncode, "stdout": good.stdout, "stderr": good.stderr}
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def match(picks: np.ndarray, truth: np.ndarray, tol: float = TOLERANCE_PX) -> tuple[float, float]:
+    """(precision, recall) of picks ``(N, 2)`` against truth ``(M, 2)``, greedy by distance."""
+    if not len(picks) or not len(truth):
+        return float(not len(picks)), float(not len(truth))
+    dist = np.hypot(*(picks[:, None, :] - truth[None, :, :]).transpose(2, 0, 1))
+    used_p, used_t, tp = set(), set(), 0
+    for flat in np.argsort(dist, axis=None):
+        i, j = np.unravel_index(flat, dist.shape)
+        if dist[i, j] > tol:
+            break
+        if i not in used_p and j not in used_t:
+            used_p.add(i)
+            used_t.add(j)
+            tp += 1
+    return tp / len(picks), tp / len(truth)
+
+
+def read_every_format(out: Path, name: str) -> dict[str, np.ndarray]:
+    """Pick centres ``(x, y)`` from each output file, read without cryoparticle."""
+    star = starfile.read(out / f"{name}.star", always_dict=True)["particles"]
+    box_rows = np.loadtxt(out / f"{name}.box", ndmin=2)
+    with open(out / f"{name}.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    topaz = pd.read_csv(out / f"{name}.txt", sep="\t")
+    return {
+        "star": star[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float),
+        "box": box_rows[:, :2] + box_rows[:, 2:4] / 2,  # corner + half the box = centre
+        "csv": np.array([[float(r["X-Coordinate"]), float(r["Y-Coordinate"])] for r in rows]
+                        ).reshape(-1, 2),
+        "topaz": topaz[["x_coord", "y_coord"]].to_numpy(float),
+    }
+
+
+def config(ckpt: Path, input_: Path | str, out: Path, *extra: str):
+    return compose("predict", [f"ckpt_path={ckpt}", f"input={input_}", f"output_dir={out}",
+                               "progress_bar=false", "num_workers=0", *extra])
+
+
+def digests(folder: Path, name: str) -> dict[str, tuple[int, str]]:
+    return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.glob(f"{name}*"))}
+
+
+def entry_point():
+    spec = importlib.util.spec_from_file_location("predict_entry", ROOT / "predict.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def call_main(monkeypatch, *args: str) -> int:
+    """``predict.py`` run in this process (the real Hydra entry point); its exit code."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["predict.py", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        entry_point().main()
+    return exit_info.value.code
+
+
+# ------------------------------------------------------------------------------- the full run
+
+
+def test_full_run_picks_reports_the_corrupt_micrograph_and_prints_a_summary(full_run, ckpt):
+    out = full_run["out"]
+    assert full_run["rc"] == 1, full_run["stderr"][-2000:]
+    failures = [line for line in full_run["stderr"].splitlines() if "broken.mrc" in line]
+    assert len(failures) == 1 and failures[0].startswith("failed: ")
+    assert "not a readable MRC file" in failures[0]
+    assert "Traceback" not in full_run["stderr"]
+    stdout = full_run["stdout"]
+    for text in ("picking summary", "micrographs", "failed", "particles per micrograph",
+                 "time per micrograph"):
+        assert text in stdout
+    assert not list(out.glob("broken*"))
+    summary = __import__("json").loads((out / "predict_summary.json").read_text())
+    assert (summary["n_micrographs"], summary["n_picked"], summary["n_failed"]) == (3, 2, 1)
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert summary["threshold"] == stored["hyper_parameters"]["picking_threshold"]
+    assert not list(out.glob(".*tmp*"))  # no temporary files left behind
+
+
+@pytest.mark.parametrize("name", list(MICROGRAPHS))
+def test_coordinates_in_every_format_are_original_pixels_x_column_y_row(full_run, sims, name):
+    out = full_run["out"]
+    truth = sims[1][name].to_numpy(float)
+    rows, cols, _ = MICROGRAPHS[name]
+    formats = read_every_format(out, name)
+    assert set(formats) == {"star", "box", "csv", "topaz"}
+    for fmt, picks in formats.items():
+        precision, recall = match(picks, truth)
+        assert recall >= 0.8 and precision >= 0.8, (fmt, precision, recall, picks, truth)
+        # x is a column (< width), y a row (< height): on a non-square micrograph a transposed
+        # table would not match
+        assert (picks[:, 0] < cols).all() and (picks[:, 1] < rows).all()
+        assert match(picks[:, ::-1], truth)[1] < 0.5
+    # every format holds the same picks (CSV and BOX in whole pixels)
+    np.testing.assert_allclose(formats["topaz"], formats["star"], atol=1e-3)
+    np.testing.assert_allclose(formats["csv"], formats["star"], atol=0.5 + 1e-6)
+    np.testing.assert_allclose(formats["box"], formats["star"], atol=0.5 + 1e-6)
+    box_size = np.loadtxt(out / f"{name}.box", ndmin=2)[:, 2]
+    assert (box_size == round(1.5 * DIAMETER_PX)).all()
+    with open(out / f"{name}.csv", newline="") as handle:
+        assert {int(r["Diameter"]) for r in csv.DictReader(handle)} == {round(DIAMETER_PX)}
+    star = starfile.read(out / f"{name}.star", always_dict=True)
+    assert star["optics"]["rlnMicrographPixelSize"].iloc[0] == pytest.approx(MIC_PX)
+    assert star["particles"]["rlnAutopickFigureOfMerit"].between(0, 1).all()
+    assert (pd.read_csv(out / f"{name}.txt", sep="\t")["image_name"] == name).all()
+
+    combined = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    mine = combined[combined["rlnMicrographName"].str.endswith(f"{name}.mrc")]
+    np.testing.assert_allclose(mine[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float),
+                               formats["star"], atol=1e-5)
+
+
+def test_probability_mask_and_overlay_are_written_on_the_binned_grid(full_run):
+    out = full_run["out"]
+    for name, (rows, cols, _) in MICROGRAPHS.items():
+        with mrcfile.open(out / f"{name}_prob.mrc") as mrc:
+            prob = mrc.data.copy()
+            assert float(mrc.voxel_size.x) == pytest.approx(MODEL_PX, rel=1e-4)
+        assert prob.shape == (rows // 2, cols // 2) and prob.min() >= 0 and prob.max() <= 1
+        mask = np.asarray(Image.open(out / f"{name}_mask.png"))
+        assert mask.shape == prob.shape and mask.any()
+        with Image.open(out / f"{name}_overlay.png") as overlay:
+            assert overlay.format == "PNG" and overlay.size[0] > 100
+
+
+# ------------------------------------------------------------------------------- reruns
+
+
+def test_rerun_skips_finished_micrographs_and_overwrite_redoes_them(full_run, sims, ckpt,
+                                                                    tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(full_run["out"], out)
+    same = [f"formats={FORMATS}", "write_probability=true", "write_mask=true",
+            "write_overlay=true"]
+    before = {name: digests(out, name) for name in MICROGRAPHS}
+    summary = run(config(ckpt, sims[0], out, *same))
+    assert (summary.n_skipped, summary.n_picked, summary.n_failed) == (2, 0, 1)
+    assert summary.exit_code == 1
+    assert {name: digests(out, name) for name in MICROGRAPHS} == before  # untouched
+    assert summary.n_particles == len(starfile.read(out / "particles.star",
+                                                    always_dict=True)["particles"])
+    assert summary.n_particles == sum(len(starfile.read(out / f"{n}.star", always_dict=True)
+                                          ["particles"]) for n in MICROGRAPHS)
+
+    summary = run(config(ckpt, sims[0] / "wide.mrc", out, *same, "overwrite=true"))
+    assert (summary.n_picked, summary.n_skipped, summary.exit_code) == (1, 0, 0)
+    after = digests(out, "wide")
+    assert after.keys() == before["wide"].keys()
+    for file, (mtime, digest) in after.items():
+        assert mtime != before["wide"][file][0]
+        if not file.endswith(".png"):  # same checkpoint, same micrograph: same bytes
+            assert digest == before["wide"][file][1], file
+
+
+def test_tiled_inference_equals_whole_image_inference(ckpt, sims, tmp_path):
+    """The binned micrograph (128 × 192) in small overlapping tiles (the checkpoint's 64 px
+    overlapping by 16, or by 32 without fitting) against the network applied to the whole
+    micrograph at once (a tile as large as the micrograph: no tiling): the same probabilities
+    within a small tolerance, no seams, and the same picks."""
+    from cryoparticle.data.preprocess import bin_to_pixel_size, standardise
+    from cryoparticle.data.tiling import tile_starts
+    from cryoparticle.io.mrc import read_micrograph
+    from cryoparticle.models.segmenter import load_segmenter
+
+    mic = sims[0] / "wide.mrc"
+    results = {}
+    for label, tiling in {"whole": ["tile_size=256"],
+                          "tiles": [],  # the checkpoint's: 64 px, overlap 16
+                          "tiles32": ["tile_overlap=32", "fit_tiles=false",
+                                      "tile_batch_size=3"]}.items():
+        out = tmp_path / label
+        summary = run(config(ckpt, mic, out, "write_probability=true", *tiling))
+        assert summary.exit_code == 0
+        assert summary.micrographs[0]["tile_size"] == (192 if label == "whole" else 64)
+        results[label] = (mrcfile.read(out / "wide_prob.mrc"),
+                          starfile.read(out / "wide.star", always_dict=True)["particles"])
+    # the whole-image path is the network on the binned, standardised micrograph
+    seg = load_segmenter(ckpt).eval()
+    image, pixel_size_a = read_micrograph(mic)
+    binned, factor = bin_to_pixel_size(image, pixel_size_a, MODEL_PX)
+    assert factor == 2.0
+    with torch.no_grad():
+        direct = seg(torch.from_numpy(standardise(binned))[None, None]).softmax(1)[0, 1]
+    whole, whole_picks = results["whole"]
+    np.testing.assert_allclose(whole, direct.numpy(), atol=1e-5)
+    ref = whole_picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)
+    for label, overlap, tolerance in (("tiles", 16, 0.2), ("tiles32", 32, 0.06)):
+        prob, picks = results[label]
+        diff = np.abs(prob - whole)
+        assert diff.max() < tolerance and diff.mean() < 0.005, (label, diff.max())
+        # no seams: the error along the tile edges is no larger than elsewhere
+        edges = [sorted(e for s in tile_starts(n, 64, overlap) for e in (s, s + 63)
+                        if 0 < e < n - 1) for n in diff.shape]
+        band = np.concatenate([diff[edges[0], :].ravel(), diff[:, edges[1]].ravel()])
+        assert band.mean() <= 2 * diff.mean() + 1e-4, (label, band.mean(), diff.mean())
+        xy = picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)
+        assert len(ref) >= 4 and match(xy, ref, tol=2.0) == (1.0, 1.0), (label, xy, ref)
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_micrographs_under_ddp(ckpt, sims, tmp_path):
+    """DDP with two CPU processes (as several GPUs would): each micrograph picked once, the
+    summary and the combined STAR gathered from both ranks. Slow (two more interpreters)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        shutil.copy(sims[0] / "wide.mrc", folder / f"wide{i}.mrc")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        _predict_cmd(f"ckpt_path={ckpt}", f"input={folder}", f"output_dir={out}",
+                     "trainer.accelerator=cpu", "trainer.devices=2",
+                     "trainer.strategy=ddp_spawn", "num_workers=0", "progress_bar=false"),
+        capture_output=True, text=True, cwd=tmp_path, env=_ENV, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = __import__("json").loads((out / "predict_summary.json").read_text())
+    assert (summary["n_picked"], summary["device"]) == (3, "cpu × 2")
+    counts = [len(starfile.read(out / f"wide{i}.star", always_dict=True)["particles"])
+              for i in range(3)]
+    combined = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    assert len(combined) == sum(counts) == summary["n_particles"]
+    assert result.stdout.count("picking summary") == 1
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def test_missing_checkpoint_through_the_command_line_is_one_line_exit_2(missing_ckpt_run):
+    rc, _, stderr, out = missing_ckpt_run()
+    assert rc == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.ckpt" in lines[0]
+    assert not out.exists()  # nothing written
+
+
+@pytest.fixture
+def bad_files(tmp_path, sims) -> Path:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    good = (sims[0] / "wide.mrc").read_bytes()
+    (folder / "truncated.mrc").write_bytes(good[: len(good) // 2])
+    (folder / "empty.mrc").write_bytes(b"")
+    write_mrc(folder / "stack.mrcs", np.random.default_rng(0).normal(size=(3, 32, 40)), 7.08)
+    nan = np.random.default_rng(1).normal(size=(40, 48)).astype(np.float32)
+    nan[5, 7] = np.nan
+    inf = np.random.default_rng(2).normal(size=(40, 48)).astype(np.float32)
+    inf[3, 3] = np.inf
+    with warnings.catch_warnings():  # mrcfile warns about the values we mean to write
+        warnings.simplefilter("ignore", RuntimeWarning)
+        write_mrc(folder / "nan.mrc", nan, 7.08)
+        write_mrc(folder / "inf.mrc", inf, 7.08)
+    write_mrc(folder / "constant.mrc", np.full((40, 48), 3.0, np.float32), 7.08)
+    write_mrc(folder / "no_pixel_size.mrc", np.random.default_rng(3).normal(size=(40, 48)), None)
+    return folder
+
+
+def test_unusable_micrographs_are_reported_one_line_each_and_nothing_is_lost(
+        ckpt, bad_files, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "nan.star").write_text("earlier result\n")  # from an earlier run: must survive
+    code = call_main(monkeypatch, f"ckpt_path={ckpt}", f"input={bad_files}",
+                     f"output_dir={out}", "overwrite=true", "progress_bar=false",
+                     "num_workers=0")
+    assert code == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("failed: ")]
+    reasons = {"truncated.mrc": "MRC", "empty.mrc": "", "stack.mrcs": "stack of 3",
+               "nan.mrc": "non-finite", "inf.mrc": "non-finite", "constant.mrc": "constant",
+               "no_pixel_size.mrc": "micrograph_pixel_size_a"}
+    assert len(lines) == len(reasons), captured.err
+    for file, reason in reasons.items():
+        hits = [line for line in lines if f"{file}:" in line]
+        assert len(hits) == 1 and reason in hits[0], (file, hits)
+    assert "picking summary" in captured.out
+    assert (out / "nan.star").read_text() == "earlier result\n"
+    assert sorted(p.name for p in out.iterdir()) == ["nan.star", "particles.star",
+                                                     "predict_summary.json"]
+
+
+@pytest.fixture
+def no_pixel_size_ckpt(ckpt, tmp_path) -> Path:
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    raw["hyper_parameters"]["pixel_size_a"] = None
+    raw["cryoparticle"]["pixel_size_a"] = None
+    path = tmp_path / "no_pixel_size.ckpt"
+    torch.save(raw, path)
+    return path
+
+
+BAD_CASES = {
+    # name: (arguments replacing the defaults, text expected in the error line)
+    "not a checkpoint": ({"ckpt_path": "{tmp}/text.ckpt"}, "text.ckpt"),
+    "checkpoint without pixel size": ({"ckpt_path": "{no_px}"}, "pixel size"),
+    "empty folder": ({"input": "{tmp}/empty_dir"}, "contains no micrographs"),
+    "glob without match": ({"input": "{tmp}/empty_dir/*.mrc"}, "no micrograph matches"),
+    "missing input": ({"input": "{tmp}/nowhere.mrc"}, "no such file"),
+    "unsupported input": ({"input": "{tmp}/text.ckpt"}, "unsupported micrograph format"),
+    "output under a file": ({"output_dir": "{tmp}/text.ckpt/out"}, "output folder"),
+    "jpg without pixel size": ({"input": "{tmp}/mic.jpg"}, "micrograph_pixel_size_a"),
+    "unknown format": ({"formats": "[star,pdf]"}, "formats"),
+    "threshold out of range": ({"threshold": "1.5"}, "threshold"),
+    "no output_dir": ({"output_dir": None}, "output_dir"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, ckpt, sims, no_pixel_size_ckpt,
+                                                         tmp_path, monkeypatch, capsys):
+    (tmp_path / "text.ckpt").write_text("not a checkpoint\n")
+    (tmp_path / "empty_dir").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50), np.uint8)).save(
+        tmp_path / "mic.jpg")
+    args = {"ckpt_path": str(ckpt), "input": str(sims[0] / "wide.mrc"),
+            "output_dir": str(tmp_path / "out")}
+    changes, expected = BAD_CASES[case]
+    for key, value in changes.items():
+        if value is None:
+            args.pop(key)
+        else:
+            args[key] = value.format(tmp=tmp_path, no_px=no_pixel_size_ckpt)
+    code = call_main(monkeypatch, *(f"{k}={v}" for k, v in args.items()), "progress_bar=false")
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into read-only folders")
+def test_read_only_output_folder_is_one_line_exit_2(ckpt, sims, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        code = call_main(monkeypatch, f"ckpt_path={ckpt}", f"input={sims[0] / 'wide.mrc'}",
+                         f"output_dir={out}", "progress_bar=false")
+    finally:
+        out.chmod(0o700)
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cannot write" in lines[0]
+
+
+# ------------------------------------------------------------------------------- pieces
+
+
+def test_input_listing_folders_globs_lists_and_names(tmp_path):
+    for name in ("b.mrc", "a.tif", "c.png", "a_mask.png", "c_prob.mrc", "d_overlay.png",
+                 ".hidden.mrc", "notes.txt", "x_instances.tif"):
+        (tmp_path / name).write_bytes(b"x")
+    listed = list_micrographs(str(tmp_path))
+    assert [p.name for p in listed] == ["a.tif", "b.mrc", "c.png"]
+    assert [p.name for p in list_micrographs(f"{tmp_path}/*.mrc")] == ["b.mrc"]
+    both = list_micrographs([str(tmp_path / "b.mrc"), f"{tmp_path}/*.mrc", str(tmp_path)])
+    assert [p.name for p in both] == ["b.mrc", "a.tif", "c.png"]  # duplicates dropped
+    (tmp_path / "b.tif").write_bytes(b"x")
+    with pytest.raises(InputError, match="same name 'b'"):
+        micrograph_names(list_micrographs(str(tmp_path)), "particles.star")
+    (tmp_path / "particles.mrc").write_bytes(b"x")
+    with pytest.raises(InputError, match="combined STAR"):
+        micrograph_names([tmp_path / "particles.mrc"], "particles.star")
+
+
+def test_fitted_tiles_cover_each_axis_with_as_few_tiles_and_pixels():
+    from cryoparticle.data.tiling import tile_starts
+
+    assert fitted_tile((1024, 1024), 512, 32) == 384  # 3 tiles per side either way
+    assert len(tile_starts(1024, 384, 32)) == len(tile_starts(1024, 512, 32)) == 3
+    assert fitted_tile((1023, 1440), 512, 32) == 512  # the long side needs the full tile
+    assert fitted_tile((128, 192), 256, 0) == 192  # one tile: the micrograph, rounded up to 32
+    assert fitted_tile((100, 90), 100, 10) == 100  # never larger than the tile
+    for shape, tile, overlap in [((700, 333), 256, 32), ((4096, 2900), 512, 64), ((97, 1500),
+                                                                                 128, 16)]:
+        fitted = fitted_tile(shape, tile, overlap)
+        assert fitted % 32 == 0 or fitted == tile
+        for length in shape:
+            if length > tile:
+                assert len(tile_starts(length, fitted, overlap)) <= \
+                    len(tile_starts(length, tile, overlap))
+
+
+def test_config_holds_every_parameter():
+    cfg = compose("predict", ["ckpt_path=a", "input=b", "output_dir=c"])
+    for key, value in {"micrograph_pixel_size_a": None, "threshold": None,
+                       "particle_diameter_a": None, "box_size": None,
+                       "formats": ["star", "box", "csv"], "write_probability": False,
+                       "write_mask": False, "write_overlay": False, "overwrite": False,
+                       "tile_batch_size": None, "fit_tiles": True,
+                       "num_workers": 2}.items():
+        assert cfg[key] == value, key
+    assert cfg.extraction.min_distance_fraction == 0.5 and cfg.extraction.border_px == 0
+    assert {"accelerator", "devices", "strategy"} <= set(cfg.trainer)
+    missing = compose("predict")
+    from omegaconf import OmegaConf
+    assert all(OmegaConf.is_missing(missing, k) for k in ("ckpt_path", "input", "output_dir"))
