@@ -27,9 +27,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
-from cryoparticle.config import compose  # noqa: E402
+from cryoparticle.config import compose, instantiate  # noqa: E402
 from cryoparticle.io.atomic import write_text_atomic  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def step_crops_per_s(model_name: str, backbone: str | None, crop: int, batch: in
         if i >= 2:  # two warm-up steps
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    return {"network": dict(cfg.model.network), "median_step_s": med,
+    return {"network": OmegaConf.to_container(cfg.model.network), "median_step_s": med,
             "crops_per_s": batch / med, "steps": steps}
 
 
