@@ -1,0 +1,417 @@
+"""Dense CRF by mean-field in PyTorch: the fast post-hoc CRF and the CRF-as-RNN layer.
+
+Energy: the one of :mod:`cryoparticle.crf.dense` (pydensecrf) —
+
+* unary ``U = -log p`` from the network's softmax (clipped at ``unary_clip`` as pydensecrf's
+  ``unary_from_softmax``);
+* a Gaussian kernel on pixel positions (bandwidth ``spatial_sxy`` pixels, weight
+  ``spatial_weight``) and a bilateral kernel on position and intensity (``bilateral_sxy`` pixels,
+  ``bilateral_srgb`` 8-bit levels, weight ``bilateral_weight``), each symmetrically normalised
+  (``D^{-1/2} K D^{-1/2}``, pydensecrf's default) with the self-contribution kept;
+* a label compatibility ``μ``: Potts ``μ(l, l') = [l ≠ l']`` (equivalent to pydensecrf's
+  ``PottsCompatibility(w)``: they differ by a per-pixel constant, which the softmax ignores).
+
+Units match pydensecrf's, so the same numbers mean the same CRF: ``bilateral_srgb`` is
+pydensecrf's ``srgb`` for the micrograph's 8-bit levels given as three identical RGB channels
+(one-channel bandwidth ``srgb / √3``; levels from
+:func:`~cryoparticle.crf.filtering.intensity_levels`, shared with the reference).
+
+Mean-field: ``Q₀ = softmax(-U)``; ``n_iterations`` times ``Q = softmax(-U - μ Σ_k w_k
+D_k^{-1/2} K_k D_k^{-1/2} Q)``. The products with ``K_k`` use the grid filters of
+:mod:`cryoparticle.crf.filtering` (O(pixels) per iteration). With two classes and no gradient
+the iteration runs on the logit difference only (one filtered channel, half the work); with ``C``
+classes ``C − 1`` channels are filtered (the last follows from ``K·1``).
+
+CRF-as-RNN (Zheng et al. 2015): ``learnable=True`` makes the kernel weights and the
+compatibility matrix (initialised Potts) parameters, ``learn_bandwidths=True`` also the three
+bandwidths (log-parametrised; the grid cells keep their initial size, the grid blur follows the
+learned width); every step is a differentiable tensor operation, so gradients reach the
+network's logits and the CRF's parameters.
+
+Learned features: ``feature_channels = F > 0`` adds a small convolutional embedding head on the
+micrograph (owned by this module and trained end-to-end with it): ``F`` channels, bounded to
+``±FEATURE_BOUND`` in units of the kernel bandwidth, that *replace* (``feature_mode="replace"``)
+or *augment* (``"augment"``) the intensity of the bilateral kernel. A head on the image rather
+than a hook on the network's layers keeps the CRF independent of the architecture (every
+network of :func:`~cryoparticle.models.networks.build_network` works unchanged, and the
+module can be used post hoc); its gradients come from the loss through the CRF.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cryoparticle.crf.checks import check_logits_image, check_params
+from cryoparticle.crf.filtering import (
+    BILATERAL_CELLS_PER_SIGMA,
+    DEFAULT_PERCENTILES,
+    FEATURE_CELLS_PER_SIGMA,
+    FINE_BILATERAL_CELLS_PER_SIGMA,
+    FINE_GRID_PIXELS,
+    FINE_SPATIAL_CELLS_PER_SIGMA,
+    SPATIAL_CELLS_PER_SIGMA,
+    FeatureBilateral,
+    IntensityBilateral,
+    SpatialGaussian,
+    auto_cell,
+    bands,
+    intensity_levels,
+    symmetric_normaliser,
+)
+from cryoparticle.errors import InputError, param_error
+
+#: Learned features are squashed to ±this many bandwidths (keeps their grid small).
+FEATURE_BOUND = 2.0
+#: pydensecrf's RGB bilateral feature repeats one channel three times: srgb → srgb / √3.
+RGB_CHANNELS = 3
+FEATURE_MODES = ("replace", "augment")
+
+
+class _Kernel:
+    """One pairwise term for the current batch: weight, filter, ``D^{-1/2}`` and (on demand)
+    ``D^{-1/2} K D^{-1/2} 1``."""
+
+    def __init__(self, weight: Tensor, filt, like: Tensor) -> None:
+        self.weight = weight
+        self.filt = filt
+        self._ones: Tensor | None = None
+        if hasattr(filt, "normalisers"):  # separable: from 1-D filters
+            self.norm, self._ones = filt.normalisers(like)
+        else:
+            self.norm = symmetric_normaliser(filt, like)
+
+    @property
+    def ones(self) -> Tensor:
+        """``F(1) = D^{-1/2} K D^{-1/2} 1``."""
+        if self._ones is None:
+            self._ones = self.norm * self.filt(self.norm)
+        return self._ones
+
+    def messages(self, q: Tensor) -> Tensor:
+        """``D^{-1/2} K D^{-1/2} q`` for ``q (N, C, H, W)``, filtering ``C − 1`` channels."""
+        c = q.shape[1]
+        part = self.norm * self.filt(self.norm * q[:, :c - 1])
+        return torch.cat([part, self.ones - part.sum(dim=1, keepdim=True)], dim=1)
+
+
+class MeanFieldCRF(nn.Module):
+    """Dense CRF by mean-field in PyTorch: ``crf(logits (N, C, H, W), image (N, 1, H, W))`` →
+    log-marginals ``(N, C, H, W)`` (``log Q``; their softmax is ``Q``).
+
+    ``n_iterations``, ``spatial_sxy``, ``spatial_weight``, ``bilateral_sxy``, ``bilateral_srgb``,
+    ``bilateral_weight``, ``unary_clip``, ``percentiles``: as :func:`~cryoparticle.crf.dense.
+    dense_crf` (the same CRF). ``num_classes``: size of the compatibility matrix.
+    ``learnable``/``learn_bandwidths``/``feature_channels``/``feature_mode``/``feature_hidden``:
+    the CRF-as-RNN options (see the module doc). ``*_cells_per_sigma``: grid resolution of the
+    approximate filters (1 = one cell per bandwidth; larger is more exact and slower; ``None``:
+    1.0 and 0.8, or 1.5 and 2.5 for images of at most 256² pixels, where it costs little).
+    """
+
+    def __init__(self, n_iterations: int = 10, spatial_sxy: float = 3.0,
+                 spatial_weight: float = 3.0, bilateral_sxy: float = 20.0,
+                 bilateral_srgb: float = 13.0, bilateral_weight: float = 0.5,
+                 unary_clip: float | None = 1e-5,
+                 percentiles: Sequence[float] = DEFAULT_PERCENTILES, num_classes: int = 2,
+                 learnable: bool = False, learn_bandwidths: bool = False,
+                 feature_channels: int = 0, feature_mode: str = "replace",
+                 feature_hidden: int = 8,
+                 spatial_cells_per_sigma: float | None = None,
+                 bilateral_cells_per_sigma: float | None = None,
+                 feature_cells_per_sigma: float = FEATURE_CELLS_PER_SIGMA) -> None:
+        super().__init__()
+        percentiles = tuple(float(p) for p in percentiles)
+        check_params(n_iterations, spatial_sxy, spatial_weight, bilateral_sxy, bilateral_srgb,
+                     bilateral_weight, unary_clip, percentiles)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise param_error("num_classes", num_classes, "must be an integer ≥ 2")
+        if isinstance(feature_channels, bool) or not isinstance(feature_channels, int) \
+                or not 0 <= feature_channels <= 4:
+            raise param_error("feature_channels", feature_channels, "must be an integer in 0..4")
+        if feature_mode not in FEATURE_MODES:
+            raise param_error("feature_mode", feature_mode, f"must be one of {FEATURE_MODES}")
+        if feature_channels and (not isinstance(feature_hidden, int) or feature_hidden < 1):
+            raise param_error("feature_hidden", feature_hidden, "must be an integer ≥ 1")
+        for name, value in (("spatial_cells_per_sigma", spatial_cells_per_sigma),
+                            ("bilateral_cells_per_sigma", bilateral_cells_per_sigma),
+                            ("feature_cells_per_sigma", feature_cells_per_sigma)):
+            if value is None and name != "feature_cells_per_sigma":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0.25 <= float(value) <= 8:
+                raise param_error(name, value, "must be a number in [0.25, 8]"
+                                  + ("" if name == "feature_cells_per_sigma" else " or null"))
+        self.n_iterations = int(n_iterations)
+        self.unary_clip = None if not unary_clip else float(unary_clip)
+        self.percentiles = percentiles
+        self.num_classes = int(num_classes)
+        self.learnable = bool(learnable)
+        self.learn_bandwidths = bool(learn_bandwidths)
+        self.feature_channels = int(feature_channels)
+        self.feature_mode = feature_mode
+        self.feature_cells_per_sigma = float(feature_cells_per_sigma)
+        self.spatial_cells_per_sigma = spatial_cells_per_sigma
+        self.bilateral_cells_per_sigma = bilateral_cells_per_sigma
+        self._initial_sxy = (float(spatial_sxy), float(bilateral_sxy))
+
+        def scalar(value: float, grad: bool) -> nn.Parameter:
+            return nn.Parameter(torch.tensor(float(value)), requires_grad=grad)
+
+        self.spatial_weight = scalar(spatial_weight, self.learnable)
+        self.bilateral_weight = scalar(bilateral_weight, self.learnable)
+        potts = 1.0 - torch.eye(self.num_classes)
+        self.compatibility = nn.Parameter(potts, requires_grad=self.learnable)
+        self.log_spatial_sxy = scalar(math.log(spatial_sxy), self.learn_bandwidths)
+        self.log_bilateral_sxy = scalar(math.log(bilateral_sxy), self.learn_bandwidths)
+        self.log_bilateral_srgb = scalar(math.log(bilateral_srgb), self.learn_bandwidths)
+        self.embedding: nn.Module | None = None
+        if self.feature_channels:
+            h = int(feature_hidden)
+            self.embedding = nn.Sequential(
+                nn.Conv2d(1, h, 5, padding=2), nn.ReLU(),
+                nn.Conv2d(h, h, 5, padding=4, dilation=2), nn.ReLU(),
+                nn.Conv2d(h, self.feature_channels, 1))
+
+    # ------------------------------------------------------------------------------- helpers
+
+    def extra_repr(self) -> str:
+        return (f"n_iterations={self.n_iterations}, spatial_sxy={self._value('spatial_sxy'):.3g}, "
+                f"spatial_weight={float(self.spatial_weight.detach()):.3g}, "
+                f"bilateral_sxy={self._value('bilateral_sxy'):.3g}, "
+                f"bilateral_srgb={self._value('bilateral_srgb'):.3g}, "
+                f"bilateral_weight={float(self.bilateral_weight.detach()):.3g}, "
+                f"learnable={self.learnable}, learn_bandwidths={self.learn_bandwidths}, "
+                f"feature_channels={self.feature_channels}")
+
+    def _value(self, name: str) -> float:
+        return float(getattr(self, f"log_{name}").detach().exp())
+
+    def _bandwidth(self, name: str, dtype: torch.dtype) -> Tensor | float:
+        param = getattr(self, f"log_{name}")
+        return param.to(dtype).exp() if param.requires_grad else float(param.detach().exp())
+
+    def grid_cells(self, height: int, width: int) -> tuple[int, int]:
+        """Grid cell sizes (pixels) of the spatial and the bilateral kernel for an image size:
+        from ``*_cells_per_sigma`` and the *initial* bandwidths (learned bandwidths change the
+        grid blur, not the cells); ``None`` = finer grids up to ``FINE_GRID_PIXELS`` pixels."""
+        fine = height * width <= FINE_GRID_PIXELS
+        r_spatial = self.spatial_cells_per_sigma or (
+            FINE_SPATIAL_CELLS_PER_SIGMA if fine else SPATIAL_CELLS_PER_SIGMA)
+        r_bilateral = self.bilateral_cells_per_sigma or (
+            FINE_BILATERAL_CELLS_PER_SIGMA if fine else BILATERAL_CELLS_PER_SIGMA)
+        return (auto_cell(self._initial_sxy[0], float(r_spatial)),
+                auto_cell(self._initial_sxy[1], float(r_bilateral)))
+
+    def features(self, image: Tensor) -> Tensor:
+        """The learned feature channels ``(N, F, H, W)`` (unit bandwidth, bounded)."""
+        if self.embedding is None:
+            raise param_error("feature_channels", 0, "no learned features")
+        mean = image.mean(dim=(2, 3), keepdim=True)
+        std = image.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+        x = ((image - mean) / std).to(next(self.embedding.parameters()).dtype)
+        return FEATURE_BOUND * torch.tanh(self.embedding(x) / FEATURE_BOUND)
+
+    def _kernels(self, image: Tensor, like: Tensor) -> list[_Kernel]:
+        dtype = like.dtype
+        _, _, h, w = like.shape
+        spatial_cell, bilateral_cell = self.grid_cells(h, w)
+        kernels = []
+        spatial_w = self.spatial_weight.to(dtype)
+        if self.learnable or float(spatial_w) != 0:
+            filt = SpatialGaussian(h, w, self._bandwidth("spatial_sxy", dtype), spatial_cell)
+            kernels.append(_Kernel(spatial_w, filt, like))
+        bilateral_w = self.bilateral_weight.to(dtype)
+        if self.learnable or float(bilateral_w) != 0:
+            sxy = self._bandwidth("bilateral_sxy", dtype)
+            s_level = self._bandwidth("bilateral_srgb", dtype)
+            s_level = s_level / math.sqrt(RGB_CHANNELS)
+            levels = intensity_levels(image[:, 0], self.percentiles)
+            if self.embedding is None:
+                filt = IntensityBilateral(levels, sxy, s_level, cell=bilateral_cell, dtype=dtype)
+            else:
+                feats = self.features(image).to(dtype)
+                if self.feature_mode == "augment":
+                    feats = torch.cat([levels[:, None].to(dtype) / s_level, feats], dim=1)
+                filt = FeatureBilateral(feats, sxy, cell=bilateral_cell,
+                                        cells_per_sigma=self.feature_cells_per_sigma)
+            kernels.append(_Kernel(bilateral_w, filt, like))
+        return kernels
+
+    def _needs_grad(self, logits: Tensor) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return logits.requires_grad or any(p.requires_grad for p in self.parameters())
+
+    # ------------------------------------------------------------------------------- forward
+
+    def forward(self, logits: Tensor, image: Tensor) -> Tensor:
+        logits, image = check_logits_image(logits, image)
+        c = logits.shape[1]
+        if c != self.num_classes and (self.learnable or self.embedding is not None):
+            raise InputError(f"logits have {c} classes but this CRF was built for "
+                             f"num_classes={self.num_classes}")
+        dtype = logits.dtype if logits.dtype in (torch.float32, torch.float64) else torch.float32
+        image = image.to(device=logits.device)
+        if c == 2 and not self._needs_grad(logits):
+            # two classes, inference: iterate on the logit difference (see _two_class)
+            with torch.no_grad():
+                z = (logits[:, 1:2] - logits[:, 0:1]).to(dtype)
+                if self.unary_clip:  # |log p₁ − log p₀| ≤ log((1 − clip)/clip) (to 1e-5)
+                    limit = math.log((1 - self.unary_clip) / self.unary_clip)
+                    z.clamp_(-limit, limit)
+                kernels = self._kernels(image, z) if self.n_iterations else []
+                compat = self.compatibility.to(device=logits.device, dtype=dtype)
+                return self._two_class(z, kernels, compat)
+        log_p = F.log_softmax(logits.to(dtype), dim=1)
+        if self.unary_clip:
+            log_p = log_p.clamp_min(math.log(self.unary_clip))
+        if self.n_iterations == 0:
+            return F.log_softmax(log_p, dim=1)
+        kernels = self._kernels(image, log_p[:, :1])
+        if not kernels:
+            return F.log_softmax(log_p, dim=1)
+        compat = (self.compatibility if c == self.num_classes else 1.0 - torch.eye(c)).to(
+            device=logits.device, dtype=dtype)
+        return self._generic(log_p, kernels, compat)
+
+    def _generic(self, log_p: Tensor, kernels: list[_Kernel], compat: Tensor) -> Tensor:
+        scores = log_p
+        for _ in range(self.n_iterations):
+            q = scores.softmax(dim=1)
+            messages = sum(k.weight * k.messages(q) for k in kernels)
+            pairwise = torch.einsum("lm,nmhw->nlhw", compat, messages)
+            scores = log_p - pairwise
+        return F.log_softmax(scores, dim=1)
+
+    @torch.no_grad()
+    def _two_class(self, z: Tensor, kernels: list[_Kernel], compat: Tensor) -> Tensor:
+        """Two classes, no gradient: the iteration on the logit difference ``z = s₁ − s₀``.
+
+        With ``F_k = D_k^{-1/2} K_k D_k^{-1/2}``, ``a = μ₁₀ − μ₀₀``, ``b = μ₁₁ − μ₀₁`` and
+        ``Q₁ = σ(z)``, one mean-field step is ``z ← −ΔU − (a+b)/2 · Σ_k w_k F_k(1) +
+        (a−b)/2 · Σ_k w_k F_k(2Q₁ − 1)``: one filtered channel per kernel; for Potts
+        (``a = 1, b = −1``) the ``F_k(1)`` term vanishes. The splat of ``D^{-1/2}(2Q₁ − 1)`` is
+        twice that of ``D^{-1/2} Q₁`` on a grid that starts from minus the splat of ``D^{-1/2}``
+        (computed once). Runs in horizontal bands: small working arrays, no whole-image
+        temporaries.
+        """
+        n, _, h, w = z.shape
+        banded = all(hasattr(k.filt, "splat_") for k in kernels)
+        multiple = math.lcm(1, *(k.filt.row_multiple for k in kernels)) if banded else 1
+        ranges = bands(h, w, n, multiple)
+        if kernels and self.n_iterations and not banded:          # learned features
+            a = float(compat[1, 0] - compat[0, 0])
+            b = float(compat[1, 1] - compat[0, 1])
+            base = z.clone()
+            if a + b != 0:
+                for k in kernels:
+                    base.sub_(k.ones, alpha=0.5 * (a + b) * float(k.weight))
+            for _ in range(self.n_iterations):
+                t = torch.sigmoid(z).mul_(2).sub_(1)
+                z = base.clone()
+                for k in kernels:
+                    z.addcmul_(k.norm, k.filt(k.norm * t), value=0.5 * (a - b) * float(k.weight))
+        elif kernels and self.n_iterations:
+            a = float(compat[1, 0] - compat[0, 0])
+            b = float(compat[1, 1] - compat[0, 1])
+            base = z.clone()
+            if a + b != 0:
+                for k in kernels:
+                    base.sub_(k.ones, alpha=0.5 * (a + b) * float(k.weight))
+            scales = [0.5 * (a - b) * float(k.weight) for k in kernels]
+            starts = []                                   # −splat(D^{-1/2}) per kernel
+            for k in kernels:
+                start = k.filt.new_grid(z)
+                for r0, r1 in ranges:
+                    k.filt.splat_(start, k.norm[:, :, r0:r1], r0, alpha=-1.0)
+                starts.append(start)
+            grids = [start.clone() for start in starts]
+            for _ in range(self.n_iterations):
+                for grid, start in zip(grids, starts):
+                    grid.copy_(start)
+                for r0, r1 in ranges:
+                    q = torch.sigmoid(z[:, :, r0:r1])
+                    for k, grid in zip(kernels, grids):
+                        k.filt.splat_(grid, k.norm[:, :, r0:r1] * q, r0, alpha=2.0)
+                blurred = [k.filt.blur(grid) for k, grid in zip(kernels, grids)]
+                for r0, r1 in ranges:
+                    zb = z[:, :, r0:r1]
+                    src = base[:, :, r0:r1]
+                    for k, scale, grid in zip(kernels, scales, blurred):
+                        torch.addcmul(src, k.norm[:, :, r0:r1], k.filt.slice(grid, r0, r1),
+                                      value=scale, out=zb)
+                        src = zb
+        # log Q₁ = log σ(z) = min(z, 0) − log(1 + e^{−|z|}), log Q₀ = log σ(−z) = log Q₁ − z
+        out = z.new_empty(n, 2, h, w)
+        for r0, r1 in ranges:
+            zb = z[:, :, r0:r1]
+            t = torch.exp(-zb.abs()).add_(1).log_()
+            torch.sub(zb.clamp_max(0), t, out=out[:, 1:2, r0:r1])
+            torch.sub(out[:, 1:2, r0:r1], zb, out=out[:, 0:1, r0:r1])
+        return out
+
+
+def exact_mean_field(logits: Tensor, image: Tensor, n_iterations: int = 10,
+                     spatial_sxy: float = 3.0, spatial_weight: float = 3.0,
+                     bilateral_sxy: float = 20.0, bilateral_srgb: float = 13.0,
+                     bilateral_weight: float = 0.5, unary_clip: float | None = 1e-5,
+                     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+                     compatibility: Tensor | None = None) -> Tensor:
+    """Brute-force reference of :class:`MeanFieldCRF` (same energy and parameters): explicit
+    ``N × N`` kernels ``exp(-|f_i - f_j|² / 2)`` (as
+    :func:`~cryoparticle.crf.filtering.exact_filter`), float64. For tests on images of ≤ 64²
+    pixels. Returns log-marginals ``(N, C, H, W)``."""
+    from cryoparticle.crf.filtering import position_features
+
+    logits, image = check_logits_image(logits, image)
+    n, c, h, w = logits.shape
+    log_p = F.log_softmax(logits.double(), dim=1)
+    if unary_clip:
+        log_p = log_p.clamp_min(math.log(unary_clip))
+    levels = intensity_levels(image[:, 0], percentiles).double()
+    kernels = []
+    if spatial_weight:
+        kernels.append((spatial_weight, position_features(n, h, w, spatial_sxy)))
+    if bilateral_weight:
+        s_level = bilateral_srgb / math.sqrt(RGB_CHANNELS)
+        feats = torch.cat([position_features(n, h, w, bilateral_sxy), levels[:, None] / s_level],
+                          dim=1)
+        kernels.append((bilateral_weight, feats))
+    compat = (1.0 - torch.eye(c, dtype=torch.float64)) if compatibility is None else \
+        compatibility.double()
+    # Σ_k w_k D_k^{-1/2} K_k D_k^{-1/2} per image, from the explicit kernels
+    operators = []
+    for i in range(n):
+        total = 0
+        for wk, feats in kernels:
+            f = feats[i].reshape(feats.shape[1], -1).T
+            kernel = torch.exp(-0.5 * torch.cdist(f, f).square())
+            norm = kernel.sum(1).rsqrt()
+            total = total + wk * (norm[:, None] * kernel * norm[None, :])
+        operators.append(total)
+    scores = log_p
+    for _ in range(n_iterations):
+        q = scores.softmax(dim=1).reshape(n, c, h * w)
+        messages = torch.stack([q[i] @ operators[i].T for i in range(n)]).reshape(n, c, h, w)
+        scores = log_p - torch.einsum("lm,nmhw->nlhw", compat, messages)
+    return F.log_softmax(scores, dim=1)
+
+
+def meanfield_crf(prob, image, **params) -> Tensor:
+    """Marginals ``(C, H, W)`` of :class:`MeanFieldCRF` (``params``) for probabilities
+    ``prob (C, H, W)`` (summing to one) of ``image (H, W)``; the counterpart of
+    :func:`~cryoparticle.crf.dense.dense_crf`."""
+    from cryoparticle.crf.checks import check_probabilities
+
+    prob, image = check_probabilities(prob, image)
+    crf = MeanFieldCRF(num_classes=prob.shape[0], **params)
+    logits = torch.from_numpy(prob).clamp_min(1e-30).log()[None]
+    with torch.no_grad():
+        return crf(logits, torch.from_numpy(image)[None, None])[0].exp()
+
+
+__all__ = ["FEATURE_BOUND", "MeanFieldCRF", "exact_mean_field", "meanfield_crf"]
