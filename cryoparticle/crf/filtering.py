@@ -104,7 +104,7 @@ def intensity_levels(image: Tensor, percentiles: Sequence[float] = DEFAULT_PERCE
 
 def auto_cell(sigma: float, cells_per_sigma: float = SPATIAL_CELLS_PER_SIGMA) -> int:
     """Grid cell size (whole pixels ≥ 1) for a spatial bandwidth ``sigma`` (pixels)."""
-    return max(1, int(math.floor(float(sigma) / cells_per_sigma + 1e-9)))
+    return max(1, math.floor(float(sigma) / cells_per_sigma + 1e-9))
 
 
 def _tent_variance(cell: int) -> float:
@@ -133,7 +133,7 @@ def gaussian_taps(sigma: Tensor | float, dtype: torch.dtype = torch.float32,
     ``TRUNCATE·σ``: ``max(0, exp(-k²/2σ²) − exp(-TRUNCATE²/2))``, so that the taps are
     continuous in ``σ`` (a tap enters with weight 0) and differentiable for a tensor ``sigma``."""
     value = float(sigma.detach()) if isinstance(sigma, Tensor) else float(sigma)
-    radius = int(math.floor(TRUNCATE * value)) if value > 1 / TRUNCATE else 0
+    radius = math.floor(TRUNCATE * value) if value > 1 / TRUNCATE else 0
     if isinstance(sigma, Tensor):
         device, dtype = sigma.device, (sigma.dtype if sigma.is_floating_point() else dtype)
     if radius == 0:
@@ -258,8 +258,8 @@ class SpatialGaussian:
         s = self.cell
         if s == 1:
             return grid[:, :, r0:r1]
-        a = int(math.floor((r0 + 0.5) / s + 0.5))
-        b = min(self.grid_shape[0], int(math.floor((r1 - 0.5) / s + 0.5)) + 2)
+        a = math.floor((r0 + 0.5) / s + 0.5)
+        b = min(self.grid_shape[0], math.floor((r1 - 0.5) / s + 0.5) + 2)
         up = F.interpolate(grid[:, :, a:b], scale_factor=s, mode="bilinear", align_corners=False)
         top = r0 + s - a * s
         return up[:, :, top:top + r1 - r0, s:s + self.width]
@@ -454,7 +454,7 @@ class FeatureBilateral:
         step = 1.0 / float(cells_per_sigma)                       # feature units per cell
         lo = features.detach().amin(dim=(0, 2, 3))
         hi = features.detach().amax(dim=(0, 2, 3))
-        sizes = [int(math.floor(float(hi[f] - lo[f]) / step)) + 3 for f in range(nf)]
+        sizes = [math.floor(float(hi[f] - lo[f]) / step) + 3 for f in range(nf)]
         self.dims = (*sizes, gy, gx)
         strides = [1] * len(self.dims)
         for d in range(len(self.dims) - 2, -1, -1):

@@ -19,7 +19,7 @@ def test_rgb_levels_repeat_the_shared_intensity_levels():
 
 
 def test_dense_crf_returns_marginals_and_the_module_their_logs():
-    logits, image, mask = disc_scene(64, 1)
+    logits, image, _ = disc_scene(64, 1)
     prob = logits[0].softmax(0).numpy()
     q = dense_crf(prob, image[0, 0].numpy(), n_iterations=5)
     assert q.shape == (2, 64, 64) and q.dtype == np.float32

@@ -18,7 +18,8 @@ from cryoparticle.models.segmenter import Segmenter
 from .conftest import disc_scene
 
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:.*(does not have many workers|LeafSpec|val_dataloader|train_dataloader).*")
+    "ignore:.*(does not have many workers|LeafSpec|val_dataloader|train_dataloader"
+    "|in eval mode at the start of training).*")
 
 FACTS = {"pixel_size_a": 7.08, "particle_diameter_a": 190.0}
 
@@ -114,7 +115,9 @@ def test_fine_tune_a_trained_network_frozen_or_not(tmp_path):
     unfrozen = rnn_model(f"model.finetune_from={path}")
     assert fit(unfrozen).network > 0
 
+    crf = {"_target_": "cryoparticle.crf.meanfield.MeanFieldCRF", "learnable": True}
     with pytest.raises(InputError, match="another network"):
-        rnn_model(f"model.finetune_from={path}", "model.network.name=deeplabv3")
+        Segmenter({"name": "deeplabv3", "backbone": "resnet18"}, crf=crf, finetune_from=path)
     with pytest.raises(InputError, match="not found"):
-        rnn_model(f"model.finetune_from={tmp_path / 'missing.ckpt'}")
+        Segmenter({"name": "fcn", "backbone": "resnet18"}, crf=crf,
+                  finetune_from=tmp_path / "missing.ckpt")
