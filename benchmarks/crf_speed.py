@@ -1,6 +1,7 @@
 """Dense CRF speed: our mean-field CRF (PyTorch, grid filters) against pydensecrf, same CRF.
 
-    python benchmarks/crf_speed.py [--sizes 1024 2048 4096] [--threads 1] [--repeats 3]
+    python benchmarks/crf_speed.py [--sizes 1024 2048 4096] [--threads 1] [--workers 1]
+                                   [--repeats 3]
                                    [--dense-max-size 4096] [--train-step] [--train-repeats 5]
                                    [--json benchmarks/results/crf_speed.json]
 
@@ -14,7 +15,8 @@
     Reported: seconds, speed-up, label agreement and mean |ΔQ| between the two, particle IoU of
     the unary and of each CRF, peak resident memory of the process and its increase over the
     inputs. ``--threads``: torch threads for ours (pydensecrf is single-threaded; 1 is the
-    like-for-like comparison and the robust one on a shared machine). With a CUDA device, ours
+    like-for-like comparison and the robust one on a shared machine); ``--workers``: ours'
+    band-parallel threads (``MeanFieldCRF(workers=...)``, with ``--threads 1``). With a CUDA device, ours
     is also timed on it (after a warm-up call; peak CUDA memory).
 (b) ``--train-step``: one optimisation step (forward, loss, backward, Adam) of the default
     network (``model=unet``) and of ``model=deeplabv3`` on a batch of 4 crops of 512², without a
@@ -109,7 +111,8 @@ def peak_rss_mb() -> float:
 # ----------------------------------------------------------------------------------- workers
 
 
-def worker(kind: str, scene: Path, out: Path, threads: int, repeats: int) -> None:
+def worker(kind: str, scene: Path, out: Path, threads: int, repeats: int, workers: int = 1
+           ) -> None:
     """Run one CRF on a saved scene in this (fresh) process; write timings and marginals."""
     torch.set_num_threads(threads)
     data = np.load(scene)
@@ -119,7 +122,8 @@ def worker(kind: str, scene: Path, out: Path, threads: int, repeats: int) -> Non
     if kind == "ours":
         from cryoparticle.crf.meanfield import MeanFieldCRF
 
-        crf = MeanFieldCRF(**params)
+        crf = MeanFieldCRF(**params, workers=workers)
+        result["workers"] = workers
         logits = torch.from_numpy(prob).clamp_min(1e-30).log()[None]
         img = torch.from_numpy(image)[None, None]
         base = rss_mb()
@@ -179,11 +183,11 @@ def worker(kind: str, scene: Path, out: Path, threads: int, repeats: int) -> Non
     out.write_text(json.dumps(result))
 
 
-def run_worker(kind: str, scene: Path, tmp: Path, threads: int, repeats: int
+def run_worker(kind: str, scene: Path, tmp: Path, threads: int, repeats: int, workers: int = 1
                ) -> tuple[dict[str, Any], np.ndarray]:
     out = tmp / f"{scene.stem}_{kind}.json"
     cmd = [sys.executable, __file__, "--worker", kind, "--scene", str(scene), "--out", str(out),
-           "--threads", str(threads), "--repeats", str(repeats)]
+           "--threads", str(threads), "--repeats", str(repeats), "--workers", str(workers)]
     subprocess.run(cmd, check=True, cwd=ROOT)
     return json.loads(out.read_text()), np.load(out.with_suffix(".npy"))
 
@@ -236,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for ours")
+    parser.add_argument("--workers", type=int, default=1, help="band threads for ours")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dense-max-size", type=int, default=4096,
                         help="skip pydensecrf above this size")
@@ -247,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.scene, args.out, args.threads, args.repeats)
+        worker(args.worker, args.scene, args.out, args.threads, args.repeats, args.workers)
         return {}
 
     report: dict[str, Any] = {
@@ -268,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             data = np.load(scene)
             mask = data["mask"]
             row["unary_iou"] = iou(data["prob"][1] > 0.5, mask)
-            ours, q_ours = run_worker("ours", scene, tmp, args.threads, args.repeats)
+            ours, q_ours = run_worker("ours", scene, tmp, args.threads, args.repeats,
+                                      args.workers)
             row["ours"] = ours
             row["ours_iou"] = iou(q_ours > 0.5, mask)
             if torch.cuda.is_available():
@@ -298,7 +304,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def print_row(row: dict[str, Any]) -> None:
     ours = row["ours"]
-    line = (f"{row['size']:>5}²  ours {ours['seconds']:7.2f} s ({ours['threads']} thr, peak "
+    line = (f"{row['size']:>5}²  ours {ours['seconds']:7.2f} s ({ours['threads']} thr × "
+            f"{ours['workers']} workers, peak "
             f"{ours['peak_rss_mb'] / 1024:.2f} GB, +{(ours['peak_rss_mb'] - ours['input_rss_mb'])/ 1024:.2f})")
     if "pydensecrf" in row:
         d = row["pydensecrf"]

@@ -20,7 +20,7 @@ Intensity axis (:class:`IntensityBilateral`, 8-bit levels as pydensecrf sees the
     pixels are splatted into a *fine* histogram with one bin per level (256, exact), the
     256 × 256 Gaussian intensity kernel is applied as a matrix — exact for small grids and while
     the bandwidth is being learned, otherwise through its rank-``k`` eigen-factorisation
-    ``K ≈ B Bᵀ`` (max. abs. error ≤ :data:`LOWRANK_TOLERANCE`; ``k ≈ 48`` for σ = 7.5 levels) —
+    ``K ≈ B Bᵀ`` (max. abs. error ≤ :data:`LOWRANK_TOLERANCE`; ``k = 43`` for σ = 7.5 levels) —
     and the result is sliced with one 2-D ``grid_sample`` on an "atlas" stacking the 256 level
     planes, i.e. trilinear slicing for the price of bilinear.
 
@@ -31,6 +31,15 @@ Learned features (:class:`FeatureBilateral`, any number of float channels)
 Normalisation as pydensecrf's default ``NORMALIZE_SYMMETRIC``: messages are
 ``D^{-1/2} K D^{-1/2} Q`` with ``D = K·1`` computed with the same approximate ``K`` (see
 :func:`symmetric_normaliser`). The self-contribution ``K_ii = 1`` is kept, as in pydensecrf.
+
+Accuracy: with one grid cell per bandwidth the normalised filters are within a few % of the
+exact ones (the kernel depends a little on where two pixels fall in their cells), within ~1 %
+with two or more (``tests/crf/test_filtering.py``); the cell sizes are the speed/accuracy knob.
+
+Bands: without autograd the filters run over horizontal bands of :data:`BAND_PIXELS` pixels
+(``new_grid``, ``splat_`` per band, ``blur``, ``slice`` per band; :func:`apply_filter`): small,
+cache-resident working arrays and no whole-micrograph temporaries (on the CPU a fresh 64 MB
+array costs more in page faults than the arithmetic done on it).
 
 :func:`exact_filter` is the brute-force reference (explicit ``N × N`` kernel) the tests compare
 against; keep it to images of ≤ 64² pixels.
@@ -53,7 +62,7 @@ DEFAULT_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 #: Grid cells per kernel bandwidth along the spatial axes (cell = σ / this, in whole pixels).
 SPATIAL_CELLS_PER_SIGMA = 1.0
 #: Grid cells per bandwidth along the spatial axes of the bilateral kernel.
-BILATERAL_CELLS_PER_SIGMA = 0.8
+BILATERAL_CELLS_PER_SIGMA = 0.5
 #: Grid cells per bandwidth along learned-feature axes.
 FEATURE_CELLS_PER_SIGMA = 1.0
 #: Images of at most this many pixels get finer grids by default (cheap at that size and
@@ -67,7 +76,7 @@ LOWRANK_TOLERANCE = 1e-3
 #: Blur taps reach this many standard deviations.
 TRUNCATE = 4.0
 #: Pixels used to estimate the percentiles of a micrograph (a regular subsample).
-_PERCENTILE_SAMPLES = 1 << 20
+_PERCENTILE_SAMPLES = 1 << 18
 
 
 # ----------------------------------------------------------------------------- intensity levels
@@ -77,7 +86,7 @@ def intensity_levels(image: Tensor, percentiles: Sequence[float] = DEFAULT_PERCE
     """8-bit intensity levels (``uint8``, same shape) of images ``(..., H, W)``, per image.
 
     The ``percentiles`` (robust to outliers such as ice and carbon) of each image map to 0 and 255,
-    values beyond are clipped; estimated on a regular subsample of at most 2²⁰ pixels. This is
+    values beyond are clipped; estimated on a regular subsample of at most 2¹⁸ pixels. This is
     the one place where a micrograph's intensity becomes the CRF feature, so the pydensecrf
     reference (:mod:`cryoparticle.crf.dense`) and :class:`~cryoparticle.crf.meanfield.MeanFieldCRF`
     see identical features. A constant image maps to 0.
@@ -95,8 +104,13 @@ def intensity_levels(image: Tensor, percentiles: Sequence[float] = DEFAULT_PERCE
     lo, hi = torch.quantile(sample, q, dim=1)
     span = hi - lo
     scale = torch.where(span > 0, (LEVELS - 1) / span.clamp_min(1e-30), torch.zeros_like(span))
-    levels = (flat.float() - lo[:, None]).mul_(scale[:, None]).round_().clamp_(0, LEVELS - 1)
-    return levels.to(torch.uint8).reshape(shape)
+    out = torch.empty(flat.shape, dtype=torch.uint8, device=flat.device)
+    step = max(1, BAND_PIXELS)           # in pieces: no whole-micrograph float temporaries
+    for i in range(flat.shape[0]):
+        for j in range(0, flat.shape[1], step):
+            piece = flat[i, j:j + step].float()
+            out[i, j:j + step] = (piece - lo[i]).mul_(scale[i]).round_().clamp_(0, LEVELS - 1)
+    return out.reshape(shape)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -324,21 +338,26 @@ class IntensityBilateral:
         gx, ix, cx = _axis(w, s, device)
         self.gy, self.gx = gy, gx
         cells = n * gy * gx
-        index_dtype = torch.int32 if LEVELS * cells < 2**31 else torch.int64
+        index_dtype = torch.int64                  # scatter_add_ (faster than index_add_)
         batch = torch.arange(n, device=device, dtype=index_dtype).view(n, 1, 1)
         # grid layout (level, image, row, column): the intensity kernel is one 2-D matmul
-        base = (batch * gy + iy.to(index_dtype).view(1, h, 1)) * gx + \
-            ix.to(index_dtype).view(1, 1, w)
+        rowpart = (batch * gy + iy.to(index_dtype).view(1, h, 1)) * gx       # (n, h, 1)
+        colpart = ix.to(index_dtype).view(1, 1, w)
         lev = levels.to(device)
         if lev.dtype not in (torch.uint8, index_dtype):
             lev = lev.to(index_dtype)
-        self.index = torch.add(base, lev, alpha=cells).to(index_dtype)     # (n, h, w)
         # slicing: bilinear on an atlas of the 256 level planes stacked along the rows
         rows = LEVELS * gy
+        self.index = torch.empty(n, h, w, dtype=index_dtype, device=device)
         self.sample = torch.empty(n, h, w, 2, dtype=dtype, device=device)
-        self.sample[..., 0] = (cx * (2.0 / (gx - 1)) - 1.0).to(dtype).view(1, 1, w)
-        row = (cy * (2.0 / (rows - 1)) - 1.0).to(dtype).view(1, h, 1).expand(n, h, w)
-        torch.add(row, lev, alpha=2.0 * gy / (rows - 1), out=self.sample[..., 1])
+        xs = (cx * (2.0 / (gx - 1)) - 1.0).to(dtype).view(1, w)
+        ys = (cy * (2.0 / (rows - 1)) - 1.0).to(dtype)
+        for r0, r1 in bands(h, w, n):        # in bands: no whole-micrograph temporaries
+            torch.add(rowpart[:, r0:r1], colpart, out=self.index[:, r0:r1])
+            self.index[:, r0:r1].add_(lev[:, r0:r1], alpha=cells)
+            self.sample[:, r0:r1, :, 0] = xs
+            torch.add(ys[r0:r1].view(1, -1, 1), lev[:, r0:r1], alpha=2.0 * gy / (rows - 1),
+                      out=self.sample[:, r0:r1, :, 1])
         extra = (_box_variance(s) + _tent_variance(s)) if s > 1 else 0.0
         self.sigma_cells = _blur_sigma(sxy, s, extra)
         learn_level = isinstance(s_level, Tensor) and s_level.requires_grad
@@ -362,10 +381,12 @@ class IntensityBilateral:
         """Add ``alpha`` × the band ``values (N, C, rows, W)`` starting at row ``r0``."""
         n, c, rows, w = values.shape
         index = self.index[:, r0:r0 + rows].reshape(-1)
+        if alpha != 1.0:
+            values = values * alpha
         if c == 1:
-            return grid.index_add_(0, index, values.reshape(-1), alpha=alpha)
+            return grid.scatter_add_(0, index, values.reshape(-1))
         src = values.reshape(n, c, rows * w).transpose(1, 2).reshape(-1, c)
-        return grid.index_add_(0, index, src, alpha=alpha)
+        return grid.scatter_add_(0, index[:, None].expand(-1, c), src)
 
     def blur(self, grid: Tensor) -> Tensor:
         """The blurred grid as an atlas ``(N, C, 256·rows, columns)`` for slicing."""
@@ -390,6 +411,18 @@ class IntensityBilateral:
     def slice(self, atlas: Tensor, r0: int, r1: int) -> Tensor:
         return F.grid_sample(atlas, self.sample[:, r0:r1].to(atlas.dtype), mode="bilinear",
                              padding_mode="zeros", align_corners=True)
+
+    def normaliser(self, like: Tensor) -> Tensor:
+        """``D^{-1/2}`` ``(N, 1, H, W)`` with ``D = K·1``: the splat of ones is a histogram
+        count (``bincount``), the slice runs in bands into the result (no gradient)."""
+        n, h, w = self.shape
+        size = LEVELS * n * self.gy * self.gx
+        counts = torch.bincount(self.index.reshape(-1), minlength=size).to(like.dtype)
+        atlas = self.blur(counts)
+        out = like.new_empty(n, 1, h, w)
+        for r0, r1 in bands(h, w, n):
+            out[:, :, r0:r1] = self.slice(atlas, r0, r1).clamp_min_(1e-20).rsqrt_()
+        return out
 
     def __call__(self, values: Tensor) -> Tensor:
         return apply_filter(self, values)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,12 @@ RGB_CHANNELS = 3
 FEATURE_MODES = ("replace", "augment")
 
 
+def _requires_grad(filt) -> bool:
+    """Whether a filter's bandwidths are tensors that require grad."""
+    values = [getattr(filt, name, None) for name in ("sigma_cells", "kernel", "factor")]
+    return any(isinstance(v, Tensor) and v.requires_grad for v in values)
+
+
 class _Kernel:
     """One pairwise term for the current batch: weight, filter, ``D^{-1/2}`` and (on demand)
     ``D^{-1/2} K D^{-1/2} 1``."""
@@ -82,6 +89,9 @@ class _Kernel:
         self._ones: Tensor | None = None
         if hasattr(filt, "normalisers"):  # separable: from 1-D filters
             self.norm, self._ones = filt.normalisers(like)
+        elif hasattr(filt, "normaliser") and not (torch.is_grad_enabled()
+                                                  and _requires_grad(filt)):
+            self.norm = filt.normaliser(like)      # from level counts, in bands
         else:
             self.norm = symmetric_normaliser(filt, like)
 
@@ -109,7 +119,11 @@ class MeanFieldCRF(nn.Module):
     ``learnable``/``learn_bandwidths``/``feature_channels``/``feature_mode``/``feature_hidden``:
     the CRF-as-RNN options (see the module doc). ``*_cells_per_sigma``: grid resolution of the
     approximate filters (1 = one cell per bandwidth; larger is more exact and slower; ``None``:
-    1.0 and 0.8, or 1.5 and 2.5 for images of at most 256² pixels, where it costs little).
+    1.0 and 0.5, or 1.5 and 2.5 for images of at most 256² pixels, where it costs little).
+    ``workers``: CPU threads that share the horizontal bands of two-class inference (each with
+    its own grids); with ``workers > 1`` run torch with one intra-op thread
+    (``torch.set_num_threads(1)``): band parallelism scales better than many small
+    OpenMP-parallel operations, especially on a busy machine.
     """
 
     def __init__(self, n_iterations: int = 10, spatial_sxy: float = 3.0,
@@ -122,7 +136,8 @@ class MeanFieldCRF(nn.Module):
                  feature_hidden: int = 8,
                  spatial_cells_per_sigma: float | None = None,
                  bilateral_cells_per_sigma: float | None = None,
-                 feature_cells_per_sigma: float = FEATURE_CELLS_PER_SIGMA) -> None:
+                 feature_cells_per_sigma: float = FEATURE_CELLS_PER_SIGMA,
+                 workers: int = 1) -> None:
         super().__init__()
         percentiles = tuple(float(p) for p in percentiles)
         check_params(n_iterations, spatial_sxy, spatial_weight, bilateral_sxy, bilateral_srgb,
@@ -145,6 +160,9 @@ class MeanFieldCRF(nn.Module):
                     or not 0.25 <= float(value) <= 8:
                 raise param_error(name, value, "must be a number in [0.25, 8]"
                                   + ("" if name == "feature_cells_per_sigma" else " or null"))
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise param_error("workers", workers, "must be an integer ≥ 1")
+        self.workers = int(workers)
         self.n_iterations = int(n_iterations)
         self.unary_clip = None if not unary_clip else float(unary_clip)
         self.percentiles = percentiles
@@ -294,8 +312,8 @@ class MeanFieldCRF(nn.Module):
         With ``F_k = D_k^{-1/2} K_k D_k^{-1/2}``, ``a = μ₁₀ − μ₀₀``, ``b = μ₁₁ − μ₀₁`` and
         ``Q₁ = σ(z)``, one mean-field step is ``z ← −ΔU − (a+b)/2 · Σ_k w_k F_k(1) +
         (a−b)/2 · Σ_k w_k F_k(2Q₁ − 1)``: one filtered channel per kernel; for Potts
-        (``a = 1, b = −1``) the ``F_k(1)`` term vanishes. The splat of ``D^{-1/2}(2Q₁ − 1)`` is
-        twice that of ``D^{-1/2} Q₁`` on a grid that starts from minus the splat of ``D^{-1/2}``
+        (``a = 1, b = −1``) the ``F_k(1)`` term vanishes. ``F_k(2Q₁ − 1) = 2 F_k(Q₁ − 1/2)``: the
+        splat of ``D^{-1/2} Q₁`` is added to a grid that starts from ``−splat(D^{-1/2})/2``
         (computed once). Runs in horizontal bands: small working arrays, no whole-image
         temporaries.
         """
@@ -322,29 +340,58 @@ class MeanFieldCRF(nn.Module):
             if a + b != 0:
                 for k in kernels:
                     base.sub_(k.ones, alpha=0.5 * (a + b) * float(k.weight))
-            scales = [0.5 * (a - b) * float(k.weight) for k in kernels]
-            starts = []                                   # −splat(D^{-1/2}) per kernel
+            # F(2Q₁ − 1) = 2 F(Q₁ − 1/2): splat D^{-1/2} Q₁ onto −splat(D^{-1/2})/2, scale by 2
+            scales = [(a - b) * float(k.weight) for k in kernels]
+            starts = []
             for k in kernels:
                 start = k.filt.new_grid(z)
                 for r0, r1 in ranges:
-                    k.filt.splat_(start, k.norm[:, :, r0:r1], r0, alpha=-1.0)
+                    k.filt.splat_(start, k.norm[:, :, r0:r1], r0, alpha=-0.5)
                 starts.append(start)
-            grids = [start.clone() for start in starts]
-            for _ in range(self.n_iterations):
-                for grid, start in zip(grids, starts):
-                    grid.copy_(start)
-                for r0, r1 in ranges:
+            workers = self.workers if z.device.type == "cpu" else 1
+            workers = max(1, min(workers, len(ranges)))
+            # one set of grids per worker thread (scatter into a shared grid would race)
+            grids = [[start.clone() for start in starts] for _ in range(workers)]
+
+            def splat(worker: int) -> None:
+                own = grids[worker]
+                for i, start in enumerate(starts):
+                    if worker == 0:
+                        own[i].copy_(start)
+                    else:
+                        own[i].zero_()
+                for r0, r1 in ranges[worker::workers]:
                     q = torch.sigmoid(z[:, :, r0:r1])
-                    for k, grid in zip(kernels, grids):
-                        k.filt.splat_(grid, k.norm[:, :, r0:r1] * q, r0, alpha=2.0)
-                blurred = [k.filt.blur(grid) for k, grid in zip(kernels, grids)]
-                for r0, r1 in ranges:
+                    for k, grid in zip(kernels, own):
+                        k.filt.splat_(grid, k.norm[:, :, r0:r1] * q, r0)
+
+            def update(worker: int, blurred: list[Tensor]) -> None:
+                for r0, r1 in ranges[worker::workers]:
                     zb = z[:, :, r0:r1]
                     src = base[:, :, r0:r1]
                     for k, scale, grid in zip(kernels, scales, blurred):
                         torch.addcmul(src, k.norm[:, :, r0:r1], k.filt.slice(grid, r0, r1),
                                       value=scale, out=zb)
                         src = zb
+
+            pool = ThreadPoolExecutor(workers) if workers > 1 else None
+            try:
+                for _ in range(self.n_iterations):
+                    if pool is None:
+                        splat(0)
+                    else:
+                        list(pool.map(splat, range(workers)))
+                        for own in grids[1:]:
+                            for total, part in zip(grids[0], own):
+                                total.add_(part)
+                    blurred = [k.filt.blur(grid) for k, grid in zip(kernels, grids[0])]
+                    if pool is None:
+                        update(0, blurred)
+                    else:
+                        list(pool.map(update, range(workers), [blurred] * workers))
+            finally:
+                if pool is not None:
+                    pool.shutdown()
         # log Q₁ = log σ(z) = min(z, 0) − log(1 + e^{−|z|}), log Q₀ = log σ(−z) = log Q₁ − z
         out = z.new_empty(n, 2, h, w)
         for r0, r1 in ranges:

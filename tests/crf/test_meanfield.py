@@ -79,6 +79,17 @@ def test_three_classes_match_the_brute_force():
     assert agreement(ours, exact) >= 0.99
 
 
+def test_band_worker_threads_give_the_same_result(monkeypatch):
+    import cryoparticle.crf.filtering as fl
+
+    monkeypatch.setattr(fl, "BAND_PIXELS", 64 * 20)              # many bands
+    logits, image, _ = disc_scene(64, 4)
+    with torch.no_grad():
+        one = MeanFieldCRF(bilateral_weight=3.0)(logits, image)
+        two = MeanFieldCRF(bilateral_weight=3.0, workers=2)(logits, image)
+    assert torch.allclose(one, two, atol=1e-5)
+
+
 def test_batch_equals_each_image_alone():
     scenes = [disc_scene(40, s) for s in range(3)]
     logits = torch.cat([s[0] for s in scenes])
@@ -146,3 +157,7 @@ def test_learned_features_train_end_to_end():
     assert all(g is not None and float(g.abs().sum()) > 0 for g in head)
     augment, logits, image = _tiny(feature_channels=1, feature_mode="augment")
     assert augment(logits, image).shape == (2, 2, 8, 8)
+    # inference (two-class path, no gradient) equals the autograd path
+    with torch.no_grad():
+        fast = crf(logits, image)
+    assert torch.allclose(fast, crf(logits, image).detach(), atol=1e-6)
