@@ -442,9 +442,11 @@ class PickingModule(pl.LightningModule):
     """
 
     def __init__(self, segmenter: pl.LightningModule, tile_size: int, tile_overlap: int,
-                 tile_batch_size: int | None = None, fit_tiles: bool = True) -> None:
+                 tile_batch_size: int | None = None, fit_tiles: bool = True,
+                 crf: torch.nn.Module | None = None) -> None:
         super().__init__()
         self.segmenter = segmenter
+        self.crf = crf
         self.tile_size, self.tile_overlap = int(tile_size), int(tile_overlap)
         self.tile_batch_size = None if tile_batch_size is None else int(tile_batch_size)
         self.fit_tiles = bool(fit_tiles)
@@ -471,9 +473,12 @@ class PickingModule(pl.LightningModule):
         image = image.to(self.device, torch.float32)
         height, width = image.shape[-2:]
         if height <= self.tile_size and width <= self.tile_size:
-            return self.segmenter(image[None])[0].float().softmax(dim=0)[1]
-        tile, batch = self.tiling(image.shape[-2:])
-        logits = predict_tiled(self.segmenter, image, tile, self.tile_overlap, batch)
+            logits = self.segmenter(image[None])[0].float()
+        else:
+            tile, batch = self.tiling(image.shape[-2:])
+            logits = predict_tiled(self.segmenter, image, tile, self.tile_overlap, batch)
+        if self.crf is not None:  # post-hoc CRF on the whole micrograph
+            logits = self.crf(logits[None], image[None])[0]
         return logits.softmax(dim=0)[1]
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int,
@@ -818,6 +823,31 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
+def post_hoc_crf(crf_cfg: Any, num_classes: int) -> torch.nn.Module | None:
+    """The CRF of predict's ``crf=`` option: ``none`` (an empty group) → ``None``;
+    ``dense``/``meanfield`` → the module, built for the checkpoint's ``num_classes``;
+    a learnable CRF (``crf=rnn``) is refused: it is trained with its network."""
+    from omegaconf import OmegaConf
+
+    from cryoparticle.config import instantiate
+
+    if OmegaConf.is_config(crf_cfg):
+        crf_cfg = OmegaConf.to_container(crf_cfg, resolve=False)
+    crf_cfg = dict(crf_cfg or {})
+    if not crf_cfg.get("_target_"):
+        return None
+    if crf_cfg.get("learnable") or int(crf_cfg.get("feature_channels") or 0) > 0:
+        raise param_error("crf", "rnn", "a learnable CRF is trained with its network: train "
+                                        "with crf=rnn and predict with that checkpoint "
+                                        "(crf=dense or crf=meanfield here)")
+    if "num_classes" in crf_cfg:
+        crf_cfg["num_classes"] = num_classes
+    module = instantiate(crf_cfg)
+    if not isinstance(module, torch.nn.Module):
+        raise param_error("crf", crf_cfg.get("_target_"), "must build a torch.nn.Module")
+    return module.eval()
+
+
 def run(cfg: Mapping[str, Any]) -> PredictSummary:
     """Pick particles as ``cfg`` (``conf/predict.yaml``) says; returns the summary (printed).
 
@@ -841,7 +871,14 @@ def run(cfg: Mapping[str, Any]) -> PredictSummary:
     ckpt_path = Path(str(cfg["ckpt_path"]))
     paths = list_micrographs(cfg["input"])
     segmenter = load_segmenter(ckpt_path)
-    settings = build_settings(cfg, segmenter.inference_facts(), ckpt_path)
+    crf_cfg = cfg.get("crf", None) if hasattr(cfg, "get") else None
+    crf = None
+    facts = dict(segmenter.inference_facts())
+    if crf_cfg is not None:  # crf=...: replaces the checkpoint's own CRF
+        crf = post_hoc_crf(crf_cfg, int(segmenter.hparams.network.get("num_classes", 2)))
+        segmenter = load_segmenter(ckpt_path, crf=None)
+        facts["picking_threshold"] = 0.5   # the calibrated one is for the checkpoint's output
+    settings = build_settings(cfg, facts, ckpt_path)
     names = micrograph_names(paths, settings.combined_star)
     _check_pixel_sizes(paths, settings)
     overrides = {"tile_size": _whole("tile_size", cfg.get("tile_size"), 1, optional=True),
@@ -880,7 +917,7 @@ def run(cfg: Mapping[str, Any]) -> PredictSummary:
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers,
                         collate_fn=_first, worker_init_fn=_worker_init,
                         persistent_workers=False)
-    module = PickingModule(segmenter, tile, overlap, tile_batch, fit_tiles)
+    module = PickingModule(segmenter, tile, overlap, tile_batch, fit_tiles, crf=crf)
     trainer.predict(module, dataloaders=loader, return_predictions=False)
 
     summary = writer.summary
@@ -899,5 +936,5 @@ def run(cfg: Mapping[str, Any]) -> PredictSummary:
 __all__ = [
     "Extraction", "MicrographFiles", "PickWriter", "PickingModule", "PredictSummary",
     "Result", "Settings", "build_settings", "list_micrographs", "micrograph_names",
-    "prepare_output_dir", "print_summary", "run",
+    "post_hoc_crf", "prepare_output_dir", "print_summary", "run",
 ]

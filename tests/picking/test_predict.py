@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import starfile
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from cryoparticle.config import compose, simulator_config
@@ -354,6 +355,42 @@ def test_tiled_inference_equals_whole_image_inference(ckpt, sims, tmp_path):
         assert len(ref) >= 4 and match(xy, ref, tol=2.0) == (1.0, 1.0), (label, xy, ref)
 
 
+def test_post_hoc_crf_runs_on_the_whole_micrograph(ckpt, sims, tmp_path):
+    """``crf=meanfield`` (and ``crf=dense``): the CRF of conf/crf/*.yaml applied to the whole
+    micrograph's logits, computed here independently; picks at threshold 0.5."""
+    from cryoparticle.crf.dense import DenseCRF
+    from cryoparticle.crf.meanfield import MeanFieldCRF
+    from cryoparticle.data.preprocess import bin_to_pixel_size, standardise
+    from cryoparticle.io.mrc import read_micrograph
+    from cryoparticle.models.segmenter import load_segmenter
+
+    mic = sims[0] / "wide.mrc"
+    seg = load_segmenter(ckpt).eval()
+    image, pixel_size_a = read_micrograph(mic)
+    binned, _ = bin_to_pixel_size(image, pixel_size_a, MODEL_PX)
+    x = torch.from_numpy(standardise(binned))[None, None]
+    with torch.no_grad():
+        logits = seg(x)
+    plain = logits.softmax(1)[0, 1].numpy()
+    for name, cls in (("meanfield", MeanFieldCRF), ("dense", DenseCRF)):
+        out = tmp_path / name
+        summary = run(config(ckpt, mic, out, "write_probability=true", "tile_size=256",
+                             f"crf={name}", "crf.bilateral_weight=1.0"))
+        assert summary.exit_code == 0
+        written = mrcfile.read(out / "wide_prob.mrc")
+        cfg = OmegaConf.to_container(compose("predict", [f"crf={name}", "ckpt_path=x",
+                                                         "input=x", "output_dir=x"]).crf,
+                                     resolve=False)
+        cfg.pop("_target_")
+        cfg.pop("num_classes", None)
+        cfg["bilateral_weight"] = 1.0
+        with torch.no_grad():
+            expected = cls(**cfg)(logits, x).exp()[0, 1].numpy()
+        np.testing.assert_allclose(written, expected, atol=1e-4)
+        assert np.abs(written - plain).max() > 0.05           # the CRF changed the map
+        assert summary.threshold == 0.5
+
+
 @pytest.mark.slow
 def test_two_processes_split_the_micrographs_under_ddp(ckpt, sims, tmp_path):
     """DDP with two CPU processes (as several GPUs would): each micrograph picked once, the
@@ -457,6 +494,7 @@ BAD_CASES = {
     "unknown format": ({"formats": "[star,pdf]"}, "formats"),
     "threshold out of range": ({"threshold": "1.5"}, "threshold"),
     "no output_dir": ({"output_dir": None}, "output_dir"),
+    "learnable crf post hoc": ({"crf": "rnn"}, "crf"),
 }
 
 

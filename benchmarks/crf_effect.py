@@ -1,0 +1,371 @@
+"""Does the dense CRF help? Networks × CRFs on synthetic micrographs at two SNRs and on real
+EMPIAR-10017 micrographs.
+
+    python benchmarks/crf_effect.py [--shared ../shared/data] [--work-dir benchmarks/work/crf_effect]
+                                    [--networks fcn deeplabv3 unet] [--snrs 0.1 0.03]
+                                    [--n-test 4] [--test-size 1024] [--n-real 10]
+                                    [--epochs 6] [--samples 640] [--rnn-epochs 3]
+                                    [--feature-channels 3] [--threads 2]
+                                    [--json benchmarks/results/crf_effect.json]
+
+1. Networks (``train.py``, resumable: a finished run is reused). For each of ``--networks``
+   (``conf/model/*.yaml``: FCN and DeepLabv3 with ResNet-18 backbones, the smp U-Net) a base
+   network is trained on on-the-fly synthetic micrographs (default simulator, SNR 0.1,
+   ``--epochs`` × ``--samples`` crops of 128²). Then CRF-as-RNN is fine-tuned on it with the
+   network frozen (``crf=rnn model.finetune_from=BASE model.freeze_network=true``, lr 1e-2,
+   ``--rnn-epochs``), once with the hand-set intensity feature (``rnn``) and once with
+   ``--feature-channels`` learned feature channels replacing it (``rnn+feat``). The frozen
+   network gives the same logits, so every row of one network differs by the CRF only.
+2. Test data, at the networks' 7.08 Å/px: ``--n-test`` simulated ``--test-size``² micrographs
+   at each of ``--snrs`` (seeds disjoint from training), and the real EMPIAR-10017 JPGs of
+   ``--shared`` (4096² at 1.77 Å/px, Fourier-binned 4× to 1024²; CryoPPP masks binned by area
+   majority; the ~90 px striped border is ignored in pixel metrics and picks; true centres
+   recovered from the disc masks with the picker's own extraction at the CryoPPP diameter of
+   108 px). Skipped when ``--shared`` is missing.
+3. CRFs on each network's whole-micrograph logits: ``none``; ``dense`` (pydensecrf,
+   ``conf/crf/dense.yaml``); ``meanfield`` (ours, the same parameters); ``meanfield*`` (ours
+   with the parameters chosen by a sweep of ``bilateral_weight``, ``bilateral_sxy`` and
+   ``spatial_weight`` on two separate synthetic *tuning* micrographs at the first SNR, best
+   pick F1); ``rnn`` and ``rnn+feat`` (the fine-tuned checkpoints, CRF per tile as in
+   ``predict.py``).
+4. Metrics over each test set (pooled): pixel IoU and F1 of ``P(particle) ≥ 0.5``; picks of
+   the picker's extraction at threshold 0.5 matched within half a diameter: precision, recall,
+   F1, and average precision (threshold-free, by pick score). Also the CRF's seconds per
+   micrograph.
+
+Prints one table per test set and writes the JSON (with the sweep) and a Markdown table
+(``--markdown``) for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+DEFAULT_SHARED = ROOT.parent / "shared" / "data"
+REAL_PIXEL_SIZE_A = 1.77
+REAL_DIAMETER_PX = 108.0          # CryoPPP's diameter for EMPIAR-10017 (pixels at 1.77 Å/px)
+REAL_BORDER_PX = 96               # the striped padding of the CryoSegNet JPGs, full-size pixels
+PICK_THRESHOLD = 0.5
+SWEEP = {"bilateral_weight": [0.25, 0.5, 1.0, 3.0], "bilateral_sxy": [10.0, 20.0],
+         "spatial_weight": [1.0, 3.0]}
+VARIANTS = ["none", "dense", "meanfield", "meanfield*", "rnn", "rnn+feat"]
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def train(run_dir: Path, overrides: list[str], log: Path) -> Path:
+    """Run ``train.py`` into ``run_dir`` unless a finished run is there; the best checkpoint."""
+    done = run_dir / "DONE"
+    if not done.is_file():
+        cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
+               "print_config=false", "test=false", "logger=csv", *overrides]
+        print("  $", " ".join(cmd[1:]), flush=True)
+        start = time.perf_counter()
+        with open(log, "w") as out:
+            result = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        if result.returncode:
+            sys.exit(f"training failed (exit {result.returncode}); see {log}")
+        done.write_text(f"{time.perf_counter() - start:.1f}\n")
+    found = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"))
+    if not found:
+        sys.exit(f"training wrote no best checkpoint in {run_dir}")
+    return found[-1]
+
+
+def train_all(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
+    runs: dict[str, dict[str, Any]] = {}
+    for net in args.networks:
+        base_dir = work / net / "base"
+        base_dir.mkdir(parents=True, exist_ok=True)
+        common = [f"model={net}", f"seed={args.seed}", f"data.train_samples_per_epoch={args.samples}"]
+        base = train(base_dir, [*common, f"trainer.max_epochs={args.epochs}"],
+                     work / net / "base.log")
+        rnn_common = [*common, "crf=rnn", f"model.finetune_from={base}",
+                      "model.freeze_network=true", "model.optimizer.lr=0.01",
+                      f"trainer.max_epochs={args.rnn_epochs}"]
+        (work / net / "rnn").mkdir(exist_ok=True)
+        (work / net / "rnn_feat").mkdir(exist_ok=True)
+        rnn = train(work / net / "rnn", rnn_common, work / net / "rnn.log")
+        feat = train(work / net / "rnn_feat",
+                     [*rnn_common, f"crf.feature_channels={args.feature_channels}"],
+                     work / net / "rnn_feat.log")
+        runs[net] = {"base": base, "rnn": rnn, "rnn+feat": feat,
+                     "train_s": {k: float((d / "DONE").read_text()) for k, d in
+                                 (("base", base_dir), ("rnn", work / net / "rnn"),
+                                  ("rnn+feat", work / net / "rnn_feat"))}}
+    return runs
+
+
+# ------------------------------------------------------------------------------ test data
+
+
+def synthetic_set(snr: float, n: int, size: int, tag: int) -> list[dict[str, Any]]:
+    from cryoparticle.config import simulator_config
+    from cryoparticle.simulate.micrograph import MicrographSimulator
+
+    sim = MicrographSimulator(simulator_config(overrides=[f"noise.snr={snr}"]))
+    out = []
+    for i in range(n):
+        mic = sim.simulate((7_700, tag, i), size, name=f"snr{snr}_{i:02d}")
+        out.append({"name": mic.name, "image": mic.image, "mask": mic.mask,
+                    "truth": mic.particles,
+                    "diameter_px": float(sim.particle_diameter_px), "border_px": 0})
+    return out
+
+
+def real_set(shared: Path, n: int, pixel_size_a: float) -> tuple[list[dict[str, Any]], dict]:
+    """EMPIAR-10017 JPGs binned to the networks' pixel size, with CryoPPP ground truth."""
+    from cryoparticle.data.preprocess import bin_mask, bin_to_pixel_size, standardise
+    from cryoparticle.io.coords import read_cryoppp_csv
+    from cryoparticle.io.mrc import read_micrograph
+    from cryoparticle.picking.evaluate import precision_recall_f1
+    from cryoparticle.picking.extract import extract_particles
+
+    folder = shared / "empiar-10017"
+    paths = sorted(glob.glob(str(folder / "micrographs" / "*.jpg")))[:n]
+    out, check = [], {}
+    for path in paths:
+        name = Path(path).stem
+        raw, _ = read_micrograph(path)
+        image, factor = bin_to_pixel_size(raw, REAL_PIXEL_SIZE_A, pixel_size_a)
+        truth_raw, _ = read_micrograph(folder / "masks" / f"{name}_mask.jpg")
+        full = (truth_raw > 127).astype(np.uint8)
+        b = REAL_BORDER_PX
+        full[:b] = full[-b:] = 255
+        full[:, :b] = full[:, -b:] = 255
+        mask = bin_mask(full, image.shape)
+        diameter = REAL_DIAMETER_PX / factor
+        border = int(np.ceil(b / factor))
+        # true centres: the discs of the mask, split where they touch (distance transform)
+        truth = extract_particles((mask == 1).astype(np.float32), diameter, threshold=0.5,
+                                  min_size_fraction=0.25, border_px=border, micrograph=name)
+        csv = folder / "picks" / f"{name}.csv"
+        if csv.is_file():  # how well the centres recovered from the mask match the CSV
+            picks = read_cryoppp_csv(csv)
+            picks = picks.assign(x=picks["x"] / factor, y=picks["y"] / factor, micrograph=name)
+            inside = ((picks.x >= border) & (picks.y >= border) & (picks.x < image.shape[1] - border)
+                      & (picks.y < image.shape[0] - border))
+            check = {"micrograph": name, "csv_particles": int(inside.sum()),
+                     **precision_recall_f1(truth, picks[inside], radius_px=diameter / 4)}
+        out.append({"name": name, "image": standardise(image), "mask": mask,
+                    "truth": truth, "diameter_px": diameter,
+                    "border_px": border})
+    return out, check
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def crf_params(name: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from cryoparticle.config import CONF_DIR
+
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "crf" / f"{name}.yaml"))
+    cfg.pop("_target_")
+    return {k: v for k, v in cfg.items() if k in ("n_iterations", "spatial_sxy", "spatial_weight",
+                                                   "bilateral_sxy", "bilateral_srgb",
+                                                   "bilateral_weight", "unary_clip", "percentiles")}
+
+
+def scores(probs: list[np.ndarray], data: list[dict[str, Any]]) -> dict[str, float]:
+    """Pooled pixel and pick metrics of particle probability maps against their test set."""
+    import pandas as pd
+
+    from cryoparticle.picking.evaluate import average_precision, pixel_metrics, precision_recall_f1
+    from cryoparticle.picking.extract import extract_particles
+
+    pred = np.concatenate([p.ravel() >= PICK_THRESHOLD for p in probs])
+    true = np.concatenate([d["mask"].ravel() for d in data])
+    pixel = pixel_metrics(pred.astype(np.uint8), true, ignore_index=255)
+    picks, truth = [], []
+    for p, d in zip(probs, data):
+        # every region (threshold 0.05) with its score, for AP; P/R/F1 at PICK_THRESHOLD
+        picks.append(extract_particles(p, d["diameter_px"], threshold=0.05,
+                                       border_px=d["border_px"], micrograph=d["name"]))
+        truth.append(d["truth"])
+    picks_df, truth_df = pd.concat(picks, ignore_index=True), pd.concat(truth, ignore_index=True)
+    radius = data[0]["diameter_px"] / 2
+    at = [extract_particles(p, d["diameter_px"], threshold=PICK_THRESHOLD,
+                            border_px=d["border_px"], micrograph=d["name"])
+          for p, d in zip(probs, data)]
+    prf = precision_recall_f1(pd.concat(at, ignore_index=True), truth_df, radius)
+    return {"pixel_iou": pixel["iou"], "pixel_f1": pixel["f1"], "precision": prf["precision"],
+            "recall": prf["recall"], "pick_f1": prf["f1"],
+            "ap": average_precision(picks_df, truth_df, radius)}
+
+
+def network_logits(ckpt: Path, data: list[dict[str, Any]]) -> tuple[list[torch.Tensor], float]:
+    from cryoparticle.models.segmenter import load_segmenter
+
+    model = load_segmenter(ckpt).eval()
+    out, start = [], time.perf_counter()
+    with torch.inference_mode():
+        for d in data:
+            out.append(model.predict_logits(torch.from_numpy(d["image"])[None]).float())
+    return out, (time.perf_counter() - start) / max(1, len(data))
+
+
+def apply_crf(crf: Any, logits: list[torch.Tensor], data: list[dict[str, Any]]
+              ) -> tuple[list[np.ndarray], float]:
+    out, seconds = [], 0.0
+    with torch.no_grad():
+        for lg, d in zip(logits, data):
+            image = torch.from_numpy(d["image"])[None, None]
+            start = time.perf_counter()
+            log_q = crf(lg[None], image)
+            seconds += time.perf_counter() - start
+            out.append(log_q[0, 1].exp().numpy())
+    return out, seconds / max(1, len(data))
+
+
+def sweep(logits: list[torch.Tensor], data: list[dict[str, Any]]) -> tuple[dict, list[dict]]:
+    """Grid over the CRF parameters that matter, scored by pick F1 (then pixel IoU)."""
+    from cryoparticle.crf.meanfield import MeanFieldCRF
+
+    base = crf_params("meanfield")
+    rows = []
+    for values in itertools.product(*SWEEP.values()):
+        params = {**base, **dict(zip(SWEEP, values))}
+        probs, _ = apply_crf(MeanFieldCRF(**params), logits, data)
+        rows.append({**dict(zip(SWEEP, values)), **scores(probs, data)})
+    best = max(rows, key=lambda r: (r["pick_f1"], r["pixel_iou"]))
+    return {k: best[k] for k in SWEEP}, rows
+
+
+def evaluate_network(net: str, run: dict[str, Any], sets: dict[str, list[dict[str, Any]]],
+                     tune: list[dict[str, Any]]) -> dict[str, Any]:
+    from cryoparticle.crf.dense import DenseCRF
+    from cryoparticle.crf.meanfield import MeanFieldCRF
+
+    tune_logits, _ = network_logits(run["base"], tune)
+    tuned, grid = sweep(tune_logits, tune)
+    print(f"  {net}: tuned meanfield parameters {tuned}", flush=True)
+    result: dict[str, Any] = {"checkpoints": {k: str(run[k]) for k in ("base", "rnn", "rnn+feat")},
+                              "train_s": run["train_s"], "tuned": tuned, "sweep": grid, "sets": {}}
+    for set_name, data in sets.items():
+        logits, net_s = network_logits(run["base"], data)
+        rows: dict[str, Any] = {}
+        probs = [lg.softmax(0)[1].numpy() for lg in logits]
+        rows["none"] = {**scores(probs, data), "crf_s": 0.0, "network_s": net_s}
+        for name, crf in (("dense", DenseCRF(**crf_params("dense"))),
+                          ("meanfield", MeanFieldCRF(**crf_params("meanfield"))),
+                          ("meanfield*", MeanFieldCRF(**{**crf_params("meanfield"), **tuned}))):
+            probs, crf_s = apply_crf(crf, logits, data)
+            rows[name] = {**scores(probs, data), "crf_s": crf_s}
+        for name in ("rnn", "rnn+feat"):
+            rnn_logits, total_s = network_logits(run[name], data)
+            probs = [lg.softmax(0)[1].numpy() for lg in rnn_logits]
+            rows[name] = {**scores(probs, data), "crf_s": max(0.0, total_s - net_s)}
+        result["sets"][set_name] = rows
+        print_table(f"{net} — {set_name}", rows)
+    return result
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
+    print(f"\n{title}\n  {'CRF':<11}{'pix IoU':>8}{'pix F1':>8}{'P':>7}{'R':>7}{'F1':>7}"
+          f"{'AP':>7}{'CRF s':>8}")
+    for name, r in rows.items():
+        print(f"  {name:<11}{r['pixel_iou']:8.3f}{r['pixel_f1']:8.3f}{r['precision']:7.3f}"
+              f"{r['recall']:7.3f}{r['pick_f1']:7.3f}{r['ap']:7.3f}{r['crf_s']:8.2f}", flush=True)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    sets = list(next(iter(report["networks"].values()))["sets"])
+    head = "| network | CRF | " + " | ".join(
+        f"{s}: pixel IoU | {s}: pick F1 | {s}: AP" for s in sets) + " |"
+    lines = [head, "|" + "---|" * (2 + 3 * len(sets))]
+    for net, res in report["networks"].items():
+        for variant in VARIANTS:
+            cells = []
+            for s in sets:
+                r = res["sets"][s][variant]
+                cells += [f"{r['pixel_iou']:.3f}", f"{r['pick_f1']:.3f}", f"{r['ap']:.3f}"]
+            lines.append(f"| {net} | {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "work" / "crf_effect")
+    parser.add_argument("--networks", nargs="+", default=["fcn", "deeplabv3", "unet"])
+    parser.add_argument("--snrs", type=float, nargs="+", default=[0.1, 0.03])
+    parser.add_argument("--n-test", type=int, default=4)
+    parser.add_argument("--test-size", type=int, default=1024)
+    parser.add_argument("--n-real", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--samples", type=int, default=640)
+    parser.add_argument("--rnn-epochs", type=int, default=3)
+    parser.add_argument("--feature-channels", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (evaluation)")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "crf_effect.json")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "benchmarks" / "results" / "crf_effect.md")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = args.work_dir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    print("training (reused when finished):", flush=True)
+    runs = train_all(args, work)
+
+    from cryoparticle.config import simulator_config
+
+    pixel_size_a = float(simulator_config().pixel_size_a)
+    sets = {f"synthetic SNR {snr:g}": synthetic_set(snr, args.n_test, args.test_size, k)
+            for k, snr in enumerate(args.snrs)}
+    real_check: dict[str, Any] = {}
+    if args.n_real and (args.shared / "empiar-10017" / "micrographs").is_dir():
+        sets["EMPIAR-10017"], real_check = real_set(args.shared, args.n_real, pixel_size_a)
+    else:
+        print(f"no real micrographs under {args.shared}: synthetic sets only", flush=True)
+    tune = synthetic_set(args.snrs[0], 2, args.test_size, 99)
+
+    report: dict[str, Any] = {
+        "benchmark": "crf_effect", "command": " ".join(["crf_effect.py", *(argv or sys.argv[1:])]),
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "pick_threshold": PICK_THRESHOLD, "match_radius": "0.5 diameter",
+        "test_sets": {k: {"micrographs": len(v), "truth_particles": int(sum(len(d["truth"]) for d in v))}
+                      for k, v in sets.items()},
+        "real_truth_check": real_check, "crf_dense": crf_params("dense"), "networks": {}}
+    for net in args.networks:
+        report["networks"][net] = evaluate_network(net, runs[net], sets, tune)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.json.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=float))
+    os.replace(tmp, args.json)
+    args.markdown.write_text(markdown(report))
+    print(f"\nwrote {args.json} and {args.markdown}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
