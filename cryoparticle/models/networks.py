@@ -8,9 +8,9 @@ cropped back (:class:`PaddedNetwork`).
 =================  ==============================================================================
 name               architecture
 =================  ==============================================================================
-``fcn``            torchvision FCN; ``resnet18``/``resnet34`` built here (stride-32 ResNet features
-                   + torchvision ``FCNHead``), ``resnet50``/``resnet101`` from torchvision
-                   (dilated, stride 8)
+``fcn``            torchvision FCN; ``resnet18``/``resnet34`` built here (ResNet features
+                   dilated to ``output_stride`` 8 by default, or 16 or 32, + torchvision
+                   ``FCNHead``), ``resnet50``/``resnet101`` from torchvision (dilated, stride 8)
 ``deeplabv3``      torchvision DeepLabv3 (ASPP ``DeepLabHead``), backbones as for ``fcn``
 ``unet``           segmentation_models_pytorch U-Net, ``backbone`` = any smp encoder
 ``unetplusplus``   segmentation_models_pytorch U-Net++
@@ -106,6 +106,26 @@ def _valid_backbones(name: str) -> str:
     return ", ".join(_smp_encoder_names()) + " (or any timm encoder as 'tu-<timm name>')"
 
 
+#: Default output stride of the BasicBlock ResNets (resnet18/34) in ``fcn``/``deeplabv3``: 8,
+#: as torchvision's resnet50/101 segmentation networks (layer3 and layer4 dilated; ≈3× the
+#: training step of undilated stride 32 on 128² crops, which leaves one feature cell per 27 px
+#: particle). 16 dilates layer4 only.
+BASIC_OUTPUT_STRIDE = 8
+
+
+def _dilate(layer: nn.Module, dilation: int, first_dilation: int) -> None:
+    """Replace the stride of a BasicBlock ResNet stage by dilation (as torchvision's
+    ``replace_stride_with_dilation`` does for Bottleneck ResNets): the first block's 3×3
+    convolution and shortcut get stride 1 and ``first_dilation``, every later 3×3 convolution
+    ``dilation``; the weights' shapes are unchanged (pretrained files still load)."""
+    for i, block in enumerate(layer):
+        for j, conv in enumerate((block.conv1, block.conv2)):
+            d = first_dilation if (i == 0 and j == 0) else dilation
+            conv.stride, conv.dilation, conv.padding = (1, 1), (d, d), (d, d)
+        if block.downsample is not None:
+            block.downsample[0].stride = (1, 1)
+
+
 def _torchvision_network(name: str, backbone: str, in_channels: int, num_classes: int,
                          **kwargs: Any) -> tuple[nn.Module, nn.Module, int]:
     """(model, backbone module, multiple) for ``fcn``/``deeplabv3``."""
@@ -114,19 +134,31 @@ def _torchvision_network(name: str, backbone: str, in_channels: int, num_classes
     from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
     from torchvision.models.segmentation.fcn import FCN, FCNHead
 
+    output_stride = kwargs.pop("output_stride", None)
     if kwargs:
         raise param_error("network", sorted(kwargs),
-                          f"unknown options for {name!r} (torchvision networks take none)")
+                          f"unknown options for {name!r} (torchvision networks take only "
+                          "output_stride)")
     if backbone in ("resnet18", "resnet34"):
-        # BasicBlock ResNets cannot be dilated: stride-32 features, the head upsamples.
+        # BasicBlock ResNets: torchvision cannot dilate them; dilated here (see _dilate).
+        stride = BASIC_OUTPUT_STRIDE if output_stride is None else output_stride
+        if stride not in (8, 16, 32):
+            raise param_error("output_stride", output_stride, "must be 8, 16 or 32")
         resnet = getattr(torchvision.models, backbone)(weights=None)
+        if stride <= 16:
+            _dilate(resnet.layer4, 2 if stride == 16 else 4, 1 if stride == 16 else 2)
+        if stride == 8:
+            _dilate(resnet.layer3, 2, 1)
         features = IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
         if name == "fcn":
             model: nn.Module = FCN(features, FCNHead(512, num_classes))
         else:
             model = DeepLabV3(features, DeepLabHead(512, num_classes))
-        multiple = 32
+        multiple = stride
     else:
+        if output_stride not in (None, 8):
+            raise param_error("output_stride", output_stride,
+                              f"torchvision's {name}_{backbone} has output stride 8")
         builder = getattr(torchvision.models.segmentation, f"{name}_{backbone}")
         model = builder(weights=None, weights_backbone=None, num_classes=num_classes,
                         aux_loss=False)

@@ -140,3 +140,28 @@ def test_pretrained_errors(tmp_path, resnet18_file):
     torch.save({"foo.weight": torch.zeros(3)}, unrelated)
     with pytest.raises(InputError, match="unrelated.pth"):
         build_network("unet", pretrained=unrelated)
+
+
+@pytest.mark.parametrize("name", ["fcn", "deeplabv3"])
+@pytest.mark.parametrize("stride", [8, 16, 32])
+def test_basic_block_resnets_reach_the_requested_output_stride(name, stride):
+    """resnet18/34 are dilated like torchvision's resnet50/101: features at 1/stride of the
+    input, the same weight shapes as the undilated ResNet (pretrained files load)."""
+    model = build_network(name, "resnet18", 1, 2, output_stride=stride)
+    body = backbone_of(model)
+    with torch.no_grad():
+        features = body(torch.zeros(1, 1, 128, 96))["out"]
+    assert features.shape[-2:] == (128 // stride, 96 // stride)
+    assert model.multiple == stride
+    plain = torchvision.models.resnet18(weights=None)
+    shapes = {k: v.shape for k, v in plain.state_dict().items() if not k.startswith("fc.")}
+    ours = {k: v.shape for k, v in body.state_dict().items()}
+    assert {k: v for k, v in shapes.items() if k != "conv1.weight"} == \
+        {k: v for k, v in ours.items() if k != "conv1.weight"}
+
+
+def test_output_stride_errors():
+    with pytest.raises(InputError, match="output_stride"):
+        build_network("fcn", "resnet18", 1, 2, output_stride=4)
+    with pytest.raises(InputError, match="output_stride"):
+        build_network("deeplabv3", "resnet50", 1, 2, output_stride=16)
