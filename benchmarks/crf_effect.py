@@ -3,38 +3,43 @@ EMPIAR-10017 micrographs.
 
     python benchmarks/crf_effect.py [--shared ../shared/data] [--work-dir benchmarks/work/crf_effect]
                                     [--networks fcn deeplabv3 unet] [--snrs 0.1 0.03]
-                                    [--n-test 4] [--test-size 1024] [--n-real 10]
-                                    [--epochs 6] [--samples 640] [--rnn-epochs 3]
-                                    [--feature-channels 3] [--threads 2]
+                                    [--n-test 4] [--test-size 1024] [--n-real-test 3]
+                                    [--epochs 6] [--real-epochs 8] [--samples 640]
+                                    [--rnn-epochs 3] [--feature-channels 3] [--threads N]
                                     [--json benchmarks/results/crf_effect.json]
+                                    [--markdown benchmarks/results/crf_effect.md]
 
-1. Networks (``train.py``, resumable: a finished run is reused). For each of ``--networks``
-   (``conf/model/*.yaml``: FCN and DeepLabv3 with ResNet-18 backbones, the smp U-Net) a base
-   network is trained on on-the-fly synthetic micrographs (default simulator, SNR 0.1,
-   ``--epochs`` × ``--samples`` crops of 128²). Then CRF-as-RNN is fine-tuned on it with the
-   network frozen (``crf=rnn model.finetune_from=BASE model.freeze_network=true``, lr 1e-2,
-   ``--rnn-epochs``), once with the hand-set intensity feature (``rnn``) and once with
-   ``--feature-channels`` learned feature channels replacing it (``rnn+feat``). The frozen
-   network gives the same logits, so every row of one network differs by the CRF only.
-2. Test data, at the networks' 7.08 Å/px: ``--n-test`` simulated ``--test-size``² micrographs
-   at each of ``--snrs`` (seeds disjoint from training), and the real EMPIAR-10017 JPGs of
-   ``--shared`` (4096² at 1.77 Å/px, Fourier-binned 4× to 1024²; CryoPPP masks binned by area
-   majority; the ~90 px striped border is ignored in pixel metrics and picks; true centres
-   recovered from the disc masks with the picker's own extraction at the CryoPPP diameter of
-   108 px). Skipped when ``--shared`` is missing.
+1. Networks (``train.py``; resumable: a finished run is reused). For each of ``--networks``
+   (``conf/model/*.yaml``: FCN and DeepLabv3 with dilated ResNet-18 backbones, the smp U-Net)
+   and each training domain — *synthetic* (on-the-fly simulated 128² crops, default simulator,
+   SNR 0.1, ``--epochs`` × ``--samples``) and *EMPIAR-10017* (``data=folder`` on the shared
+   CryoPPP micrographs and masks, 6 train / 1 validation / ``--n-real-test`` test micrographs,
+   binned to 7.08 Å/px, the striped JPG border ignored; ``--real-epochs``) — a base network is
+   trained, then CRF-as-RNN is fine-tuned on it with the network frozen (``crf=rnn
+   model.finetune_from=BASE model.freeze_network=true``, lr 1e-2, ``--rnn-epochs``), once with
+   the hand-set intensity feature (``rnn``) and once with ``--feature-channels`` learned
+   feature channels replacing it (``rnn+feat``). The frozen network gives the same logits, so
+   the rows of one network differ by the CRF only.
+2. Test data at the networks' 7.08 Å/px: ``--n-test`` simulated ``--test-size``² micrographs at
+   each of ``--snrs`` (seeds disjoint from training) for the synthetic-trained networks; the
+   held-out EMPIAR-10017 micrographs (4096² at 1.77 Å/px Fourier-binned 4×; CryoPPP masks
+   binned by area majority; true centres recovered from the disc masks by the picker's own
+   extraction at the CryoPPP diameter, checked against the one CryoPPP CSV) for the
+   real-trained ones, and for the synthetic-trained ones without CRF (the simulation-to-real
+   gap, ``transfer_synthetic_to_real`` in the JSON).
 3. CRFs on each network's whole-micrograph logits: ``none``; ``dense`` (pydensecrf,
    ``conf/crf/dense.yaml``); ``meanfield`` (ours, the same parameters); ``meanfield*`` (ours
-   with the parameters chosen by a sweep of ``bilateral_weight``, ``bilateral_sxy`` and
-   ``spatial_weight`` on two separate synthetic *tuning* micrographs at the first SNR, best
-   pick F1); ``rnn`` and ``rnn+feat`` (the fine-tuned checkpoints, CRF per tile as in
-   ``predict.py``).
-4. Metrics over each test set (pooled): pixel IoU and F1 of ``P(particle) ≥ 0.5``; picks of
-   the picker's extraction at threshold 0.5 matched within half a diameter: precision, recall,
-   F1, and average precision (threshold-free, by pick score). Also the CRF's seconds per
-   micrograph.
+   with ``bilateral_weight``, ``bilateral_sxy`` and ``spatial_weight`` chosen by a grid sweep
+   on separate micrographs — two synthetic tuning micrographs at the first SNR, or the real
+   validation micrograph — best pick F1, then pixel IoU); ``rnn`` and ``rnn+feat`` (the
+   fine-tuned checkpoints, CRF per tile as in ``predict.py``).
+4. Metrics pooled over each test set: pixel IoU and F1 of ``P(particle) ≥ 0.5``; picks of the
+   picker's extraction at threshold 0.5, matched one-to-one within half a diameter:
+   precision, recall, F1, and the average precision of those picks ranked by their score;
+   the CRF's seconds per 1024² micrograph (this CPU).
 
-Prints one table per test set and writes the JSON (with the sweep) and a Markdown table
-(``--markdown``) for the README.
+Prints one table per network and test set; writes the JSON (with the sweeps) and a Markdown
+table per training domain for the README.
 """
 
 from __future__ import annotations
@@ -91,28 +96,65 @@ def train(run_dir: Path, overrides: list[str], log: Path) -> Path:
     return found[-1]
 
 
-def train_all(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
+def train_domain(args: argparse.Namespace, work: Path, data: list[str], epochs: int,
+                 rnn_epochs: int) -> dict[str, dict[str, Any]]:
+    """Base network, CRF-as-RNN and CRF-as-RNN with learned features per network, trained
+    into ``work/<network>/`` with the ``data`` overrides."""
     runs: dict[str, dict[str, Any]] = {}
     for net in args.networks:
-        base_dir = work / net / "base"
-        base_dir.mkdir(parents=True, exist_ok=True)
-        common = [f"model={net}", f"seed={args.seed}", f"data.train_samples_per_epoch={args.samples}"]
-        base = train(base_dir, [*common, f"trainer.max_epochs={args.epochs}"],
-                     work / net / "base.log")
+        folder = work / net
+        dirs = {k: folder / k for k in ("base", "rnn", "rnn_feat")}
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        common = [f"model={net}", f"seed={args.seed}", *data]
+        base = train(dirs["base"], [*common, f"trainer.max_epochs={epochs}"],
+                     folder / "base.log")
         rnn_common = [*common, "crf=rnn", f"model.finetune_from={base}",
                       "model.freeze_network=true", "model.optimizer.lr=0.01",
-                      f"trainer.max_epochs={args.rnn_epochs}"]
-        (work / net / "rnn").mkdir(exist_ok=True)
-        (work / net / "rnn_feat").mkdir(exist_ok=True)
-        rnn = train(work / net / "rnn", rnn_common, work / net / "rnn.log")
-        feat = train(work / net / "rnn_feat",
+                      f"trainer.max_epochs={rnn_epochs}"]
+        rnn = train(dirs["rnn"], rnn_common, folder / "rnn.log")
+        feat = train(dirs["rnn_feat"],
                      [*rnn_common, f"crf.feature_channels={args.feature_channels}"],
-                     work / net / "rnn_feat.log")
+                     folder / "rnn_feat.log")
         runs[net] = {"base": base, "rnn": rnn, "rnn+feat": feat,
-                     "train_s": {k: float((d / "DONE").read_text()) for k, d in
-                                 (("base", base_dir), ("rnn", work / net / "rnn"),
-                                  ("rnn+feat", work / net / "rnn_feat"))}}
+                     "train_s": {k: float((dirs[d] / "DONE").read_text()) for k, d in
+                                 (("base", "base"), ("rnn", "rnn"), ("rnn+feat", "rnn_feat"))}}
     return runs
+
+
+def real_folder(shared: Path, root: Path, n_val: int, n_test: int) -> dict[str, list[str]]:
+    """``root/{train,val,test}/`` in the CryoPPP layout for ``data=folder``: the JPGs linked,
+    the masks rewritten as PNG with the striped border labelled 255 (ignored); the last
+    ``n_test`` micrographs (sorted by name) test, the ``n_val`` before them validate."""
+    from PIL import Image
+
+    from cryoparticle.io.mrc import read_micrograph
+
+    source = shared / "empiar-10017"
+    names = sorted(Path(p).stem for p in glob.glob(str(source / "micrographs" / "*.jpg")))
+    if len(names) < n_val + n_test + 1:
+        sys.exit(f"{source}: {len(names)} micrographs, need at least {n_val + n_test + 1}")
+    splits = {"train": names[:len(names) - n_val - n_test],
+              "val": names[len(names) - n_val - n_test:len(names) - n_test],
+              "test": names[len(names) - n_test:]}
+    for split, members in splits.items():
+        for sub in ("micrographs", "masks"):
+            (root / split / sub).mkdir(parents=True, exist_ok=True)
+        for name in members:
+            link = root / split / "micrographs" / f"{name}.jpg"
+            if not link.exists():
+                link.symlink_to((source / "micrographs" / f"{name}.jpg").resolve())
+            mask_path = root / split / "masks" / f"{name}_mask.png"
+            if not mask_path.exists():
+                raw, _ = read_micrograph(source / "masks" / f"{name}_mask.jpg")
+                mask = (raw > 127).astype(np.uint8)
+                b = REAL_BORDER_PX
+                mask[:b] = mask[-b:] = 255
+                mask[:, :b] = mask[:, -b:] = 255
+                tmp = mask_path.with_suffix(".tmp.png")
+                Image.fromarray(mask).save(tmp)
+                os.replace(tmp, mask_path)
+    return splits
 
 
 # ------------------------------------------------------------------------------ test data
@@ -132,8 +174,9 @@ def synthetic_set(snr: float, n: int, size: int, tag: int) -> list[dict[str, Any
     return out
 
 
-def real_set(shared: Path, n: int, pixel_size_a: float) -> tuple[list[dict[str, Any]], dict]:
-    """EMPIAR-10017 JPGs binned to the networks' pixel size, with CryoPPP ground truth."""
+def real_set(shared: Path, names: list[str], pixel_size_a: float
+             ) -> tuple[list[dict[str, Any]], dict]:
+    """EMPIAR-10017 JPGs ``names`` binned to the networks' pixel size, with CryoPPP truth."""
     from cryoparticle.data.preprocess import bin_mask, bin_to_pixel_size, standardise
     from cryoparticle.io.coords import read_cryoppp_csv
     from cryoparticle.io.mrc import read_micrograph
@@ -141,7 +184,7 @@ def real_set(shared: Path, n: int, pixel_size_a: float) -> tuple[list[dict[str, 
     from cryoparticle.picking.extract import extract_particles
 
     folder = shared / "empiar-10017"
-    paths = sorted(glob.glob(str(folder / "micrographs" / "*.jpg")))[:n]
+    paths = [folder / "micrographs" / f"{name}.jpg" for name in names]
     out, check = [], {}
     for path in paths:
         name = Path(path).stem
@@ -188,7 +231,8 @@ def crf_params(name: str) -> dict[str, Any]:
 
 
 def scores(probs: list[np.ndarray], data: list[dict[str, Any]]) -> dict[str, float]:
-    """Pooled pixel and pick metrics of particle probability maps against their test set."""
+    """Pooled pixel and pick metrics of particle probability maps against their test set:
+    pixels and picks at :data:`PICK_THRESHOLD`; AP of those picks ranked by their score."""
     import pandas as pd
 
     from cryoparticle.picking.evaluate import average_precision, pixel_metrics, precision_recall_f1
@@ -197,21 +241,15 @@ def scores(probs: list[np.ndarray], data: list[dict[str, Any]]) -> dict[str, flo
     pred = np.concatenate([p.ravel() >= PICK_THRESHOLD for p in probs])
     true = np.concatenate([d["mask"].ravel() for d in data])
     pixel = pixel_metrics(pred.astype(np.uint8), true, ignore_index=255)
-    picks, truth = [], []
-    for p, d in zip(probs, data):
-        # every region (threshold 0.05) with its score, for AP; P/R/F1 at PICK_THRESHOLD
-        picks.append(extract_particles(p, d["diameter_px"], threshold=0.05,
-                                       border_px=d["border_px"], micrograph=d["name"]))
-        truth.append(d["truth"])
-    picks_df, truth_df = pd.concat(picks, ignore_index=True), pd.concat(truth, ignore_index=True)
+    picks = pd.concat([extract_particles(p, d["diameter_px"], threshold=PICK_THRESHOLD,
+                                         border_px=d["border_px"], micrograph=d["name"])
+                       for p, d in zip(probs, data)], ignore_index=True)
+    truth = pd.concat([d["truth"] for d in data], ignore_index=True)
     radius = data[0]["diameter_px"] / 2
-    at = [extract_particles(p, d["diameter_px"], threshold=PICK_THRESHOLD,
-                            border_px=d["border_px"], micrograph=d["name"])
-          for p, d in zip(probs, data)]
-    prf = precision_recall_f1(pd.concat(at, ignore_index=True), truth_df, radius)
+    prf = precision_recall_f1(picks, truth, radius)
     return {"pixel_iou": pixel["iou"], "pixel_f1": pixel["f1"], "precision": prf["precision"],
             "recall": prf["recall"], "pick_f1": prf["f1"],
-            "ap": average_precision(picks_df, truth_df, radius)}
+            "ap": average_precision(picks, truth, radius)}
 
 
 def network_logits(ckpt: Path, data: list[dict[str, Any]]) -> tuple[list[torch.Tensor], float]:
@@ -254,6 +292,8 @@ def sweep(logits: list[torch.Tensor], data: list[dict[str, Any]]) -> tuple[dict,
 
 def evaluate_network(net: str, run: dict[str, Any], sets: dict[str, list[dict[str, Any]]],
                      tune: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every CRF variant of one network (trained as ``run``) on each test set; the
+    ``meanfield*`` parameters swept on the ``tune`` micrographs."""
     from cryoparticle.crf.dense import DenseCRF
     from cryoparticle.crf.meanfield import MeanFieldCRF
 
@@ -281,6 +321,12 @@ def evaluate_network(net: str, run: dict[str, Any], sets: dict[str, list[dict[st
     return result
 
 
+def transfer(run: dict[str, Any], data: list[dict[str, Any]]) -> dict[str, float]:
+    """A synthetic-trained network, no CRF, on real micrographs (the simulation-to-real gap)."""
+    logits, _ = network_logits(run["base"], data)
+    return scores([lg.softmax(0)[1].numpy() for lg in logits], data)
+
+
 # ---------------------------------------------------------------------------------- report
 
 
@@ -293,18 +339,25 @@ def print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    sets = list(next(iter(report["networks"].values()))["sets"])
-    head = "| network | CRF | " + " | ".join(
-        f"{s}: pixel IoU | {s}: pick F1 | {s}: AP" for s in sets) + " |"
-    lines = [head, "|" + "---|" * (2 + 3 * len(sets))]
-    for net, res in report["networks"].items():
-        for variant in VARIANTS:
-            cells = []
-            for s in sets:
-                r = res["sets"][s][variant]
-                cells += [f"{r['pixel_iou']:.3f}", f"{r['pick_f1']:.3f}", f"{r['ap']:.3f}"]
-            lines.append(f"| {net} | {variant} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    """One Markdown table per training domain: rows network × CRF, columns per test set."""
+    out = []
+    for domain, networks in report["domains"].items():
+        if not networks:
+            continue
+        sets = list(next(iter(networks.values()))["sets"])
+        out.append(f"Trained on {domain} data:\n")
+        out.append("| network | CRF | " + " | ".join(
+            f"{s}: pixel IoU | pick F1 | AP" for s in sets) + " |")
+        out.append("|" + "---|" * (2 + 3 * len(sets)))
+        for net, res in networks.items():
+            for variant in VARIANTS:
+                cells = []
+                for s in sets:
+                    r = res["sets"][s][variant]
+                    cells += [f"{r['pixel_iou']:.3f}", f"{r['pick_f1']:.3f}", f"{r['ap']:.3f}"]
+                out.append(f"| {net} | {variant} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -315,8 +368,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--snrs", type=float, nargs="+", default=[0.1, 0.03])
     parser.add_argument("--n-test", type=int, default=4)
     parser.add_argument("--test-size", type=int, default=1024)
-    parser.add_argument("--n-real", type=int, default=10)
+    parser.add_argument("--n-real-test", type=int, default=3,
+                        help="held-out EMPIAR micrographs (1 more validates, the rest train)")
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--real-epochs", type=int, default=8)
     parser.add_argument("--samples", type=int, default=640)
     parser.add_argument("--rnn-epochs", type=int, default=3)
     parser.add_argument("--feature-channels", type=int, default=3)
@@ -331,32 +386,61 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    print("training (reused when finished):", flush=True)
-    runs = train_all(args, work)
-
     from cryoparticle.config import simulator_config
 
     pixel_size_a = float(simulator_config().pixel_size_a)
-    sets = {f"synthetic SNR {snr:g}": synthetic_set(snr, args.n_test, args.test_size, k)
-            for k, snr in enumerate(args.snrs)}
-    real_check: dict[str, Any] = {}
-    if args.n_real and (args.shared / "empiar-10017" / "micrographs").is_dir():
-        sets["EMPIAR-10017"], real_check = real_set(args.shared, args.n_real, pixel_size_a)
+    has_real = args.n_real_test > 0 and (args.shared / "empiar-10017" / "micrographs").is_dir()
+    print("training on synthetic data (finished runs are reused):", flush=True)
+    synthetic_runs = train_domain(args, work / "synthetic",
+                                  [f"data.train_samples_per_epoch={args.samples}"],
+                                  args.epochs, args.rnn_epochs)
+    real_runs: dict[str, dict[str, Any]] = {}
+    splits: dict[str, list[str]] = {}
+    if has_real:
+        splits = real_folder(args.shared, work / "real_data", 1, args.n_real_test)
+        print(f"training on EMPIAR-10017 ({len(splits['train'])} train, 1 val, "
+              f"{len(splits['test'])} test micrographs):", flush=True)
+        real_runs = train_domain(
+            args, work / "real",
+            ["data=folder", f"data.root={work / 'real_data'}",
+             f"data.micrograph_pixel_size_a={REAL_PIXEL_SIZE_A}", "data.crop_size=128",
+             "data.batch_size=16", f"data.train_samples_per_epoch={args.samples}"],
+            args.real_epochs, args.rnn_epochs)
     else:
-        print(f"no real micrographs under {args.shared}: synthetic sets only", flush=True)
-    tune = synthetic_set(args.snrs[0], 2, args.test_size, 99)
+        print(f"no real micrographs under {args.shared}: synthetic data only", flush=True)
 
+    synthetic_sets = {f"synthetic SNR {snr:g}": synthetic_set(snr, args.n_test, args.test_size, k)
+                      for k, snr in enumerate(args.snrs)}
     report: dict[str, Any] = {
         "benchmark": "crf_effect", "command": " ".join(["crf_effect.py", *(argv or sys.argv[1:])]),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "pick_threshold": PICK_THRESHOLD, "match_radius": "0.5 diameter",
-        "test_sets": {k: {"micrographs": len(v), "truth_particles": int(sum(len(d["truth"]) for d in v))}
-                      for k, v in sets.items()},
-        "real_truth_check": real_check, "crf_dense": crf_params("dense"), "networks": {}}
-    for net in args.networks:
-        report["networks"][net] = evaluate_network(net, runs[net], sets, tune)
+        "ap": "of the picks at pick_threshold, ranked by score",
+        "crf_dense": crf_params("dense"), "real_splits": splits, "domains": {}}
+    test_sets = dict(synthetic_sets)
+    tune = synthetic_set(args.snrs[0], 2, args.test_size, 99)
+    report["domains"]["synthetic"] = {net: evaluate_network(net, synthetic_runs[net],
+                                                            synthetic_sets, tune)
+                                      for net in args.networks}
+    if has_real:
+        real_test, _ = real_set(args.shared, splits["test"], pixel_size_a)
+        real_val, _ = real_set(args.shared, splits["val"], pixel_size_a)
+        checks = [real_set(args.shared, [Path(p).stem], pixel_size_a)[1] for p in
+                  sorted(glob.glob(str(args.shared / "empiar-10017" / "picks" / "*.csv")))]
+        report["real_truth_check"] = checks
+        test_sets["EMPIAR-10017"] = real_test
+        report["transfer_synthetic_to_real"] = {
+            net: transfer(synthetic_runs[net], real_test) for net in args.networks}
+        print("synthetic-trained networks on the real test micrographs:",
+              report["transfer_synthetic_to_real"], flush=True)
+        report["domains"]["EMPIAR-10017"] = {
+            net: evaluate_network(net, real_runs[net], {"EMPIAR-10017": real_test}, real_val)
+            for net in args.networks}
+    report["test_sets"] = {k: {"micrographs": len(v),
+                               "truth_particles": int(sum(len(d["truth"]) for d in v))}
+                           for k, v in test_sets.items()}
     report["seconds"] = round(time.perf_counter() - started, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.json.with_suffix(".json.tmp")
