@@ -9,7 +9,8 @@ EMPIAR-10017 micrographs.
                                     [--json benchmarks/results/crf_effect.json]
                                     [--markdown benchmarks/results/crf_effect.md]
 
-1. Networks (``train.py``; resumable: a finished run is reused). For each of ``--networks``
+1. Networks (``train.py``; resumable: a finished run is reused, and so is a finished
+   evaluation, ``<work>/<domain>/<network>/evaluation.json``: delete it to evaluate again). For each of ``--networks``
    (``conf/model/*.yaml``: FCN and DeepLabv3 with dilated ResNet-18 backbones, the smp U-Net)
    and each training domain — *synthetic* (on-the-fly simulated 128² crops, default simulator,
    SNR 0.1, ``--epochs`` × ``--samples``) and *EMPIAR-10017* (``data=folder`` on the shared
@@ -126,9 +127,7 @@ def real_folder(shared: Path, root: Path, n_val: int, n_test: int) -> dict[str, 
     """``root/{train,val,test}/`` in the CryoPPP layout for ``data=folder``: the JPGs linked,
     the masks rewritten as PNG with the striped border labelled 255 (ignored); the last
     ``n_test`` micrographs (sorted by name) test, the ``n_val`` before them validate."""
-    from PIL import Image
-
-    from cryoparticle.io.mrc import read_micrograph
+    from cryoparticle.io.mrc import read_micrograph, write_mask_png
 
     source = shared / "empiar-10017"
     names = sorted(Path(p).stem for p in glob.glob(str(source / "micrographs" / "*.jpg")))
@@ -151,9 +150,7 @@ def real_folder(shared: Path, root: Path, n_val: int, n_test: int) -> dict[str, 
                 b = REAL_BORDER_PX
                 mask[:b] = mask[-b:] = 255
                 mask[:, :b] = mask[:, -b:] = 255
-                tmp = mask_path.with_suffix(".tmp.png")
-                Image.fromarray(mask).save(tmp)
-                os.replace(tmp, mask_path)
+                write_mask_png(mask_path, mask)
     return splits
 
 
@@ -321,6 +318,18 @@ def evaluate_network(net: str, run: dict[str, Any], sets: dict[str, list[dict[st
     return result
 
 
+def cached(path: Path, compute: Any) -> Any:
+    """``compute()``'s JSON result, stored at ``path`` and reused by a rerun."""
+    if path.is_file():
+        print(f"  reusing {path}", flush=True)
+        return json.loads(path.read_text())
+    result = compute()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, default=float))
+    os.replace(tmp, path)
+    return result
+
+
 def transfer(run: dict[str, Any], data: list[dict[str, Any]]) -> dict[str, float]:
     """A synthetic-trained network, no CRF, on real micrographs (the simulation-to-real gap)."""
     logits, _ = network_logits(run["base"], data)
@@ -421,9 +430,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "crf_dense": crf_params("dense"), "real_splits": splits, "domains": {}}
     test_sets = dict(synthetic_sets)
     tune = synthetic_set(args.snrs[0], 2, args.test_size, 99)
-    report["domains"]["synthetic"] = {net: evaluate_network(net, synthetic_runs[net],
-                                                            synthetic_sets, tune)
-                                      for net in args.networks}
+    report["domains"]["synthetic"] = {
+        net: cached(work / "synthetic" / net / "evaluation.json",
+                    lambda net=net: evaluate_network(net, synthetic_runs[net], synthetic_sets, tune))
+        for net in args.networks}
     if has_real:
         real_test, _ = real_set(args.shared, splits["test"], pixel_size_a)
         real_val, _ = real_set(args.shared, splits["val"], pixel_size_a)
@@ -436,7 +446,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("synthetic-trained networks on the real test micrographs:",
               report["transfer_synthetic_to_real"], flush=True)
         report["domains"]["EMPIAR-10017"] = {
-            net: evaluate_network(net, real_runs[net], {"EMPIAR-10017": real_test}, real_val)
+            net: cached(work / "real" / net / "evaluation.json",
+                        lambda net=net: evaluate_network(net, real_runs[net],
+                                                         {"EMPIAR-10017": real_test}, real_val))
             for net in args.networks}
     report["test_sets"] = {k: {"micrographs": len(v),
                                "truth_particles": int(sum(len(d["truth"]) for d in v))}

@@ -269,7 +269,8 @@ def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a mask as uint8 ``(H, W)`` with 0 = background, 1 = particle, 255 = ignore.
 
-    PNG: grey >= 192 -> 1, 64..191 -> ignore, below -> 0 (inverse of :func:`write_mask_png`).
+    PNG: grey >= 192 -> 1, 64..191 -> ignore, below -> 0 (inverse of :func:`write_mask_png`);
+    a PNG holding only the labels 0, 1 and 255 with some 1s is read as labels (255 = ignore).
     JPEG (e.g. CryoPPP, 0/255 smeared by compression): grey > 127 -> 1, no ignore label.
     MRC/TIFF: values are used as they are and must be 0, 1 or 255.
     """
@@ -278,6 +279,9 @@ def read_mask(path: str | Path) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix == ".png":
         grey = np.asarray(data)
+        values = np.unique(grey)
+        if np.isin(values, (0, 1, MASK_IGNORE)).all() and 1 in values:
+            return grey.astype(np.uint8)          # a label image: 0, 1 and 255 as they are
         mask = np.zeros(grey.shape, dtype=np.uint8)
         mask[grey >= 64] = MASK_IGNORE
         mask[grey >= 192] = 1

@@ -351,3 +351,15 @@ def test_write_mask_png_rejects_bad_values(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="mask"):
         write_mask_png(tmp_path / "m.png", np.full((3, 3), 2, np.uint8))
     assert not os.listdir(tmp_path)
+
+
+def test_read_mask_png_holding_labels_0_1_255(tmp_path: Path) -> None:
+    """A PNG written with the label values themselves (not write_mask_png's greys) is read as
+    labels: 1 = particle, 255 = ignore — not 1 → background and 255 → particle."""
+    from PIL import Image
+
+    labels = np.zeros((20, 30), dtype=np.uint8)
+    labels[5:10, 5:12] = 1
+    labels[:2] = 255
+    Image.fromarray(labels).save(tmp_path / "labels.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "labels.png"), labels)
