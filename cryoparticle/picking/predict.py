@@ -871,12 +871,12 @@ def run(cfg: Mapping[str, Any]) -> PredictSummary:
     ckpt_path = Path(str(cfg["ckpt_path"]))
     paths = list_micrographs(cfg["input"])
     segmenter = load_segmenter(ckpt_path)
-    crf_cfg = cfg.get("crf", None) if hasattr(cfg, "get") else None
+    crf_cfg = cfg.get("crf")
     crf = None
     facts = dict(segmenter.inference_facts())
-    if crf_cfg is not None:  # crf=...: replaces the checkpoint's own CRF
+    if crf_cfg is not None:  # crf=...: replaces the checkpoint's own CRF (loaded as trained)
         crf = post_hoc_crf(crf_cfg, int(segmenter.hparams.network.get("num_classes", 2)))
-        segmenter = load_segmenter(ckpt_path, crf=None)
+        segmenter.crf = None
         facts["picking_threshold"] = 0.5   # the calibrated one is for the checkpoint's output
     settings = build_settings(cfg, facts, ckpt_path)
     names = micrograph_names(paths, settings.combined_star)

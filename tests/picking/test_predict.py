@@ -389,6 +389,22 @@ def test_post_hoc_crf_runs_on_the_whole_micrograph(ckpt, sims, tmp_path):
         np.testing.assert_allclose(written, expected, atol=1e-4)
         assert np.abs(written - plain).max() > 0.05           # the CRF changed the map
         assert summary.threshold == 0.5
+    # a checkpoint whose CRF-as-RNN was fine-tuned on the frozen network: crf=meanfield
+    # replaces that CRF and gives the same map as on the plain checkpoint
+    rnn_cfg = OmegaConf.to_container(compose("train", ["crf=rnn"]).crf, resolve=False)
+    rnn_cfg["num_classes"] = 2
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    raw["hyper_parameters"].update(crf=rnn_cfg, freeze_network=True)
+    crf_state = MeanFieldCRF(**{k: v for k, v in rnn_cfg.items() if k != "_target_"}).state_dict()
+    raw["state_dict"].update({f"crf.{k}": v for k, v in crf_state.items()})
+    frozen = tmp_path / "rnn_frozen.ckpt"
+    torch.save(raw, frozen)
+    out = tmp_path / "frozen"
+    summary = run(config(frozen, mic, out, "write_probability=true", "tile_size=256",
+                         "crf=meanfield", "crf.bilateral_weight=1.0"))
+    assert summary.exit_code == 0
+    np.testing.assert_allclose(mrcfile.read(out / "wide_prob.mrc"),
+                               mrcfile.read(tmp_path / "meanfield" / "wide_prob.mrc"), atol=1e-6)
 
 
 @pytest.mark.slow
