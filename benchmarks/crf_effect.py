@@ -65,6 +65,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 import torch  # noqa: E402
 
+from cryoparticle.config import crf_params  # noqa: E402
+
 DEFAULT_SHARED = ROOT.parent / "shared" / "data"
 REAL_PIXEL_SIZE_A = 1.77
 REAL_DIAMETER_PX = 108.0          # CryoPPP's diameter for EMPIAR-10017 (pixels at 1.77 Å/px)
@@ -213,18 +215,6 @@ def real_set(shared: Path, names: list[str], pixel_size_a: float
 
 
 # ------------------------------------------------------------------------------ evaluation
-
-
-def crf_params(name: str) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    from cryoparticle.config import CONF_DIR
-
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "crf" / f"{name}.yaml"))
-    cfg.pop("_target_")
-    return {k: v for k, v in cfg.items() if k in ("n_iterations", "spatial_sxy", "spatial_weight",
-                                                   "bilateral_sxy", "bilateral_srgb",
-                                                   "bilateral_weight", "unary_clip", "percentiles")}
 
 
 def scores(probs: list[np.ndarray], data: list[dict[str, Any]]) -> dict[str, float]:

@@ -49,6 +49,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 import numpy as np
 import torch
 
+from cryoparticle.config import crf_params
+
 TARGET_SPEEDUP_4096 = 20.0
 TARGET_AGREEMENT = 0.99
 TARGET_MEMORY_GB = 4.0
@@ -60,18 +62,6 @@ def load() -> dict[str, Any]:
     one, five, fifteen = os.getloadavg()
     return {"loadavg_1_5_15": [round(one, 2), round(five, 2), round(fifteen, 2)],
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-
-def crf_params() -> dict[str, Any]:
-    """The parameters of conf/crf/dense.yaml (the same numbers as conf/crf/meanfield.yaml)."""
-    from omegaconf import OmegaConf
-
-    from cryoparticle.config import CONF_DIR
-
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "crf" / "dense.yaml"))
-    cfg.pop("_target_")
-    cfg["n_iterations"] = N_ITERATIONS
-    return cfg
 
 
 def make_scene(size: int, path: Path) -> dict[str, Any]:
@@ -117,7 +107,7 @@ def worker(kind: str, scene: Path, out: Path, threads: int, repeats: int, worker
     torch.set_num_threads(threads)
     data = np.load(scene)
     prob, image = data["prob"], data["image"]
-    params = crf_params()
+    params = crf_params("dense", n_iterations=N_ITERATIONS)
     result: dict[str, Any] = {"kind": kind, "threads": torch.get_num_threads()}
     if kind == "ours":
         from cryoparticle.crf.meanfield import MeanFieldCRF
@@ -260,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "cuda": torch.cuda.is_available()},
-        "load_before": load(), "params": crf_params(),
+        "load_before": load(), "params": crf_params("dense", n_iterations=N_ITERATIONS),
         "targets": {"speedup_4096": TARGET_SPEEDUP_4096, "agreement": TARGET_AGREEMENT,
                     "memory_gb": TARGET_MEMORY_GB, "train_step_ratio": TARGET_TRAIN_RATIO},
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),

@@ -31,6 +31,28 @@ def simulator_config(name: str = "empiar10017", overrides: list[str] | None = No
     return cfg.simulator
 
 
+def crf_params(name: str = "dense", **overrides: Any) -> dict[str, Any]:
+    """The CRF energy's parameters in ``conf/crf/<name>.yaml`` (those every implementation
+    shares, :func:`cryoparticle.crf.checks.check_params`), with ``overrides`` applied; the
+    keyword arguments of :class:`~cryoparticle.crf.DenseCRF` and
+    :class:`~cryoparticle.crf.MeanFieldCRF` alike."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from cryoparticle.crf.checks import check_params
+    from cryoparticle.errors import param_error
+
+    path = CONF_DIR / "crf" / f"{name}.yaml"
+    if not path.is_file():
+        raise param_error("crf", name, "no such CRF config in conf/crf/")
+    cfg = OmegaConf.load(path)
+    cfg = cfg.get("crf", cfg)  # crf=rnn is a global package: its CRF is under crf:
+    keys = inspect.signature(check_params).parameters
+    params = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k in keys}
+    return {**params, **overrides}
+
+
 def check_group_overrides(config_name: str, argv: list[str]) -> None:
     """Reject ``group=option`` arguments naming no file in ``conf/<group>/``, in one line.
 

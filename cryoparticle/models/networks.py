@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cryoparticle.errors import file_error, param_error
+from cryoparticle.models.checkpoints import read_state_dict
 
 #: Network names accepted by :func:`build_network`.
 NETWORKS: tuple[str, ...] = ("fcn", "deeplabv3", "unet", "unetplusplus", "deeplabv3plus")
@@ -247,24 +248,6 @@ def _pretrained_path(pretrained: bool | str | Path | None) -> Path | None:
     return Path(pretrained).expanduser()
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise file_error(path, "pretrained weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise file_error(path, f"not a readable PyTorch state_dict ({type(exc).__name__}: "
-                               f"{exc})".splitlines()[0]) from exc
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]  # a Lightning / training checkpoint
-    if not isinstance(obj, Mapping) or not obj:
-        raise file_error(path, "does not hold a state_dict (a dict of tensors)")
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
-    if not tensors:
-        raise file_error(path, "does not hold a state_dict (a dict of tensors)")
-    return tensors
-
-
 def _first_conv_key(module: nn.Module) -> str | None:
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Conv2d):
@@ -295,7 +278,7 @@ def load_backbone_weights(module: nn.Module, path: str | Path, in_channels: int)
     :class:`InputError` naming the file with examples of the offending keys.
     """
     path = Path(path)
-    saved = _read_state_dict(path)
+    saved = read_state_dict(path, "pretrained weights")
     target = module.state_dict()
     best: dict[str, Tensor] = {}
     for prefix in _PREFIXES:

@@ -58,6 +58,7 @@ from torchmetrics.classification import (
 )
 
 from cryoparticle.errors import InputError, file_error, param_error
+from cryoparticle.models.checkpoints import read_checkpoint, read_state_dict
 from cryoparticle.models.losses import build_loss
 from cryoparticle.models.networks import build_network
 
@@ -421,10 +422,13 @@ class Segmenter(pl.LightningModule):
             return
         from pytorch_lightning.loggers import TensorBoardLogger
 
+        from cryoparticle.viz import figure_to_rgb, prediction_figure
+
         fig = prediction_figure(image.detach().cpu().float().numpy(),
                                 truth.detach().cpu().numpy(),
                                 prediction.detach().cpu().numpy(),
-                                title=f"{name} — epoch {self.current_epoch}")
+                                title=f"{name} — epoch {self.current_epoch}",
+                                max_side=FIGURE_MAX_SIDE)
         tag = "val/overlay"
         for lg in loggers:
             if isinstance(lg, TensorBoardLogger):
@@ -487,21 +491,9 @@ def load_network_weights(network: nn.Module, path: str | Path) -> None:
     """Load a trained network's weights into ``network`` (``finetune_from``): a Segmenter
     checkpoint (its ``network.*`` entries) or a ``state_dict`` of the network itself. A missing
     file, another architecture or an unreadable file raise :class:`InputError` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise file_error(path, "finetune_from: checkpoint not found")
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise file_error(path, f"finetune_from: not a readable checkpoint "
-                               f"({type(exc).__name__})") from exc
-    if isinstance(stored, Mapping) and isinstance(stored.get("state_dict"), Mapping):
-        stored = stored["state_dict"]
-    if not isinstance(stored, Mapping):
-        raise file_error(path, "finetune_from: holds no state_dict")
+    stored = read_state_dict(path, "finetune_from")
     prefix = "network."
-    state = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)} or \
-        dict(stored)
+    state = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)} or stored
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -541,15 +533,7 @@ def load_segmenter(path: str | Path, expect_network: Mapping[str, Any] | None = 
     ``overrides``: hyperparameters to replace (e.g. ``tile_size``, ``crf``).
     """
     path = Path(path)
-    if not path.is_file():
-        raise file_error(path, "checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise file_error(path, f"not a readable checkpoint ({type(exc).__name__}: {first})"
-                               + ("; if the file is trusted, try weights_only=False"
-                                  if weights_only else "")) from exc
+    checkpoint = read_checkpoint(path, "checkpoint", weights_only=weights_only)
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or \
             not isinstance(hparams, Mapping) or "network" not in hparams:
@@ -563,76 +547,12 @@ def load_segmenter(path: str | Path, expect_network: Mapping[str, Any] | None = 
                                           weights_only=weights_only, **overrides)
 
 
-# ------------------------------------------------------------------------------------- figures
-
-
-def _display_helpers() -> tuple[Any, Any]:
-    try:
-        from cryoparticle.viz import display_range, mask_rgba
-
-        return display_range, mask_rgba
-    except ImportError:  # viz not available: simple equivalents
-        def display_range(image: np.ndarray) -> tuple[float, float]:
-            lo, hi = np.percentile(image, (0.5, 99.5))
-            return (float(lo), float(hi)) if hi > lo else (float(lo) - 0.5, float(lo) + 0.5)
-
-        def mask_rgba(mask: np.ndarray) -> np.ndarray:
-            rgba = np.zeros(mask.shape + (4,), dtype=np.float32)
-            rgba[mask == 1] = (1.0, 0.0, 0.0, 0.45)
-            rgba[mask == 255] = (1.0, 0.85, 0.0, 0.35)
-            return rgba
-
-        return display_range, mask_rgba
-
-
-def prediction_figure(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray,
-                      title: str = "") -> Any:
-    """A 3-panel matplotlib ``Figure`` (Agg canvas, not registered with pyplot): the
-    micrograph, the truth overlaid (red; ignore yellow) and the prediction overlaid (red).
-    Micrographs larger than :data:`FIGURE_MAX_SIDE` are subsampled for display."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    display_range, mask_rgba = _display_helpers()
-    image = np.asarray(image, dtype=np.float32)
-    step = max(1, math.ceil(max(image.shape) / FIGURE_MAX_SIDE))
-    image = image[::step, ::step]
-    panels = [("micrograph", None), ("truth", truth), ("prediction", prediction)]
-    h, w = image.shape
-    fig = Figure(figsize=(4.0 * len(panels), 4.0 * h / w + (0.4 if title else 0.1)), dpi=100,
-                 layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    vmin, vmax = display_range(image)
-    for ax, (label, mask) in zip(axes, panels):
-        ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax)
-        if mask is not None:
-            ax.imshow(mask_rgba(np.asarray(mask)[::step, ::step]), interpolation="nearest")
-        ax.set_title(label, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return fig
-
-
-def figure_to_rgb(fig: Any) -> np.ndarray:
-    """``(H, W, 3)`` uint8 rendering of a figure on an Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
 __all__ = [
     "PICK_THRESHOLDS",
     "Segmenter",
     "best_pick_threshold",
-    "figure_to_rgb",
     "load_network_weights",
     "load_segmenter",
     "normalise_network_config",
-    "prediction_figure",
     "same_network",
 ]

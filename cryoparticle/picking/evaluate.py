@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import glob
 import itertools
-import json
 import math
 import os
 import sys
@@ -58,7 +57,6 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from cryoparticle.errors import exit_on_input_error, file_error, param_error
-from cryoparticle.io.atomic import write_text_atomic
 from cryoparticle.io.checks import one_line, require_file
 from cryoparticle.io.coords import (
     read_box,
@@ -67,6 +65,7 @@ from cryoparticle.io.coords import (
     read_topaz,
     validate_particles,
 )
+from cryoparticle.io.jsonfile import jsonable, write_json
 
 _TOLERANCE = 1e-9
 CURVE_COLUMNS: tuple[str, ...] = ("threshold", "tp", "fp", "fn", "precision", "recall", "f1")
@@ -633,18 +632,6 @@ def _read_all(paths: Sequence[Path], diameter: float | None) -> tuple[pd.DataFra
     return frame, list(dict.fromkeys(names))
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cryoparticle.picking.evaluate",
@@ -717,9 +704,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     record = {"picks": [str(p) for p in pick_files], "truth": [str(p) for p in truth_files],
               "radius_px": radius, "threshold": args.threshold, "pooled": pooled,
               "micrographs": table.to_dict(orient="records")}
-    record = _jsonable(record)
+    record = jsonable(record)
     if args.json is not None:
-        write_text_atomic(args.json, json.dumps(record, indent=2) + "\n")
+        write_json(args.json, record)
     return record
 
 

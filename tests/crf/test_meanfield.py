@@ -166,12 +166,9 @@ def test_learned_features_train_end_to_end():
 def test_matches_pydensecrf_at_1024_with_the_shipped_parameters():
     """The large-image grids (coarser cells above 256²) with conf/crf/dense.yaml's numbers:
     ≥ 98 % label agreement with pydensecrf at 1024² (benchmark: 99.9 % up to 4096²)."""
-    from omegaconf import OmegaConf
+    from cryoparticle.config import crf_params
 
-    from cryoparticle.config import CONF_DIR
-
-    params = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "crf" / "dense.yaml"))
-    params.pop("_target_")
+    params = crf_params("dense")
     logits, image, mask = disc_scene(1024, 5, n_discs=600, logit_noise=3.0)
     with torch.no_grad():
         ours = MeanFieldCRF(**params)(logits, image)

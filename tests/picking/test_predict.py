@@ -25,7 +25,9 @@ from PIL import Image
 from cryoparticle.config import compose, simulator_config
 from cryoparticle.errors import InputError
 from cryoparticle.io.mrc import write_mrc
-from cryoparticle.picking.predict import fitted_tile, list_micrographs, micrograph_names, run
+from cryoparticle.picking.inputs import list_micrographs, micrograph_names
+from cryoparticle.picking.module import fitted_tile
+from cryoparticle.picking.predict import run
 from cryoparticle.simulate.micrograph import MicrographSimulator
 
 pytestmark = pytest.mark.filterwarnings(
@@ -485,6 +487,29 @@ def test_unusable_micrographs_are_reported_one_line_each_and_nothing_is_lost(
     assert (out / "nan.star").read_text() == "earlier result\n"
     assert sorted(p.name for p in out.iterdir()) == ["nan.star", "particles.star",
                                                      "predict_summary.json"]
+
+
+def test_micrograph_smaller_than_a_particle_is_one_line_and_the_others_are_picked(
+        ckpt, sims, tmp_path, monkeypatch, capsys):
+    """An 8×8 micrograph (56 Å across, the particle 190 Å) is reported like other unusable
+    micrographs; the good micrograph of the same run is still picked."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(sims[0] / "wide.mrc", folder / "wide.mrc")
+    write_mrc(folder / "tiny.mrc", np.random.default_rng(4).normal(size=(8, 8)), MIC_PX)
+    out = tmp_path / "out"
+    code = call_main(monkeypatch, f"ckpt_path={ckpt}", f"input={folder}", f"output_dir={out}",
+                     "progress_bar=false", "num_workers=0")
+    assert code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.startswith("failed: ")]
+    assert len(lines) == 1 and "tiny.mrc:" in lines[0] and "smaller than one particle" in \
+        lines[0], lines
+    assert not (out / "tiny.star").exists()
+    picks = starfile.read(out / "wide.star", always_dict=True)["particles"]
+    precision, recall = match(picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float),
+                              sims[1]["wide"][["x", "y"]].to_numpy(float))
+    assert precision >= 0.8 and recall >= 0.8
 
 
 @pytest.fixture

@@ -1,0 +1,192 @@
+"""Picking settings: ``conf/predict.yaml`` checked against the checkpoint's facts.
+
+:func:`build_settings` turns the config and ``Segmenter.inference_facts()`` into a frozen
+:class:`Settings` (what the reader, the network module and the writer need), raising one-line
+:class:`~cryoparticle.errors.InputError` for anything unusable; :class:`Settings` also knows the
+output files of a micrograph (:meth:`Settings.outputs`, the STAR file last: the done marker).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryoparticle.data.preprocess import NORMALISATION
+from cryoparticle.errors import file_error, param_error
+
+#: Coordinate formats and the file each writes (``NAME`` + suffix).
+FORMAT_SUFFIXES: dict[str, str] = {"star": ".star", "box": ".box", "csv": ".csv",
+                                   "topaz": ".txt"}
+PROBABILITY_SUFFIX = "_prob.mrc"
+MASK_SUFFIX = "_mask.png"
+OVERLAY_SUFFIX = "_overlay.png"
+
+
+def plain(value: Any) -> Any:
+    from omegaconf import Container, OmegaConf
+
+    if isinstance(value, Container):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def positive(name: str, value: Any, *, optional: bool = True) -> float | None:
+    if value is None and optional:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
+        raise param_error(name, value, "must be a positive number" + (" or null" if optional
+                                                                      else ""))
+    return number
+
+
+def whole(name: str, value: Any, minimum: int, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            int(value) != value or value < minimum:
+        raise param_error(name, value, f"must be a whole number ≥ {minimum}"
+                          + (" or null" if optional else ""))
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """Options of :func:`~cryoparticle.picking.extract.extract_particles` (``border_px`` in
+    pixels of the original micrograph)."""
+
+    min_size_fraction: float = 0.25
+    max_size_fraction: float = 3.0
+    min_distance_fraction: float = 0.5
+    split_touching: bool = True
+    border_px: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> Extraction:
+        cfg = dict(plain(cfg) or {})
+        unknown = sorted(set(cfg) - {f for f in cls.__dataclass_fields__})
+        if unknown:
+            raise param_error("extraction", unknown[0], "unknown option; choose from "
+                              + ", ".join(cls.__dataclass_fields__))
+        out = cls(**cfg)
+        for name in ("min_size_fraction", "max_size_fraction", "min_distance_fraction",
+                     "border_px"):
+            value = getattr(out, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value) or value < 0:
+                raise param_error(f"extraction.{name}", value, "must be a number ≥ 0")
+        if not isinstance(out.split_touching, bool):
+            raise param_error("extraction.split_touching", out.split_touching,
+                              "must be true or false")
+        return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the workers and the writer need, checked (built by :func:`build_settings`)."""
+
+    output_dir: Path
+    model_pixel_size_a: float
+    micrograph_pixel_size_a: float | None
+    particle_diameter_a: float
+    threshold: float
+    box_size: int | None
+    formats: tuple[str, ...]
+    write_probability: bool
+    write_mask: bool
+    write_overlay: bool
+    overwrite: bool
+    combined_star: str
+    extraction: Extraction
+
+    def outputs(self, name: str) -> list[Path]:
+        """Every file written for micrograph ``name``; the STAR file (the done marker) last."""
+        paths = [self.output_dir / f"{name}{suffix}" for suffix in
+                 ((PROBABILITY_SUFFIX,) if self.write_probability else ())
+                 + ((MASK_SUFFIX,) if self.write_mask else ())
+                 + ((OVERLAY_SUFFIX,) if self.write_overlay else ())]
+        paths += [self.output_dir / f"{name}{FORMAT_SUFFIXES[f]}" for f in self.formats
+                  if f != "star"]
+        return paths + [self.output_dir / f"{name}.star"]
+
+    def is_done(self, name: str) -> bool:
+        """Whether every output of ``name`` exists (written atomically, the STAR file last)."""
+        return all(path.is_file() for path in self.outputs(name))
+
+
+def _formats(value: Any) -> tuple[str, ...]:
+    value = plain(value)
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise param_error("formats", value, "must be a list, e.g. [star, box, csv, topaz]")
+    formats = [str(v).lower() for v in value]
+    unknown = [f for f in formats if f not in FORMAT_SUFFIXES]
+    if unknown:
+        raise param_error("formats", unknown[0], "unknown format; choose from "
+                          + ", ".join(FORMAT_SUFFIXES))
+    # STAR is always written: it marks a finished micrograph and feeds the combined STAR.
+    return tuple(dict.fromkeys(["star", *formats]))
+
+
+def flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise param_error(name, value, "must be true or false")
+    return value
+
+
+def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: Path
+                   ) -> Settings:
+    """Check the config against the checkpoint's facts (``Segmenter.inference_facts()``)."""
+    model_px = facts.get("pixel_size_a")
+    if model_px is None or not math.isfinite(float(model_px)) or float(model_px) <= 0:
+        raise file_error(ckpt_path, "checkpoint has no training pixel size (pixel_size_a); "
+                                    "it cannot be used for picking")
+    normalisation = facts.get("normalisation")
+    if normalisation != NORMALISATION:
+        raise file_error(ckpt_path, f"checkpoint was trained with normalisation "
+                                    f"{normalisation!r}; this picker applies {NORMALISATION!r}")
+    diameter = positive("particle_diameter_a", cfg.get("particle_diameter_a"))
+    if diameter is None:
+        diameter = facts.get("particle_diameter_a")
+        if diameter is None or not math.isfinite(float(diameter)) or float(diameter) <= 0:
+            raise param_error("particle_diameter_a", None, "the checkpoint carries no particle "
+                              "diameter: give particle_diameter_a (Å)")
+    threshold = cfg.get("threshold")
+    if threshold is None:
+        threshold = facts.get("picking_threshold", 0.5)
+    try:
+        threshold_value = float(threshold)
+    except (TypeError, ValueError):
+        threshold_value = math.nan
+    if isinstance(threshold, bool) or not 0.0 <= threshold_value <= 1.0:
+        raise param_error("threshold", threshold, "must be a probability in [0, 1] or null")
+    combined = str(cfg.get("combined_star") or "particles.star")
+    if "/" in combined or "\\" in combined or not combined.endswith(".star"):
+        raise param_error("combined_star", combined, "must be a file name ending in .star")
+    return Settings(
+        output_dir=Path(str(cfg["output_dir"])),
+        model_pixel_size_a=float(model_px),
+        micrograph_pixel_size_a=positive("micrograph_pixel_size_a",
+                                          cfg.get("micrograph_pixel_size_a")),
+        particle_diameter_a=float(diameter),
+        threshold=threshold_value,
+        box_size=whole("box_size", cfg.get("box_size"), 1, optional=True),
+        formats=_formats(cfg.get("formats", ["star", "box", "csv"])),
+        write_probability=flag("write_probability", cfg.get("write_probability", False)),
+        write_mask=flag("write_mask", cfg.get("write_mask", False)),
+        write_overlay=flag("write_overlay", cfg.get("write_overlay", False)),
+        overwrite=flag("overwrite", cfg.get("overwrite", False)),
+        combined_star=combined,
+        extraction=Extraction.from_config(cfg.get("extraction")),
+    )
+
+
+__all__ = ["FORMAT_SUFFIXES", "MASK_SUFFIX", "OVERLAY_SUFFIX", "PROBABILITY_SUFFIX", "Extraction",
+           "Settings", "build_settings", "flag", "plain", "positive", "whole"]

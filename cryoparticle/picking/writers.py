@@ -1,0 +1,329 @@
+"""Picking output: particles from each probability map, every file written, the run summarised.
+
+:class:`PickWriter` (a ``BasePredictionWriter``) runs
+:func:`~cryoparticle.picking.extract.extract_particles` on each binned probability map, scales
+the coordinates back to the original micrograph (binned pixel ``i`` sits at original
+``i × factor``, the sampling grid of :func:`~cryoparticle.data.preprocess.fourier_bin`) and
+writes every format atomically, ``NAME.star`` last (it marks the micrograph done, so a rerun
+skips it); optionally ``NAME_prob.mrc``, ``NAME_mask.png`` and ``NAME_overlay.png``
+(:func:`cryoparticle.viz.picks_figure`) on the network's binned grid. At the end it writes the
+combined STAR and ``predict_summary.json`` (:class:`PredictSummary`); :func:`print_summary`
+shows it as a table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from cryoparticle.errors import InputError, file_error
+from cryoparticle.io.atomic import write_text_atomic
+from cryoparticle.io.checks import one_line
+from cryoparticle.io.coords import (
+    empty_particles,
+    read_star,
+    scale_coordinates,
+    write_box,
+    write_cryoppp_csv,
+    write_star,
+    write_topaz,
+)
+from cryoparticle.io.jsonfile import jsonable
+from cryoparticle.io.mrc import write_mask_png, write_mrc
+from cryoparticle.picking.extract import extract_particles
+from cryoparticle.picking.settings import (
+    MASK_SUFFIX,
+    OVERLAY_SUFFIX,
+    PROBABILITY_SUFFIX,
+    Settings,
+)
+from cryoparticle.viz import picks_figure, save_figure_png
+
+SUMMARY_NAME = "predict_summary.json"
+
+
+def prepare_output_dir(path: Path) -> None:
+    """Create ``path`` and check that files can be written there (else :class:`InputError`)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise file_error(path, f"cannot create the output folder ({exc.strerror or exc})") \
+            from None
+    if not path.is_dir():
+        raise file_error(path, "output_dir exists and is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test.", delete=True):
+            pass
+    except OSError as exc:
+        raise file_error(path, f"cannot write to the output folder ({exc.strerror or exc})") \
+            from None
+
+
+@dataclass
+class Result:
+    """What happened to one micrograph."""
+
+    index: int
+    name: str
+    path: str
+    status: str  # "picked" | "skipped" | "failed"
+    n_particles: int = 0
+    error: str | None = None
+    original_shape: tuple[int, int] | None = None
+    bin_factor: float | None = None
+    pixel_size_a: float | None = None
+    tile_size: int | None = None
+    read_s: float = 0.0
+    segment_s: float = 0.0
+    extract_s: float = 0.0
+    write_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.read_s + self.segment_s + self.extract_s + self.write_s
+
+
+@dataclass
+class PredictSummary:
+    """The outcome of a run (also ``output_dir/predict_summary.json``)."""
+
+    n_micrographs: int
+    n_picked: int
+    n_skipped: int
+    n_failed: int
+    n_particles: int           # in the combined STAR (this run's and earlier runs' micrographs)
+    n_particles_new: int       # picked in this run
+    particles_per_micrograph: float
+    seconds_per_micrograph: float        # read + bin + segment + extract + write, mean
+    wall_seconds_per_micrograph: float   # wall time of the run / micrographs picked
+    wall_s: float
+    threshold: float
+    device: str
+    output_dir: str
+    combined_star: str | None
+    failures: list[str] = field(default_factory=list)
+    micrographs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.n_failed else 0
+
+    def to_json(self) -> str:
+        return json.dumps(jsonable(asdict(self)), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> PredictSummary:
+        data = json.loads(text)
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        for key in ("particles_per_micrograph", "seconds_per_micrograph",
+                    "wall_seconds_per_micrograph"):
+            if known.get(key) is None:
+                known[key] = math.nan
+        return cls(**known)
+
+
+class PickWriter(BasePredictionWriter):
+    """Extracts particles from each micrograph's probability map and writes every output.
+
+    Per micrograph (on the rank that segmented it): picks on the binned map, scaled to the
+    original micrograph, written in every format atomically with ``NAME.star`` last. At the
+    end of the run the ranks' results are gathered; rank zero writes the combined STAR and
+    ``predict_summary.json``. :attr:`summary` is then set on every rank.
+    """
+
+    def __init__(self, settings: Settings, paths: Sequence[Path], names: Sequence[str],
+                 device: str = "cpu") -> None:
+        super().__init__(write_interval="batch")
+        self.settings = settings
+        self.paths = list(paths)
+        self.names = list(names)
+        self.device_name = device
+        self.results: list[Result] = []
+        self.summary: PredictSummary | None = None
+        self._start = time.perf_counter()
+
+    # ------------------------------------------------------------------ per micrograph
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.results = []
+        self.summary = None
+        self._start = time.perf_counter()
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           prediction: Any, batch_indices: Sequence[int] | None, batch: Any,
+                           batch_idx: int, dataloader_idx: int = 0) -> None:
+        record = batch
+        result = Result(index=int(record["index"]), name=record["name"], path=record["path"],
+                        status="failed", read_s=float(record["read_s"]),
+                        pixel_size_a=record["pixel_size_a"])
+        if record["original_shape"] is not None:
+            result.original_shape = tuple(int(v) for v in record["original_shape"])
+            result.bin_factor = float(record["factor"][0])
+        if record["skipped"]:
+            result.status = "skipped"
+        elif record["error"] is not None:
+            result.error = record["error"]
+        elif not prediction or "prob" not in prediction:
+            result.error = (prediction or {}).get("error") or f"{record['path']}: no prediction"
+        else:
+            result.segment_s = float(prediction["segment_s"])
+            result.tile_size = int(prediction["tile"])
+            try:
+                self._pick(record, prediction["prob"], result)
+                result.status = "picked"
+            except InputError as exc:
+                result.error = one_line(exc)
+            except Exception as exc:  # noqa: BLE001 - reported; the other micrographs go on
+                result.error = f"{record['path']}: {type(exc).__name__}: {one_line(exc)}"
+        self.results.append(result)
+
+    def _pick(self, record: dict[str, Any], prob_t: torch.Tensor, result: Result) -> None:
+        s = self.settings
+        name = record["name"]
+        factor_y, factor_x = (float(f) for f in record["factor"])
+        pixel_size_a = float(record["pixel_size_a"])
+        binned_px = pixel_size_a * factor_y
+        diameter_binned = s.particle_diameter_a / binned_px
+        start = time.perf_counter()
+        prob = prob_t.detach().to("cpu", torch.float32).numpy()
+        ex = s.extraction
+        picks = extract_particles(prob, diameter_binned, threshold=s.threshold,
+                                  min_size_fraction=ex.min_size_fraction,
+                                  max_size_fraction=ex.max_size_fraction,
+                                  min_distance_fraction=ex.min_distance_fraction,
+                                  border_px=ex.border_px / factor_y,
+                                  split_touching=ex.split_touching, micrograph=record["path"])
+        # Binned pixel i sits at original i × factor (fourier_bin's grid), per axis.
+        picks_orig = scale_coordinates(picks, factor_y)
+        if factor_x != factor_y:
+            picks_orig["x"] = picks["x"].to_numpy() * factor_x
+        result.extract_s = time.perf_counter() - start
+        result.n_particles = len(picks_orig)
+
+        start = time.perf_counter()
+        out = s.output_dir
+        diameter_orig = s.particle_diameter_a / pixel_size_a
+        title = (f"{name}: {len(picks)} particles, threshold {s.threshold:g}, "
+                 f"{binned_px:.3g} Å/px")
+        if s.write_probability:
+            write_mrc(out / f"{name}{PROBABILITY_SUFFIX}", prob, binned_px)
+        if s.write_mask:
+            write_mask_png(out / f"{name}{MASK_SUFFIX}", (prob >= s.threshold).astype(np.uint8))
+        if s.write_overlay:
+            save_figure_png(out / f"{name}{OVERLAY_SUFFIX}",
+                            picks_figure(record["image"][0].cpu().numpy(), picks, title))
+        if "box" in s.formats:
+            box = s.box_size if s.box_size is not None else max(1, round(1.5 * diameter_orig))
+            write_box(out / f"{name}.box", picks_orig, box)
+        if "csv" in s.formats:
+            write_cryoppp_csv(out / f"{name}.csv", picks_orig)
+        if "topaz" in s.formats:
+            write_topaz(out / f"{name}.txt", picks_orig.assign(micrograph=name))
+        write_star(out / f"{name}.star", picks_orig, pixel_size_a=pixel_size_a)  # last: done
+        result.write_s = time.perf_counter() - start
+
+    # ------------------------------------------------------------------ end of the run
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        results = list(self.results)
+        if trainer.world_size > 1 and torch.distributed.is_available() and \
+                torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, results)
+            results = [r for part in gathered for r in (part or [])]
+        by_index = {r.index: r for r in results}  # a micrograph appears once per rank split
+        results = [by_index[i] for i in sorted(by_index)]
+        wall = time.perf_counter() - self._start
+        if trainer.is_global_zero:
+            self.summary = self._finish(results, wall)
+        if trainer.world_size > 1 and torch.distributed.is_available() and \
+                torch.distributed.is_initialized():
+            box = [self.summary]
+            torch.distributed.broadcast_object_list(box, src=0)
+            self.summary = box[0]
+
+    def _finish(self, results: list[Result], wall: float) -> PredictSummary:
+        s = self.settings
+        done = {r.index for r in results if r.status in ("picked", "skipped")}
+        tables = []
+        for index in sorted(done):
+            star = s.output_dir / f"{self.names[index]}.star"
+            try:
+                tables.append(read_star(star))
+            except InputError as exc:  # a skipped micrograph whose STAR is unusable
+                result = next(r for r in results if r.index == index)
+                result.status, result.error = "failed", one_line(exc)
+        combined_path = s.output_dir / s.combined_star
+        combined = (pd.concat(tables, ignore_index=True) if tables else empty_particles())
+        pixel_sizes = {round(float(t.attrs["pixel_size_a"]), 6) for t in tables
+                       if "pixel_size_a" in t.attrs}
+        one_size = next(iter(pixel_sizes)) if len(pixel_sizes) == 1 and all(
+            "pixel_size_a" in t.attrs for t in tables) else None
+        write_star(combined_path, combined, pixel_size_a=one_size)
+
+        picked = [r for r in results if r.status == "picked"]
+        failed = [r for r in results if r.status == "failed"]
+        n_done = len([r for r in results if r.status in ("picked", "skipped")])
+        summary = PredictSummary(
+            n_micrographs=len(self.paths), n_picked=len(picked),
+            n_skipped=len([r for r in results if r.status == "skipped"]),
+            n_failed=len(failed), n_particles=len(combined),
+            n_particles_new=int(sum(r.n_particles for r in picked)),
+            particles_per_micrograph=(len(combined) / n_done if n_done else math.nan),
+            seconds_per_micrograph=(float(np.mean([r.total_s for r in picked]))
+                                    if picked else math.nan),
+            wall_seconds_per_micrograph=(wall / len(picked) if picked else math.nan),
+            wall_s=wall, threshold=s.threshold, device=self.device_name,
+            output_dir=str(s.output_dir), combined_star=str(combined_path),
+            failures=[r.error or r.name for r in failed],
+            micrographs=[{**asdict(r), "total_s": r.total_s} for r in results])
+        write_text_atomic(s.output_dir / SUMMARY_NAME, summary.to_json())
+        return summary
+
+
+def print_summary(summary: PredictSummary) -> None:
+    """The summary as a table on stdout; each failure as one line on stderr."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def number(value: float, fmt: str) -> str:
+        return "–" if value is None or not math.isfinite(value) else format(value, fmt)
+
+    table = Table(title="picking summary", show_header=True)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [("micrographs", str(summary.n_micrographs)),
+            ("picked now", str(summary.n_picked)),
+            ("skipped (already done)", str(summary.n_skipped)),
+            ("failed", str(summary.n_failed)),
+            ("particles (all micrographs)", str(summary.n_particles)),
+            ("particles picked now", str(summary.n_particles_new)),
+            ("particles per micrograph", number(summary.particles_per_micrograph, ".1f")),
+            ("time per micrograph (s)", number(summary.seconds_per_micrograph, ".2f")),
+            ("wall time per micrograph (s)", number(summary.wall_seconds_per_micrograph,
+                                                    ".2f")),
+            ("threshold", f"{summary.threshold:g}"),
+            ("device", summary.device),
+            ("combined STAR", str(summary.combined_star))]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console(file=sys.stdout, soft_wrap=True).print(table)
+    for failure in summary.failures:
+        print(f"failed: {one_line(Exception(failure))}", file=sys.stderr)
+
+
+__all__ = ["SUMMARY_NAME", "PickWriter", "PredictSummary", "Result", "prepare_output_dir",
+           "print_summary"]
