@@ -7,8 +7,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-#: The project's Hydra configuration folder (``conf/`` beside the package).
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+#: The Hydra configuration folder, inside the package (installed with it: entry points work
+#: from any folder).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def compose(config_name: str, overrides: list[str] | None = None,
