@@ -18,9 +18,11 @@ name               architecture
 =================  ==============================================================================
 
 Micrographs have one channel: the first convolution takes ``in_channels`` inputs (no RGB copy).
-Pretrained weights can only come from a local file (``pretrained="path/to/resnet18.pth"``: a
-``state_dict`` of the backbone/encoder, e.g. ``torchvision.models.resnet18(...).state_dict()``);
-RGB kernels of the first convolution are summed over the colour axis for one input channel
+Pretrained weights (:mod:`cryoparticle.models.pretrained`): ``pretrained=imagenet`` (the
+backbone's ImageNet weights through torchvision's or segmentation_models_pytorch's own download
+and cache), ``coco``/``default`` (torchvision's COCO-trained FCN/DeepLabv3, ResNet-50/101), or a
+local file (``pretrained="path/to/resnet18.pth"``: a ``state_dict`` of the backbone/encoder, e.g.
+``torchvision.models.resnet18(...).state_dict()``); RGB kernels of the first convolution are summed over the colour axis for one input channel
 (and cycled and rescaled by ``3 / in_channels`` otherwise, as segmentation_models_pytorch does).
 """
 
@@ -36,6 +38,13 @@ from torch import Tensor, nn
 
 from cryoparticle.errors import file_error, param_error
 from cryoparticle.models.checkpoints import read_state_dict
+from cryoparticle.models.pretrained import (
+    matching_tensors,
+    pretrained_source,
+    smp_encoder_state_dict,
+    timm_error,
+    torchvision_state_dict,
+)
 
 #: Network names accepted by :func:`build_network`.
 NETWORKS: tuple[str, ...] = ("fcn", "deeplabv3", "unet", "unetplusplus", "deeplabv3plus")
@@ -45,8 +54,6 @@ TORCHVISION_NETWORKS: tuple[str, ...] = ("fcn", "deeplabv3")
 SMP_NETWORKS: tuple[str, ...] = ("unet", "unetplusplus", "deeplabv3plus")
 #: Backbones of the torchvision networks.
 TORCHVISION_BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101")
-#: Names that mean "download weights", impossible here.
-_DOWNLOAD_NAMES = ("imagenet", "ssl", "swsl", "true", "coco", "default")
 #: State-dict key prefixes stripped when loading a backbone/encoder file.
 _PREFIXES = ("", "module.", "backbone.", "encoder.", "model.", "model.backbone.",
              "model.encoder.", "network.model.backbone.", "network.model.encoder.")
@@ -172,16 +179,21 @@ def _torchvision_network(name: str, backbone: str, in_channels: int, num_classes
 
 
 def _smp_network(name: str, backbone: str, in_channels: int, num_classes: int,
-                 **kwargs: Any) -> tuple[nn.Module, nn.Module, int]:
+                 encoder_weights: bool | None = None, **kwargs: Any
+                 ) -> tuple[nn.Module, nn.Module, int]:
     import segmentation_models_pytorch as smp
 
     cls = {"unet": smp.Unet, "unetplusplus": smp.UnetPlusPlus,
            "deeplabv3plus": smp.DeepLabV3Plus}[name]
     try:
-        model = cls(encoder_name=backbone, encoder_weights=None, in_channels=in_channels,
-                    classes=num_classes, **kwargs)
+        model = cls(encoder_name=backbone, encoder_weights=encoder_weights,
+                    in_channels=in_channels, classes=num_classes, **kwargs)
     except TypeError as exc:
         raise param_error("network", kwargs, f"invalid options for {name!r}: {exc}") from exc
+    except (OSError, RuntimeError, ValueError) as exc:
+        if encoder_weights is None:
+            raise
+        raise timm_error(backbone, exc) from None
     multiple = int(getattr(model.encoder, "output_stride", 32))
     return model, model.encoder, multiple
 
@@ -192,10 +204,12 @@ def build_network(name: str, backbone: str = "resnet18", in_channels: int = 1,
     """Build the segmentation network ``name`` (one of :data:`NETWORKS`).
 
     Returns a module mapping ``(N, in_channels, H, W)`` to logits ``(N, num_classes, H, W)`` for
-    any ``H, W``. ``pretrained``: ``False`` or a local file holding a ``state_dict`` of the
-    backbone (torchvision networks) or encoder (smp networks), keys with or without a
-    ``backbone.``/``encoder.`` prefix. ``kwargs`` go to the smp constructor (e.g.
-    ``decoder_channels``, ``encoder_depth``). Bad names, backbones or weights raise
+    any ``H, W``. ``pretrained``: ``False``, a weights name (``imagenet``, ``coco``/``default``
+    for torchvision networks, an smp encoder's weights name) or a local file holding a
+    ``state_dict`` of the backbone (torchvision networks) or encoder (smp networks), keys with
+    or without a ``backbone.``/``encoder.`` prefix (see :mod:`cryoparticle.models.pretrained`).
+    ``kwargs`` go to the smp constructor (e.g. ``decoder_channels``, ``encoder_depth``). Bad
+    names, backbones or weights, and weights that are neither cached nor downloadable, raise
     :class:`~cryoparticle.errors.InputError`.
     """
     if name not in NETWORKS:
@@ -204,7 +218,8 @@ def build_network(name: str, backbone: str = "resnet18", in_channels: int = 1,
     if in_channels < 1 or num_classes < 1:
         raise param_error("network", (in_channels, num_classes),
                           "in_channels and num_classes must be ≥ 1")
-    weights_path = _pretrained_path(pretrained)
+    source = pretrained_source(pretrained)
+    timm = str(backbone).startswith("tu-")
     if name in TORCHVISION_NETWORKS:
         if backbone not in TORCHVISION_BACKBONES:
             raise param_error("network.backbone", backbone,
@@ -213,39 +228,43 @@ def build_network(name: str, backbone: str = "resnet18", in_channels: int = 1,
         model, body, multiple = _torchvision_network(name, backbone, in_channels, num_classes,
                                                      **kwargs)
     else:
-        if backbone not in _smp_encoder_names() and not str(backbone).startswith("tu-"):
+        if backbone not in _smp_encoder_names() and not timm:
             raise param_error("network.backbone", backbone,
                               f"unknown encoder for {name!r}; choose one of "
                               f"{_valid_backbones(name)}")
+        if timm and isinstance(source, str):  # timm fetches and adapts its own weights
+            if source != "imagenet":
+                raise param_error("network.pretrained", source, "timm encoders take "
+                                  "imagenet (the tag in 'tu-<name>.<tag>') or a local file")
+            kwargs["encoder_weights"] = True  # smp: True = the tag's weights
         try:
             model, body, multiple = _smp_network(name, backbone, in_channels, num_classes,
                                                  **kwargs)
         except (KeyError, RuntimeError) as exc:  # e.g. an unknown timm name
             raise param_error("network.backbone", backbone, f"cannot build it: {exc}") from exc
-    if weights_path is not None:
-        load_backbone_weights(body, weights_path, in_channels)
+    if isinstance(source, Path):
+        load_backbone_weights(body, source, in_channels)
+    elif source is not None and name in TORCHVISION_NETWORKS:
+        state, whole = torchvision_state_dict(name, backbone, source)
+        origin = f"torchvision {source} weights"
+        if whole:  # the COCO network: backbone, then the head but its last (class) layer
+            prefix = "backbone."
+            load_backbone_weights(body, {k[len(prefix):]: v for k, v in state.items()
+                                         if k.startswith(prefix)}, in_channels, origin)
+            head = {k[len("classifier."):]: v for k, v in state.items()
+                    if k.startswith("classifier.")}
+            model.classifier.load_state_dict(
+                matching_tensors(model.classifier.state_dict(), head), strict=False)
+        else:
+            load_backbone_weights(body, state, in_channels, origin)
+    elif source is not None and not timm:
+        load_backbone_weights(body, smp_encoder_state_dict(backbone, source), in_channels,
+                              f"{backbone} {source} weights")
     return PaddedNetwork(model, multiple)
 
 
 # --------------------------------------------------------------------------------------------
-# pretrained weights from a local file
-
-
-def _pretrained_path(pretrained: bool | str | Path | None) -> Path | None:
-    if pretrained is None or pretrained is False or (isinstance(pretrained, str)
-                                                     and pretrained.strip() in ("", "false",
-                                                                                "none")):
-        return None
-    if pretrained is True or (isinstance(pretrained, str)
-                              and pretrained.strip().lower() in _DOWNLOAD_NAMES):
-        raise param_error("network.pretrained", pretrained,
-                          "weights cannot be downloaded here; pass the path of a local file "
-                          "holding the backbone's state_dict (e.g. torchvision "
-                          "resnet18(...).state_dict() saved with torch.save)")
-    if not isinstance(pretrained, (str, Path)):
-        raise param_error("network.pretrained", pretrained,
-                          "must be false or the path of a local state_dict file")
-    return Path(pretrained).expanduser()
+# loading backbone weights
 
 
 def _first_conv_key(module: nn.Module) -> str | None:
@@ -268,8 +287,10 @@ def adapt_first_conv(weight: Tensor, in_channels: int) -> Tensor:
     return weight[:, idx] * (c / in_channels)
 
 
-def load_backbone_weights(module: nn.Module, path: str | Path, in_channels: int) -> None:
-    """Load the ``state_dict`` in ``path`` into the backbone/encoder ``module``.
+def load_backbone_weights(module: nn.Module, weights: str | Path | Mapping[str, Tensor],
+                          in_channels: int, origin: str | None = None) -> None:
+    """Load a ``state_dict`` (or the file ``weights`` holding one) into the backbone/encoder
+    ``module``; errors name the file (or ``origin``).
 
     Prefixes such as ``backbone.``/``encoder.``/``module.`` are stripped (whichever matches the
     most keys); the classifier of an ImageNet ResNet (``fc.*``) is ignored. The first
@@ -277,8 +298,12 @@ def load_backbone_weights(module: nn.Module, path: str | Path, in_channels: int)
     tensors, tensors the backbone has no place for (another depth) and shape mismatches raise
     :class:`InputError` naming the file with examples of the offending keys.
     """
-    path = Path(path)
-    saved = read_state_dict(path, "pretrained weights")
+    if isinstance(weights, Mapping):
+        path: str | Path = origin or "pretrained weights"
+        saved = {str(k): v for k, v in weights.items() if isinstance(v, Tensor)}
+    else:
+        path = Path(weights)
+        saved = read_state_dict(path, "pretrained weights")
     target = module.state_dict()
     best: dict[str, Tensor] = {}
     for prefix in _PREFIXES:
