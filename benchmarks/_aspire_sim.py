@@ -1,6 +1,6 @@
 """Time ASPIRE's ``MicrographSimulation`` (run by simulate_speed.py in ASPIRE's own venv).
 
-    /tmp/aspire_venv/bin/python benchmarks/_aspire_sim.py --volume vol.npy --ctf ctf.json \
+    aspire_venv/bin/python benchmarks/_aspire_sim.py --volume vol.npy --ctf ctf.json \
         --pixel-size 1.77 --size 4096 --particles 300 --snr 0.1 --repeats 5
 
 Prints one JSON object on the last line of stdout. Uses only numpy and ASPIRE (no cryoparticle).

@@ -1,7 +1,7 @@
 """Does the dense CRF help? Networks × CRFs on synthetic micrographs at two SNRs and on real
 EMPIAR-10017 micrographs.
 
-    python benchmarks/crf_effect.py [--shared ../shared/data] [--work-dir benchmarks/work/crf_effect]
+    python benchmarks/crf_effect.py [--data-dir DIR] [--work-dir benchmarks/work/crf_effect]
                                     [--networks fcn deeplabv3 unet] [--snrs 0.1 0.03]
                                     [--n-test 4] [--test-size 1024] [--n-real-test 3]
                                     [--epochs 6] [--real-epochs 8] [--samples 640]
@@ -13,8 +13,8 @@ EMPIAR-10017 micrographs.
    evaluation, ``<work>/<domain>/<network>/evaluation.json``: delete it to evaluate again). For each of ``--networks``
    (``conf/model/*.yaml``: FCN and DeepLabv3 with dilated ResNet-18 backbones, the smp U-Net)
    and each training domain — *synthetic* (on-the-fly simulated 128² crops, default simulator,
-   SNR 0.1, ``--epochs`` × ``--samples``) and *EMPIAR-10017* (``data=folder`` on the shared
-   CryoPPP micrographs and masks, 6 train / 1 validation / ``--n-real-test`` test micrographs,
+   SNR 0.1, ``--epochs`` × ``--samples``) and *EMPIAR-10017* (``data=folder`` on the
+   CryoPPP micrographs and masks under ``--data-dir``, when present, 6 train / 1 validation / ``--n-real-test`` test micrographs,
    binned to 7.08 Å/px, the striped JPG border ignored; ``--real-epochs``) — a base network is
    trained, then CRF-as-RNN is fine-tuned on it with the network frozen (``crf=rnn
    model.finetune_from=BASE model.freeze_network=true``, lr 1e-2, ``--rnn-epochs``), once with
@@ -65,9 +65,10 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 import torch  # noqa: E402
 
+from _common import DATA_DIR_HELP, DEFAULT_DATA_DIR, write_results  # noqa: E402
+
 from cryoparticle.config import crf_params  # noqa: E402
 
-DEFAULT_SHARED = ROOT.parent / "shared" / "data"
 REAL_PIXEL_SIZE_A = 1.77
 REAL_DIAMETER_PX = 108.0          # CryoPPP's diameter for EMPIAR-10017 (pixels at 1.77 Å/px)
 REAL_BORDER_PX = 96               # the striped padding of the CryoSegNet JPGs, full-size pixels
@@ -361,7 +362,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--data-dir", "--shared", dest="data_dir", type=Path,
+                        default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
     parser.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "work" / "crf_effect")
     parser.add_argument("--networks", nargs="+", default=["fcn", "deeplabv3", "unet"])
     parser.add_argument("--snrs", type=float, nargs="+", default=[0.1, 0.03])
@@ -388,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from cryoparticle.config import simulator_config
 
     pixel_size_a = float(simulator_config().pixel_size_a)
-    has_real = args.n_real_test > 0 and (args.shared / "empiar-10017" / "micrographs").is_dir()
+    has_real = args.n_real_test > 0 and (args.data_dir / "empiar-10017" / "micrographs").is_dir()
     print("training on synthetic data (finished runs are reused):", flush=True)
     synthetic_runs = train_domain(args, work / "synthetic",
                                   [f"data.train_samples_per_epoch={args.samples}"],
@@ -396,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     real_runs: dict[str, dict[str, Any]] = {}
     splits: dict[str, list[str]] = {}
     if has_real:
-        splits = real_folder(args.shared, work / "real_data", 1, args.n_real_test)
+        splits = real_folder(args.data_dir, work / "real_data", 1, args.n_real_test)
         print(f"training on EMPIAR-10017 ({len(splits['train'])} train, 1 val, "
               f"{len(splits['test'])} test micrographs):", flush=True)
         real_runs = train_domain(
@@ -406,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "data.batch_size=16", f"data.train_samples_per_epoch={args.samples}"],
             args.real_epochs, args.rnn_epochs)
     else:
-        print(f"no real micrographs under {args.shared}: synthetic data only", flush=True)
+        print(f"no real micrographs under {args.data_dir}: synthetic data only", flush=True)
 
     synthetic_sets = {f"synthetic SNR {snr:g}": synthetic_set(snr, args.n_test, args.test_size, k)
                       for k, snr in enumerate(args.snrs)}
@@ -425,10 +427,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     lambda net=net: evaluate_network(net, synthetic_runs[net], synthetic_sets, tune))
         for net in args.networks}
     if has_real:
-        real_test, _ = real_set(args.shared, splits["test"], pixel_size_a)
-        real_val, _ = real_set(args.shared, splits["val"], pixel_size_a)
-        checks = [real_set(args.shared, [Path(p).stem], pixel_size_a)[1] for p in
-                  sorted(glob.glob(str(args.shared / "empiar-10017" / "picks" / "*.csv")))]
+        real_test, _ = real_set(args.data_dir, splits["test"], pixel_size_a)
+        real_val, _ = real_set(args.data_dir, splits["val"], pixel_size_a)
+        checks = [real_set(args.data_dir, [Path(p).stem], pixel_size_a)[1] for p in
+                  sorted(glob.glob(str(args.data_dir / "empiar-10017" / "picks" / "*.csv")))]
         report["real_truth_check"] = checks
         test_sets["EMPIAR-10017"] = real_test
         report["transfer_synthetic_to_real"] = {
@@ -444,10 +446,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "truth_particles": int(sum(len(d["truth"]) for d in v))}
                            for k, v in test_sets.items()}
     report["seconds"] = round(time.perf_counter() - started, 1)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=float))
-    os.replace(tmp, args.json)
+    write_results(args.json, report, {"DATA_DIR": args.data_dir, "WORK_DIR": work})
     args.markdown.write_text(markdown(report))
     print(f"\nwrote {args.json} and {args.markdown}")
     return report

@@ -49,6 +49,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 import numpy as np
 import torch
 
+from _common import write_results
+
 from cryoparticle.config import crf_params
 
 TARGET_SPEEDUP_4096 = 20.0
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"(target ≤ {TARGET_TRAIN_RATIO})")
     report["load_after"] = load()
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(args.json, report)
     print(f"wrote {args.json}")
     return report
 

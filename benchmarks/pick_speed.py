@@ -1,13 +1,12 @@
 """How fast does ``predict.py`` pick a 4096² micrograph on CPU, and in how much memory? And Topaz?
 
-    python benchmarks/pick_speed.py [--micrographs '../shared/data/empiar-10017/micrographs/*.jpg']
-                                    [--n 3] [--micrograph-pixel-size-a 1.77] [--ckpt CKPT]
+    python benchmarks/pick_speed.py [--data-dir DIR | --micrographs 'GLOB'] [--n 3] [--micrograph-pixel-size-a 1.77] [--ckpt CKPT]
                                     [--threads N] [--workers 1] [--work-dir DIR]
-                                    [--topaz /tmp/topaz_venv/bin/topaz | --no-topaz]
+                                    [--topaz topaz_venv/bin/topaz | --no-topaz]
                                     [--json benchmarks/results/pick_speed.json]
 
-Micrographs: ``--micrographs`` (default: the EMPIAR-10017 4096² JPGs of the shared folder,
-1.77 Å/px, if present; else ``--n`` simulated 4096² micrographs at 1.77 Å/px). The first ``--n``
+Micrographs: ``--micrographs`` (default: the EMPIAR-10017 4096² JPGs under ``--data-dir``,
+``DATA_DIR/empiar-10017/micrographs/*.jpg``, 1.77 Å/px, if present; else ``--n`` simulated 4096² micrographs at 1.77 Å/px). The first ``--n``
 are converted once (not timed) to float32 MRC with the pixel size in the header, so that both
 pickers read the same files (Topaz's own JPEG reader fails on these files).
 
@@ -57,9 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-DEFAULT_MICROGRAPHS = str(ROOT.parent / "shared" / "data" / "empiar-10017" / "micrographs"
-                          / "*.jpg")
-DEFAULT_TOPAZ = Path("/tmp/topaz_venv/bin/topaz")
+from _common import DATA_DIR_HELP, DEFAULT_DATA_DIR, write_results  # noqa: E402
+
 EMPIAR_PIXEL_SIZE_A = 1.77
 TARGET_RATIO = 0.5
 TARGET_PEAK_RSS_GB = 2.0
@@ -326,9 +324,10 @@ def print_table(record: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--micrographs", default=DEFAULT_MICROGRAPHS,
-                        help="glob of real micrographs (default: EMPIAR-10017 JPGs if present; "
-                             "else simulated 4096² micrographs)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
+    parser.add_argument("--micrographs", default=None,
+                        help="glob of real micrographs (default: the EMPIAR-10017 JPGs of "
+                             "--data-dir if present; else simulated 4096² micrographs)")
     parser.add_argument("--n", type=int, default=3, help="micrographs to pick")
     parser.add_argument("--micrograph-pixel-size-a", type=float, default=None,
                         help="Å/px of --micrographs (default: header, else 1.77)")
@@ -336,13 +335,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--workers", type=int, default=1, help="predict.py num_workers")
     parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--topaz", type=Path, default=DEFAULT_TOPAZ)
+    parser.add_argument("--topaz", type=Path, default=None,
+                        help="the topaz executable (default: topaz on the PATH)")
     parser.add_argument("--no-topaz", action="store_true")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" /
                         "pick_speed.json")
     args = parser.parse_args(argv)
-
-    from cryoparticle.io.atomic import write_text_atomic
+    if args.micrographs is None:
+        args.micrographs = str(args.data_dir / "empiar-10017" / "micrographs" / "*.jpg")
+    if args.topaz is None:
+        args.topaz = Path(shutil.which("topaz") or "topaz")
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="pick_speed_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -373,8 +375,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             / topaz["extract"]["s_per_micrograph"]}
     elif not args.no_topaz:
         print(f"topaz not found at {args.topaz}: create it with `python -m venv "
-              "--system-site-packages /tmp/topaz_venv && /tmp/topaz_venv/bin/pip install "
-              "topaz-em` or pass --no-topaz", file=sys.stderr)
+              "--system-site-packages topaz_venv && topaz_venv/bin/pip install topaz-em` and "
+              "pass --topaz topaz_venv/bin/topaz, or pass --no-topaz", file=sys.stderr)
     record["load_after"] = load()
     peak = max(record["ours"]["peak_pss_tree_gb"],
                record["ours"]["peak_rss_largest_process_gb"])
@@ -383,8 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio": (record["ratio"]["process_vs_extract"] <= TARGET_RATIO
                   if "ratio" in record else None)}
     print_table(record)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.json, json.dumps(record, indent=2, default=str) + "\n")
+    write_results(args.json, record, {"DATA_DIR": args.data_dir, "WORK_DIR": work})
     print(f"wrote {args.json}")
     return record
 

@@ -2,7 +2,7 @@
 
     python benchmarks/simulate_speed.py [--repeats 5] [--workers 2] [--crops 40]
                                         [--json benchmarks/results/simulate_speed.json]
-                                        [--aspire-python /tmp/aspire_venv/bin/python | --no-aspire]
+                                        [--aspire-python aspire_venv/bin/python | --no-aspire]
 
 Measures, each after a warm-up call:
 
@@ -46,13 +46,12 @@ import torch
 
 from cryoparticle.config import simulator_config
 from cryoparticle.data.datasets import SyntheticCropDataset, seed_worker
-from cryoparticle.io.atomic import write_text_atomic
 from cryoparticle.simulate.micrograph import MicrographSimulator
+from _common import write_results
 
 FULL_FRAME_PIXEL_SIZE_A = 1.77
 TARGET_FULL_MPS = 0.5     # micrographs/s at 4096²
 TARGET_CROPS_PS = 20.0    # crops/s at 512²
-DEFAULT_ASPIRE_PYTHON = Path("/tmp/aspire_venv/bin/python")
 
 
 def load() -> dict[str, Any]:
@@ -204,8 +203,8 @@ def run_aspire(python: Path | None, size: int, particles: int, ctfs: list[dict],
                sim: MicrographSimulator, repeats: int, timeout_s: int) -> dict:
     """Time ASPIRE's MicrographSimulation in its own interpreter; errors become ``{"error"}``."""
     if python is None:
-        return {"error": "no ASPIRE interpreter (--aspire-python; default "
-                         f"{DEFAULT_ASPIRE_PYTHON} does not exist)"}
+        return {"error": "no ASPIRE interpreter: give --aspire-python (a venv with "
+                         "`pip install aspire`)"}
     python = Path(python)
     if not python.exists():
         return {"error": f"{python}: no such interpreter"}
@@ -369,8 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--particles", type=int, default=300, help="particles per full frame")
     p.add_argument("--top", type=int, default=8, help="profile entries shown")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/simulate_speed.json")
-    p.add_argument("--aspire-python", type=Path,
-                   default=DEFAULT_ASPIRE_PYTHON if DEFAULT_ASPIRE_PYTHON.exists() else None)
+    p.add_argument("--aspire-python", type=Path, default=None,
+                   help="the python of a venv with ASPIRE, e.g. aspire_venv/bin/python made by "
+                        "`python -m venv aspire_venv && aspire_venv/bin/pip install aspire` "
+                        "(default: no ASPIRE comparison)")
     p.add_argument("--aspire-repeats", type=int, default=None, help="default: --repeats")
     p.add_argument("--aspire-timeout", type=int, default=1800, help="seconds")
     p.add_argument("--no-aspire", action="store_true", help="skip the ASPIRE comparison")
@@ -423,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         "crops_per_s_512_loader": res["crops_loader"]["crops_per_s"] >= TARGET_CROPS_PS}
     print()
     print_report(res)
-    write_text_atomic(args.json, json.dumps(res, indent=2) + "\n")
+    write_results(args.json, res, {"ASPIRE_PYTHON": args.aspire_python})
     print(f"\nwrote {args.json}")
     return 0
 

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from cryoparticle.config import compose, instantiate  # noqa: E402
-from cryoparticle.io.atomic import write_text_atomic  # noqa: E402
+from _common import write_results  # noqa: E402
 
 
 def pipeline_crops_per_s(crop: int, batch: int, workers: int, batches: int) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         label = f"{name} ({r['network']['backbone']})"
         ok = "yes" if pipe >= r["crops_per_s"] else "NO: data-bound"
         print(f"{label:<28}{r['crops_per_s']:>10.1f}{r['median_step_s']:>10.3f}  {ok}")
-    write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
+    write_results(args.json, result)
     print(f"wrote {args.json}")
 
 

@@ -20,7 +20,8 @@ from cryoparticle.simulate.volume import (
     volume_diameter_a,
 )
 
-SHARED_VOLUMES = Path(__file__).resolve().parents[3] / "shared" / "data" / "volumes"
+# Cα-only models of PDB 5A1A and 6Z6U (CC0), made by scripts/make_test_fixtures.py.
+FIXTURES = Path(__file__).resolve().parents[1] / "data"
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -306,17 +307,16 @@ def test_unknown_extension_raises_input_error(tmp_path):
 # --------------------------------------------------------------------------- real models
 
 
-@pytest.mark.skipif(not SHARED_VOLUMES.is_dir(), reason="shared data not present")
 def test_beta_galactosidase_5a1a_at_7a_has_expected_diameter():
-    vol = density_from_atoms(SHARED_VOLUMES / "5a1a_beta_galactosidase.cif", 7.08)
+    vol = density_from_atoms(FIXTURES / "5a1a_beta_galactosidase_ca.cif.gz", 7.08)
     np.testing.assert_allclose(centre_of_mass(vol), [vol.shape[0] // 2] * 3, atol=1.0)
     assert 175.0 <= volume_diameter_a(vol, 7.08) <= 215.0  # measured ~196 Å (blurred to 14 Å)
 
 
-@pytest.mark.skipif(not SHARED_VOLUMES.is_dir(), reason="shared data not present")
 def test_apoferritin_6z6u_is_a_120a_shell():
-    vol = density_from_atoms(SHARED_VOLUMES / "6z6u_apoferritin.pdb", 3.54)
-    # Outermost atoms are 134 Å apart; the density adds its blur and one voxel: measured ~141 Å.
+    vol = density_from_atoms(FIXTURES / "6z6u_apoferritin_ca.pdb.gz", 3.54)
+    # Outermost atoms are 134 Å apart; the density adds its blur and one voxel: measured ~141 Å
+    # with every atom, ~139 Å with the Cα atoms of the fixture.
     assert 125.0 <= volume_diameter_a(vol, 3.54) <= 150.0
     c = vol.shape[0] // 2
     assert vol[c, c, c] < 0.05 * vol.max()  # hollow: no density at the centre
