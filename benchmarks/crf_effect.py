@@ -14,8 +14,8 @@ EMPIAR-10017 micrographs.
    (``conf/model/*.yaml``: FCN and DeepLabv3 with dilated ResNet-18 backbones, the smp U-Net)
    and each training domain — *synthetic* (on-the-fly simulated 128² crops, default simulator,
    SNR 0.1, ``--epochs`` × ``--samples``) and *EMPIAR-10017* (``data=folder`` on the
-   CryoPPP micrographs and masks under ``--data-dir``, when present, 6 train / 1 validation / ``--n-real-test`` test micrographs,
-   binned to 7.08 Å/px, the striped JPG border ignored; ``--real-epochs``) — a base network is
+   CryoPPP micrographs and masks under ``--data-dir``, when present, 6 train / 1 validation /
+   ``--n-real-test`` test micrographs, binned to 7.08 Å/px, the striped JPG border ignored; ``--real-epochs``) — a base network is
    trained, then CRF-as-RNN is fine-tuned on it with the network frozen (``crf=rnn
    model.finetune_from=BASE model.freeze_network=true``, lr 1e-2, ``--rnn-epochs``), once with
    the hand-set intensity feature (``rnn``) and once with ``--feature-channels`` learned

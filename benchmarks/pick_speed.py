@@ -1,14 +1,15 @@
 """How fast does ``predict.py`` pick a 4096² micrograph on CPU, and in how much memory? And Topaz?
 
-    python benchmarks/pick_speed.py [--data-dir DIR | --micrographs 'GLOB'] [--n 3] [--micrograph-pixel-size-a 1.77] [--ckpt CKPT]
+    python benchmarks/pick_speed.py [--data-dir DIR | --micrographs 'GLOB'] [--n 3]
+                                    [--micrograph-pixel-size-a 1.77] [--ckpt CKPT]
                                     [--threads N] [--workers 1] [--work-dir DIR]
                                     [--topaz topaz_venv/bin/topaz | --no-topaz]
                                     [--json benchmarks/results/pick_speed.json]
 
 Micrographs: ``--micrographs`` (default: the EMPIAR-10017 4096² JPGs under ``--data-dir``,
-``DATA_DIR/empiar-10017/micrographs/*.jpg``, 1.77 Å/px, if present; else ``--n`` simulated 4096² micrographs at 1.77 Å/px). The first ``--n``
-are converted once (not timed) to float32 MRC with the pixel size in the header, so that both
-pickers read the same files (Topaz's own JPEG reader fails on these files).
+``DATA_DIR/empiar-10017/micrographs/*.jpg``, 1.77 Å/px, if present; else ``--n`` simulated
+4096² micrographs at 1.77 Å/px). The first ``--n`` are converted once (not timed) to float32
+MRC with the pixel size in the header, so that both pickers read the same files (Topaz's own JPEG reader fails on these files).
 
 Checkpoint: ``--ckpt``, else a quick one is trained first (not timed) with the standard
 network (U-Net, ResNet-18 encoder, 512-px inference tiles overlapping by 32) at 7.08 Å/px::

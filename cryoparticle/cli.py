@@ -58,7 +58,8 @@ def evaluate() -> None:
 
 
 def simulate() -> None:
-    """``cryoparticle-simulate out_dir=DIR n_micrographs=N`` (= ``python -m cryoparticle.simulate``)."""
+    """``cryoparticle-simulate out_dir=DIR n_micrographs=N``
+    (= ``python -m cryoparticle.simulate``)."""
     from cryoparticle.simulate.__main__ import main
 
     main()

@@ -14,7 +14,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 def compose(config_name: str, overrides: list[str] | None = None,
             return_hydra_config: bool = False) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with command-line style ``overrides``."""
+    """Compose ``cryoparticle/conf/<config_name>.yaml`` with command-line style ``overrides``."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -33,8 +33,8 @@ def simulator_config(name: str = "empiar10017", overrides: list[str] | None = No
 
 
 def crf_params(name: str = "dense", **overrides: Any) -> dict[str, Any]:
-    """The CRF energy's parameters in ``conf/crf/<name>.yaml`` (those every implementation
-    shares, :func:`cryoparticle.crf.checks.check_params`), with ``overrides`` applied; the
+    """The CRF energy's parameters in ``cryoparticle/conf/crf/<name>.yaml`` (those every
+    implementation shares, :func:`cryoparticle.crf.checks.check_params`), with ``overrides`` applied; the
     keyword arguments of :class:`~cryoparticle.crf.DenseCRF` and
     :class:`~cryoparticle.crf.MeanFieldCRF` alike."""
     import inspect
@@ -46,7 +46,7 @@ def crf_params(name: str = "dense", **overrides: Any) -> dict[str, Any]:
 
     path = CONF_DIR / "crf" / f"{name}.yaml"
     if not path.is_file():
-        raise param_error("crf", name, "no such CRF config in conf/crf/")
+        raise param_error("crf", name, "no such CRF config in cryoparticle/conf/crf/")
     cfg = OmegaConf.load(path)
     cfg = cfg.get("crf", cfg)  # crf=rnn is a global package: its CRF is under crf:
     keys = inspect.signature(check_params).parameters
@@ -55,7 +55,8 @@ def crf_params(name: str = "dense", **overrides: Any) -> dict[str, Any]:
 
 
 def check_group_overrides(config_name: str, argv: list[str]) -> None:
-    """Reject ``group=option`` arguments naming no file in ``conf/<group>/``, in one line.
+    """Reject ``group=option`` arguments naming no file in ``cryoparticle/conf/<group>/``, in
+    one line.
 
     Hydra reports an unknown option with a multi-line message; this runs first so a typo in
     ``model=deeplabv4`` gives ``InputError: model=deeplabv4: unknown option ...``. Groups that
@@ -63,7 +64,7 @@ def check_group_overrides(config_name: str, argv: list[str]) -> None:
     """
     from cryoparticle.errors import InputError
 
-    del config_name  # all our entry points share conf/
+    del config_name  # all our entry points share cryoparticle/conf/
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue

@@ -1,4 +1,5 @@
-"""Training and evaluation of a segmenter from a composed Hydra config (``conf/train.yaml``).
+"""Training and evaluation of a segmenter from a composed Hydra config
+(``cryoparticle/conf/train.yaml``).
 
 ``train.py`` only composes the config and calls :func:`run`; everything here is instantiated
 from the config: data module, model, callbacks, loggers and trainer.

@@ -22,8 +22,8 @@ Pretrained weights (:mod:`cryoparticle.models.pretrained`): ``pretrained=imagene
 backbone's ImageNet weights through torchvision's or segmentation_models_pytorch's own download
 and cache), ``coco``/``default`` (torchvision's COCO-trained FCN/DeepLabv3, ResNet-50/101), or a
 local file (``pretrained="path/to/resnet18.pth"``: a ``state_dict`` of the backbone/encoder, e.g.
-``torchvision.models.resnet18(...).state_dict()``); RGB kernels of the first convolution are summed over the colour axis for one input channel
-(and cycled and rescaled by ``3 / in_channels`` otherwise, as segmentation_models_pytorch does).
+``torchvision.models.resnet18(...).state_dict()``); RGB kernels of the first convolution are
+summed over the colour axis for one input channel (and cycled and rescaled by ``3 / in_channels`` otherwise, as segmentation_models_pytorch does).
 """
 
 from __future__ import annotations

@@ -1,24 +1,26 @@
 """Pick particles on micrographs of any size with a trained segmenter (``python predict.py``).
 
-The flow, one micrograph at a time (``conf/predict.yaml`` holds every parameter; the settings
-are checked by :mod:`~cryoparticle.picking.settings`):
+The flow, one micrograph at a time (``cryoparticle/conf/predict.yaml`` holds every parameter;
+the settings are checked by :mod:`~cryoparticle.picking.settings`):
 
 1. **list** the input (a file, a folder, a glob or a list of them):
    :func:`~cryoparticle.picking.inputs.list_micrographs`;
 2. **read and bin** in DataLoader workers (:class:`~cryoparticle.picking.inputs.MicrographFiles`):
-   the micrograph is read
-   (MRC/MRCS single image, TIFF, PNG, JPEG), Fourier-binned to the checkpoint's pixel size
-   (the micrograph's own from ``micrograph_pixel_size_a`` or the MRC header) and standardised
-   as in training. A micrograph that cannot be used (corrupt, truncated, a stack, NaN/Inf,
-   constant, no pixel size, smaller than one particle) becomes an *error record*, not an exception, so the rest go on;
-3. **segment** (:class:`~cryoparticle.picking.module.PickingModule`, through ``Trainer.predict``: CPU or GPUs, several GPUs
-   splitting the micrographs under DDP): overlapping tiles in batches, blended without seams
+   the micrograph is read (MRC/MRCS single image, TIFF, PNG, JPEG), Fourier-binned to the
+   checkpoint's pixel size (the micrograph's own from ``micrograph_pixel_size_a`` or the MRC
+   header) and standardised as in training. A micrograph that cannot be used (corrupt,
+   truncated, a stack, NaN/Inf, constant, no pixel size, smaller than one particle) becomes an
+   *error record*, not an exception, so the rest go on;
+3. **segment** (:class:`~cryoparticle.picking.module.PickingModule`, through
+   ``Trainer.predict``: CPU or GPUs, several GPUs splitting the micrographs under DDP):
+   overlapping tiles in batches, blended without seams
    (:func:`cryoparticle.data.tiling.predict_tiled`), the particle probability map;
-4. **extract and write** (:class:`~cryoparticle.picking.writers.PickWriter`, a ``BasePredictionWriter``):
-   :func:`~cryoparticle.picking.extract.extract_particles` on the binned map, coordinates
-   scaled back to the original micrograph (binned pixel ``i`` sits at original ``i × factor``,
-   the sampling grid of :func:`~cryoparticle.data.preprocess.fourier_bin`), every format
-   written atomically, ``NAME.star`` last: it marks the micrograph done, so a rerun skips it;
+4. **extract and write** (:class:`~cryoparticle.picking.writers.PickWriter`, a
+   ``BasePredictionWriter``): :func:`~cryoparticle.picking.extract.extract_particles` on the
+   binned map, coordinates scaled back to the original micrograph (binned pixel ``i`` sits at
+   original ``i × factor``, the sampling grid of
+   :func:`~cryoparticle.data.preprocess.fourier_bin`), every format written atomically,
+   ``NAME.star`` last: it marks the micrograph done, so a rerun skips it;
 5. **combine and report**: ``particles.star`` (every finished micrograph, including those
    skipped as already done), ``predict_summary.json`` and a table on stdout; each failure as
    one line on stderr. :func:`run` returns the
@@ -66,7 +68,8 @@ from cryoparticle.picking.writers import (
 
 
 def run(cfg: Mapping[str, Any]) -> PredictSummary:
-    """Pick particles as ``cfg`` (``conf/predict.yaml``) says; returns the summary (printed).
+    """Pick particles as ``cfg`` (``cryoparticle/conf/predict.yaml``) says; returns the
+    summary (printed).
 
     Configuration and checkpoint problems, an empty input and an unwritable ``output_dir``
     raise :class:`InputError` before anything is written; problems with single micrographs

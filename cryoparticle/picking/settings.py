@@ -1,4 +1,4 @@
-"""Picking settings: ``conf/predict.yaml`` checked against the checkpoint's facts.
+"""Picking settings: ``cryoparticle/conf/predict.yaml`` checked against the checkpoint's facts.
 
 :func:`build_settings` turns the config and ``Segmenter.inference_facts()`` into a frozen
 :class:`Settings` (what the reader, the network module and the writer need), raising one-line
