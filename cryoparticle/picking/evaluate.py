@@ -593,9 +593,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Compare particle picks with ground truth: per-micrograph and pooled "
                     "precision, recall, F1 and average precision. Files may be RELION STAR "
                     "(coordinate files, particles.star, coordinate_files.star), EMAN BOX, "
-                    "CryoPPP CSV, Topaz tables or cryoSPARC particle CSV; picks and truth are matched by "
-                    "micrograph name (file stem / name without extension). Only micrographs "
-                    "with a truth file are evaluated.")
+                    "CryoPPP CSV, Topaz tables or cryoSPARC particle CSV; picks and truth are "
+                    "matched by micrograph name (file stem / name without extension). Only "
+                    "micrographs with a truth file are evaluated.")
     parser.add_argument("--picks", nargs="+", required=True, metavar="PATH_OR_GLOB",
                         help="pick files, folders or glob patterns (quote them)")
     parser.add_argument("--truth", nargs="+", required=True, metavar="PATH_OR_GLOB",
