@@ -655,13 +655,13 @@ def _centre_contrast(average: np.ndarray, diameter_px: float) -> float:
     return float(abs(centre.mean() - rim.mean()) / rim.std())
 
 
+@pytest.mark.skipif(RELION_PREPROCESS is None,
+                    reason="relion_preprocess not found: apt-get install relion")
 def test_relion_extracts_our_picks_unchanged_and_centred(ckpt, tmp_path, monkeypatch):
     """predict.py's NAME.star into the real ``relion_preprocess --extract`` (RELION 3.1):
     every pick is extracted, the box average is a centred particle, and the same picks with x
     and y swapped (or y flipped) give no centred particle; the combined STAR files name the
     micrograph as it was given (relative)."""
-    if RELION_PREPROCESS is None:
-        pytest.skip("relion_preprocess not found: apt-get install relion")
     project = tmp_path / "project"
     (project / "mics").mkdir(parents=True)
     sim = MicrographSimulator(simulator_config(overrides=[
