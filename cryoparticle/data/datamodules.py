@@ -63,12 +63,14 @@ def build_augment(augment: Augment | Mapping[str, Any] | None) -> Augment | None
 
 def load_folder(folder: Path, *, target_pixel_size_a: float | None,
                 micrograph_pixel_size_a: float | None,
-                particle_diameter_a: float | None) -> list[Micrograph]:
-    """Every labelled micrograph of ``folder`` (see :func:`find_pairs`), binned and standardised."""
+                particle_diameter_a: float | None,
+                labels: str | Path | None = None) -> list[Micrograph]:
+    """Every labelled micrograph of ``folder`` (see :func:`find_pairs`; ``labels``: a particle
+    table for many micrographs), binned and standardised."""
     return [load_labelled_micrograph(image, label, target_pixel_size_a=target_pixel_size_a,
                                      pixel_size_a=micrograph_pixel_size_a,
                                      diameter_a=particle_diameter_a)
-            for image, label in find_pairs(folder)]
+            for image, label in find_pairs(folder, labels=labels)]
 
 
 class _CropDataModule(pl.LightningDataModule):
@@ -266,6 +268,9 @@ class FolderDataModule(_CropDataModule):
     ``pixel_size_a`` when their own pixel size (``micrograph_pixel_size_a``, else the MRC
     header) is finer; without a known source pixel size they are taken to be at
     ``pixel_size_a`` already. Coordinates without a diameter get ``particle_diameter_a``.
+    ``labels``: one particle table for the micrographs without a label file of their own
+    (RELION ``particles.star``/``coordinate_files.star``, a cryoSPARC particle CSV), looked
+    for in each split folder, else taken as a path: existing picks become training labels.
     ``pixel_size_a=None`` keeps the native pixel size: the attribute is then
     ``micrograph_pixel_size_a``, else the first training micrograph's MRC header, else NaN
     (unknown) until :meth:`setup` has read the micrographs.
@@ -276,10 +281,12 @@ class FolderDataModule(_CropDataModule):
                  micrograph_pixel_size_a: float | None = None, particle_diameter_a: float,
                  crop_size: int = 256, train_samples_per_epoch: int = 512, batch_size: int = 8,
                  num_workers: int = 0, seed: int = 0,
-                 augment: Augment | Mapping[str, Any] | None = None) -> None:
+                 augment: Augment | Mapping[str, Any] | None = None,
+                 labels: str | None = None) -> None:
         super().__init__(crop_size=crop_size, train_samples_per_epoch=train_samples_per_epoch,
                          batch_size=batch_size, num_workers=num_workers, seed=seed,
                          augment=augment)
+        self.labels = labels
         self.root = Path(root)
         if not self.root.is_dir():
             raise file_error(self.root, "no such folder (the dataset root)")
@@ -297,7 +304,7 @@ class FolderDataModule(_CropDataModule):
         folder = self.root / self.dirs["train"]
         if not folder.is_dir():
             return math.nan
-        image = find_pairs(folder)[0][0]
+        image = find_pairs(folder, labels=self.labels)[0][0]
         if image.suffix.lower() not in MRC_SUFFIXES:
             return math.nan
         _, pixel_size_a = read_mrc(image, mmap=True)
@@ -309,7 +316,8 @@ class FolderDataModule(_CropDataModule):
             raise file_error(path, f"no such folder (the {split} split; set {split}_dir)")
         micrographs = load_folder(path, target_pixel_size_a=self.target_pixel_size_a,
                                   micrograph_pixel_size_a=self.micrograph_pixel_size_a,
-                                  particle_diameter_a=self.particle_diameter_a)
+                                  particle_diameter_a=self.particle_diameter_a,
+                                  labels=self.labels)
         if math.isnan(self.pixel_size_a):
             self.pixel_size_a = micrographs[0].pixel_size_a
         return micrographs

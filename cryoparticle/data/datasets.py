@@ -4,7 +4,11 @@
 * :class:`RandomCropDataset`: random crops of micrographs held in memory (training);
 * :class:`MicrographDataset`: whole micrographs as dicts (validation, test, prediction);
 * :func:`load_labelled_micrograph` reads a micrograph with its mask or coordinates, bins it to a
-  pixel size and standardises it; :func:`find_pairs` pairs micrographs with label files.
+  pixel size and standardises it; :func:`find_pairs` pairs micrographs with label files: a
+  mask, a per-micrograph coordinate file (RELION ``NAME.star``/``NAME_autopick.star``/
+  ``NAME_manualpick.star``, CryoPPP or cryoSPARC ``NAME.csv``, EMAN ``NAME.box``) or one
+  particle table for many micrographs (RELION ``particles.star`` or ``coordinate_files.star``,
+  a cryoSPARC particle CSV), matched by micrograph name: a lab's existing picks as labels.
 
 Training items are ``(image (1, S, S) float32, mask (S, S) int64)``, mask 1 = particle,
 0 = background, 255 = ignore. Item ``i`` of a random dataset is drawn from a generator seeded by
@@ -13,6 +17,7 @@ Training items are ``(image (1, S, S) float32, mask (S, S) int64)``, mask 1 = pa
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Sequence
@@ -27,14 +32,14 @@ from cryoparticle.data.augment import Augment
 from cryoparticle.data.masks import disc_mask
 from cryoparticle.data.preprocess import bin_factor, bin_mask, fourier_bin, standardise
 from cryoparticle.errors import InputError, check_positive, file_error, param_error
-from cryoparticle.io.coords import empty_particles, read_box, read_cryoppp_csv, read_star
+from cryoparticle.io.coords import empty_particles, micrograph_key, read_particles
 from cryoparticle.io.mrc import MASK_IGNORE, read_mask, read_micrograph
 from cryoparticle.micrograph import Micrograph
 from cryoparticle.simulate.micrograph import MicrographSimulator
 
 MICROGRAPH_SUFFIXES = (".mrc", ".mrcs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 MASK_SUFFIXES = ("_mask.png", "_mask.jpg", "_mask.tif", "_mask.mrc")
-COORD_SUFFIXES = (".star", ".csv", ".box")
+COORD_SUFFIXES = (".star", "_autopick.star", "_manualpick.star", ".csv", ".box")
 # File stems that are labels, not micrographs (NAME_mask.png, NAME_instances.tif, ...).
 _LABEL_STEM_ENDINGS = ("_mask", "_instances")
 
@@ -112,14 +117,27 @@ class SyntheticCropDataset(Dataset):
 # --------------------------------------------------------------------------- loading
 
 
+@functools.lru_cache(maxsize=8)
+def _particle_table(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
+    """A particle file read once (a table for many micrographs is read once per change)."""
+    return read_particles(path)
+
+
 def _read_particles(label_path: Path, name: str, diameter_px: float | None) -> pd.DataFrame:
-    suffix = label_path.suffix.lower()
-    if suffix == ".star":
-        particles = read_star(label_path, micrograph=name)
-    elif suffix == ".csv":
-        particles = read_cryoppp_csv(label_path, micrograph=name)
-    else:
-        particles = read_box(label_path, micrograph=name)
+    """The particles of micrograph ``name``: every row of its own coordinate file, or the rows
+    of a many-micrograph table whose micrograph name matches (:func:`micrograph_key`)."""
+    stat = label_path.stat()
+    table = _particle_table(str(label_path), stat.st_mtime_ns, stat.st_size)
+    key = micrograph_key(name)
+    if micrograph_key(label_path.name) != key:  # a table for many micrographs
+        keys = table["micrograph"].map(micrograph_key)
+        listed = {micrograph_key(m) for m in table.attrs.get("micrographs", [])}
+        if key not in listed and not (keys == key).any():
+            raise file_error(label_path, f"names no micrograph {name!r} (a micrograph without "
+                                         "particles needs its own empty coordinate file)")
+        table = table[(keys == key).to_numpy()]
+    particles = table.reset_index(drop=True).copy()
+    particles.attrs = {}
     particles["micrograph"] = name
     missing = particles["diameter"].isna()
     if missing.any() and diameter_px is not None:
@@ -140,8 +158,10 @@ def load_labelled_micrograph(image_path: str | Path, label_path: str | Path | No
     """Read a micrograph and its ground truth as a :class:`Micrograph`, binned and standardised.
 
     * ``label_path``: a mask (``.png``/``.jpg``/``.tif``/``.mrc``, read by
-      :func:`~cryoparticle.io.mrc.read_mask`), a coordinate file (``.star``, CryoPPP ``.csv``,
-      ``.box``) drawn as discs with :func:`~cryoparticle.data.masks.disc_mask`, or None
+      :func:`~cryoparticle.io.mrc.read_mask`), a coordinate file (``.star``, CryoPPP or
+      cryoSPARC ``.csv``, ``.box``; the micrograph's own, or a table for many micrographs of
+      which the rows naming this one are used) drawn as discs with
+      :func:`~cryoparticle.data.masks.disc_mask`, or None
       (unlabelled: every pixel ignore, 255). Coordinate diameters come from the file where it
       has them, else ``diameter_px`` (pixels of the *unbinned* micrograph), else ``diameter_a``
       (Å, converted with the micrograph's pixel size, or the target's when it has none).
@@ -217,14 +237,27 @@ def _is_micrograph(path: Path, mask_suffixes: Sequence[str]) -> bool:
     return not path.stem.lower().endswith(_LABEL_STEM_ENDINGS)
 
 
+def _label_table(folder: Path, labels: str | Path | None) -> Path | None:
+    """The many-micrograph label table: ``folder/labels``, else ``labels`` as given."""
+    if labels is None or str(labels).strip() == "":
+        return None
+    for candidate in (folder / labels, Path(labels)):
+        if candidate.is_file():
+            return candidate
+    raise file_error(labels, f"no such particle table (looked in {folder} and as given)")
+
+
 def find_pairs(folder: str | Path, mask_suffixes: Sequence[str] = MASK_SUFFIXES,
-               coord_suffixes: Sequence[str] = COORD_SUFFIXES) -> list[tuple[Path, Path]]:
+               coord_suffixes: Sequence[str] = COORD_SUFFIXES,
+               labels: str | Path | None = None) -> list[tuple[Path, Path]]:
     """Pair every micrograph in ``folder`` with its label file, sorted by file name.
 
     Micrographs (``.mrc .mrcs .tif .tiff .png .jpg .jpeg``, not ``*_mask.*``/``*_instances.*``)
     are looked for in ``folder`` and ``folder/micrographs``; the label of ``NAME.ext`` is
     ``NAME<mask suffix>`` beside it or in ``folder/masks`` (preferred), else
-    ``NAME<coordinate suffix>`` beside it or in ``folder/picks`` (CryoPPP-like layout).
+    ``NAME<coordinate suffix>`` beside it or in ``folder/picks`` (CryoPPP-like layout), else
+    ``labels``: one particle table for many micrographs (RELION ``particles.star`` or
+    ``coordinate_files.star``, cryoSPARC CSV; in ``folder`` or a path), matched by name.
     A missing folder, a folder without micrographs or a micrograph without a label raises
     :class:`InputError`.
     """
@@ -233,6 +266,7 @@ def find_pairs(folder: str | Path, mask_suffixes: Sequence[str] = MASK_SUFFIXES,
         raise file_error(folder, "no such folder")
     if not folder.is_dir():
         raise file_error(folder, "is not a folder")
+    table = _label_table(folder, labels)
     image_dirs = [folder] + ([folder / "micrographs"] if (folder / "micrographs").is_dir() else [])
     images = sorted((p for d in image_dirs for p in d.iterdir()
                      if _is_micrograph(p, mask_suffixes)), key=lambda p: (p.name, str(p)))
@@ -246,11 +280,11 @@ def find_pairs(folder: str | Path, mask_suffixes: Sequence[str] = MASK_SUFFIXES,
                       for d in (image.parent, folder / "masks")]
         candidates += [d / f"{image.stem}{s}" for s in coord_suffixes
                        for d in (image.parent, folder / "picks")]
-        label = next((c for c in candidates if c.is_file()), None)
+        label = next((c for c in candidates if c.is_file()), table)
         if label is None:
             looked = ", ".join(image.stem + s for s in (*mask_suffixes, *coord_suffixes))
             raise file_error(image, f"has no label file (looked for {looked} beside it and in "
-                                    "masks/, picks/)")
+                                    "masks/, picks/; or give a particle table: labels=...)")
         pairs.append((image, label))
     return pairs
 

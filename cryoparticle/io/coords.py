@@ -13,6 +13,20 @@ Optional extra columns (kept, and written to STAR): ``angle_rot``, ``angle_tilt`
 ``angle_psi`` (degrees), ``defocus_u_a``, ``defocus_v_a`` (Å), ``defocus_angle_deg``.
 Corner-based BOX coordinates and binned frames exist only at the edges, in this module.
 
+RELION layouts (what RELION reads unchanged):
+
+* a per-micrograph coordinate file (:func:`write_relion_coordinates`) is ONE table, as RELION's
+  autopick writes it: ``rlnCoordinateX/Y``, ``rlnAutopickFigureOfMerit``, ``rlnClassNumber``,
+  ``rlnAnglePsi`` (RELION 3.1's ``relion_preprocess --coord_suffix`` reads only the first
+  table of a coordinate file, so no ``data_optics`` block may precede it);
+* ``coordinate_files.star`` (:func:`write_coordinate_files_star`): ``rlnMicrographName`` →
+  ``rlnMicrographCoordinates``, the coordinate list of RELION 4/5 (``--coord_list``);
+* a combined ``particles.star`` (:func:`write_star`): ``data_optics`` + ``data_particles`` with
+  ``rlnMicrographName``.
+
+Readers take all of these, RELION's ``particles.star`` (any number of micrographs), EMAN BOX,
+CryoPPP CSV, Topaz tables and cryoSPARC particle CSVs (:func:`read_particles` picks the reader).
+
 Every writer is atomic and deterministic; every reader raises a one-line
 :class:`~cryoparticle.errors.InputError` naming the file for an unusable file.
 """
@@ -20,7 +34,9 @@ Every writer is atomic and deterministic; every reader raises a one-line
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import os
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +64,26 @@ STAR_EXTRA_LABELS: dict[str, str] = {
 CRYOPPP_COLUMNS: tuple[str, str, str] = ("X-Coordinate", "Y-Coordinate", "Diameter")
 TOPAZ_COLUMNS: tuple[str, ...] = ("image_name", "x_coord", "y_coord", "score")
 _STAR_HEADER = "# Written by cryoparticle"
+_STAR_VERSION = "# version 30001"  # RELION 3.1's STAR dialect (RELION 4/5 read it too)
+# A comment RELION ignores: the micrograph's pixel size (Å) in a per-micrograph coordinate file.
+_PIXEL_SIZE_COMMENT = "# cryoparticle rlnMicrographPixelSize"
+
+RELION_COORDINATE_LABELS: tuple[str, ...] = (
+    "rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit", "rlnClassNumber",
+    "rlnAnglePsi")
+"""The one table of a RELION autopick coordinate file, in RELION's order (``rlnClassNumber``
+0 and ``rlnAnglePsi`` 0 are the values RELION's own pickers write for "no class, no angle")."""
+COORDINATE_FILES_NAME = "coordinate_files.star"
+"""RELION 4/5's list of coordinate files (block ``coordinate_files``)."""
+COORDINATE_LIST_LABELS: tuple[str, str] = ("rlnMicrographName", "rlnMicrographCoordinates")
+CRYOSPARC_COLUMNS: tuple[str, ...] = (
+    "location/micrograph_path", "location/center_x_frac", "location/center_y_frac")
+"""Columns of a cryoSPARC particle table (a ``.cs`` file exported as CSV) that locate a
+particle; the micrograph size comes from ``location/micrograph_shape`` (rows, columns)."""
+CRYOSPARC_SHAPE = "location/micrograph_shape"
+CRYOSPARC_SCORE = "pick_stats/ncc_score"
+# cryoSPARC prefixes the micrographs it imports with a numeric uid: "0123…789_mic01.mrc".
+_CRYOSPARC_UID = re.compile(r"^\d{12,}_")
 
 
 # --------------------------------------------------------------------------- table
@@ -233,29 +269,88 @@ def write_star(path: str | Path, df: pd.DataFrame, pixel_size_a: float | None = 
         })
         columns["rlnOpticsGroup"] = np.ones(len(parts), dtype=np.int64)
     blocks["particles"] = pd.DataFrame(columns)
-    text = starfile.to_string(blocks, float_format="%.6f", na_rep="nan")
-    # starfile's first line records the time of writing; replace it to keep output reproducible.
+    write_text_atomic(path, _star_text(blocks))
+
+
+def _star_text(blocks: Mapping[str, pd.DataFrame], comments: Iterable[str] = ()) -> str:
+    """STAR text of ``blocks`` (6 decimals), headed by our comment lines instead of starfile's
+    time stamp, so that the output is reproducible."""
+    text = starfile.to_string(dict(blocks), float_format="%.6f", na_rep="nan")
     lines = text.split("\n")
     if lines and lines[0].startswith("# Created by the starfile"):
-        lines[0] = _STAR_HEADER
-    write_text_atomic(path, "\n".join(lines))
+        lines = lines[1:]
+    return "\n".join([_STAR_VERSION, _STAR_HEADER, *comments, *lines])
 
 
-def _star_blocks(path: Path) -> dict[str, Any]:
-    _require_content(path)
+def write_relion_coordinates(path: str | Path, df: pd.DataFrame,
+                             pixel_size_a: float | None = None) -> None:
+    """Write one micrograph's particles as RELION's autopick does, atomically.
+
+    One unnamed table (``data_``) with :data:`RELION_COORDINATE_LABELS`: coordinates in pixels
+    of the micrograph, the score as ``rlnAutopickFigureOfMerit`` (left out when no particle has
+    one), ``rlnClassNumber`` 0 and ``rlnAnglePsi`` (the table's ``angle_psi``, else 0), then the
+    other optional columns of :data:`STAR_EXTRA_LABELS` (e.g. the simulator's angles and
+    defocus). ``relion_preprocess --extract --coord_suffix`` and RELION 4/5's coordinate
+    lists read it unchanged. ``pixel_size_a`` (Å) goes into a comment line (RELION ignores
+    comments; :func:`read_star` puts it in ``df.attrs["pixel_size_a"]``).
+    """
+    path = Path(path)
+    parts = validate_particles(df, path)
+    _single_micrograph(parts, path, "RELION coordinate")
+    n = len(parts)
+    columns: dict[str, Any] = {"rlnCoordinateX": parts["x"].to_numpy(),
+                               "rlnCoordinateY": parts["y"].to_numpy()}
+    if parts["score"].notna().any():
+        columns["rlnAutopickFigureOfMerit"] = parts["score"].to_numpy()
+    columns["rlnClassNumber"] = np.zeros(n, dtype=np.int64)
+    columns["rlnAnglePsi"] = np.zeros(n)
+    for name, label in STAR_EXTRA_LABELS.items():
+        if name in parts.columns:
+            values = _numeric(parts[name], path, name, allow_nan=True)
+            if not np.isnan(values).all():
+                columns[label] = values
+    comments = []
+    if pixel_size_a is not None:
+        _check_pixel_size(pixel_size_a)
+        comments.append(f"{_PIXEL_SIZE_COMMENT} {_fmt(float(pixel_size_a), 6)}")
+    write_text_atomic(path, _star_text({"": pd.DataFrame(columns)}, comments))
+
+
+def write_coordinate_files_star(path: str | Path,
+                                rows: Iterable[tuple[str | Path, str | Path]]) -> None:
+    """Write RELION 4/5's coordinate list (block ``coordinate_files``), atomically.
+
+    ``rows``: ``(micrograph, coordinate file)`` pairs, written as given (``rlnMicrographName``
+    must be the micrograph's name in RELION's micrographs STAR file; paths are relative to
+    the RELION project directory, as RELION writes them).
+    """
+    path = Path(path)
+    pairs = [(str(mic), str(coords)) for mic, coords in rows]
+    table = pd.DataFrame({COORDINATE_LIST_LABELS[0]: [m for m, _ in pairs],
+                          COORDINATE_LIST_LABELS[1]: [c for _, c in pairs]}, dtype=object)
+    write_text_atomic(path, _star_text({"coordinate_files": table}))
+
+
+def _star_blocks(path: Path) -> tuple[dict[str, Any], str]:
+    """The file's data blocks (by name) and its text."""
+    text = _require_content(path)
     try:
         blocks = starfile.read(path, always_dict=True,
-                               parse_as_string=["rlnMicrographName", "rlnOpticsGroupName"])
+                               parse_as_string=["rlnMicrographName", "rlnOpticsGroupName",
+                                                "rlnMicrographCoordinates"])
     except Exception as exc:  # starfile/pandas errors for malformed files
         raise file_error(path, f"cannot parse STAR file ({one_line(exc)})") from exc
-    return blocks
+    return blocks, text
+
+
+def _as_table(block: Any) -> Any:
+    """A one-row simple block (a dict) as a one-row table; anything else unchanged."""
+    return pd.DataFrame([block]) if isinstance(block, dict) else block
 
 
 def _coordinate_block(blocks: Mapping[str, Any], path: Path) -> pd.DataFrame:
     """The data block holding particle coordinates (a one-row simple block becomes a table)."""
-    for block in blocks.values():
-        if isinstance(block, dict):
-            block = pd.DataFrame([block])
+    for block in map(_as_table, blocks.values()):
         if isinstance(block, pd.DataFrame) and "rlnCoordinateX" in block.columns:
             if "rlnCoordinateY" not in block.columns:
                 raise file_error(path, "has rlnCoordinateX but no rlnCoordinateY")
@@ -263,29 +358,75 @@ def _coordinate_block(blocks: Mapping[str, Any], path: Path) -> pd.DataFrame:
     raise file_error(path, "has no data block with rlnCoordinateX and rlnCoordinateY")
 
 
-def _star_pixel_size(blocks: Mapping[str, Any]) -> float | None:
-    optics = blocks.get("optics")
-    if isinstance(optics, dict):
-        optics = pd.DataFrame([optics])
+def _star_pixel_size(blocks: Mapping[str, Any], text: str) -> float | None:
+    """``rlnMicrographPixelSize`` of the optics block (one value), else of our comment line."""
+    optics = _as_table(blocks.get("optics"))
     if isinstance(optics, pd.DataFrame) and "rlnMicrographPixelSize" in optics.columns:
         sizes = pd.to_numeric(optics["rlnMicrographPixelSize"], errors="coerce").unique()
         if len(sizes) == 1 and math.isfinite(sizes[0]) and sizes[0] > 0:
             return float(sizes[0])
+    for line in text.splitlines():
+        if line.startswith(_PIXEL_SIZE_COMMENT):
+            try:
+                value = float(line[len(_PIXEL_SIZE_COMMENT):])
+            except ValueError:
+                return None
+            return value if math.isfinite(value) and value > 0 else None
     return None
+
+
+def _coordinate_list(blocks: Mapping[str, Any]) -> pd.DataFrame | None:
+    """The RELION 4/5 coordinate list block (rlnMicrographName, rlnMicrographCoordinates)."""
+    for block in map(_as_table, blocks.values()):
+        if isinstance(block, pd.DataFrame) and all(label in block.columns
+                                                   for label in COORDINATE_LIST_LABELS):
+            return block
+    return None
+
+
+def _listed_file(listed: str, index: Path) -> Path:
+    """A coordinate file named in ``index``: as given (relative to the working directory, as
+    RELION resolves it), else relative to the index's folder."""
+    for candidate in (Path(listed), index.parent / listed, index.parent / Path(listed).name):
+        if candidate.is_file():
+            return candidate
+    raise file_error(index, f"lists coordinate file {listed!r}, which does not exist (looked "
+                            f"relative to the working directory and to {index.parent})")
+
+
+def _read_coordinate_list(path: Path, listing: pd.DataFrame, diameter: float | None
+                          ) -> pd.DataFrame:
+    names = listing[COORDINATE_LIST_LABELS[0]].astype(str).tolist()
+    files = listing[COORDINATE_LIST_LABELS[1]].astype(str).tolist()
+    tables = [read_star(_listed_file(listed, path), diameter, micrograph=name)
+              for name, listed in zip(names, files, strict=True)]
+    tables = [t for t in tables if len(t)]
+    out = (pd.concat(tables, ignore_index=True) if tables else empty_particles())
+    out.attrs["micrographs"] = list(dict.fromkeys(names))
+    return out
 
 
 def read_star(path: str | Path, diameter: float | None = None, *,
               micrograph: str | None = None) -> pd.DataFrame:
-    """Read particles from a RELION STAR file (single- or multi-block).
+    """Read particles from a RELION STAR file: a coordinate file (one micrograph), a
+    ``particles.star`` (any number of micrographs, with or without ``data_optics``) or a
+    RELION 4/5 coordinate list (``coordinate_files.star``: the files it lists are read).
 
     The block with ``rlnCoordinateX`` is used. ``diameter`` (pixels) fills the diameter column
     (NaN if None); ``micrograph`` names the micrograph when the file has no
-    ``rlnMicrographName`` (default: the file's stem). The optics block's
-    ``rlnMicrographPixelSize``, if any, is put in ``df.attrs["pixel_size_a"]``.
+    ``rlnMicrographName`` (default: the file's stem). The pixel size (Å) of the optics block's
+    ``rlnMicrographPixelSize`` (or of the comment :func:`write_relion_coordinates` writes), if
+    any, is put in ``df.attrs["pixel_size_a"]``; a coordinate list's micrographs (with or
+    without particles) in ``df.attrs["micrographs"]``.
     """
     path = Path(path)
     size = _check_diameter(diameter)
-    blocks = _star_blocks(path)
+    blocks, text = _star_blocks(path)
+    listing = _coordinate_list(blocks)
+    if listing is not None and not any(
+            isinstance(b, pd.DataFrame) and "rlnCoordinateX" in b.columns
+            for b in map(_as_table, blocks.values())):
+        return _read_coordinate_list(path, listing, diameter)
     block = _coordinate_block(blocks, path).reset_index(drop=True)
     if "rlnMicrographName" in block.columns:
         names: Any = block["rlnMicrographName"].astype(str).tolist()
@@ -301,7 +442,7 @@ def read_star(path: str | Path, diameter: float | None = None, *,
     for name, label in STAR_EXTRA_LABELS.items():
         if label in block.columns:
             out[name] = _numeric(block[label], path, label, allow_nan=True)
-    pixel_size_a = _star_pixel_size(blocks)
+    pixel_size_a = _star_pixel_size(blocks, text)
     if pixel_size_a is not None:
         out.attrs["pixel_size_a"] = pixel_size_a
     return out
@@ -440,9 +581,154 @@ def read_topaz(path: str | Path, diameter: float | None = None) -> pd.DataFrame:
                   size, score)
 
 
+# --------------------------------------------------------------------------- cryoSPARC
+
+
+def _cryosparc_shape(table: pd.DataFrame, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Micrograph (rows, columns) per particle: one ``location/micrograph_shape`` column of
+    pairs (``[4096 4096]``, ``(4096, 4096)``, ``4096 4096``) or two columns ``…/0``, ``…/1``."""
+    split = (f"{CRYOSPARC_SHAPE}/0", f"{CRYOSPARC_SHAPE}/1")
+    if all(name in table.columns for name in split):
+        return (_numeric(table[split[0]], path, split[0], allow_nan=False),
+                _numeric(table[split[1]], path, split[1], allow_nan=False))
+    if CRYOSPARC_SHAPE not in table.columns:
+        raise file_error(path, f"cryoSPARC table without {CRYOSPARC_SHAPE} (the micrograph's "
+                               "rows and columns): the fractional coordinates cannot be "
+                               "turned into pixels")
+    rows, cols = [], []
+    for number, cell in enumerate(table[CRYOSPARC_SHAPE].astype(str), start=1):
+        values = re.findall(r"\d+(?:\.\d+)?", cell)
+        if len(values) != 2:
+            raise file_error(path, f"row {number}: {CRYOSPARC_SHAPE} {cell!r} is not a pair "
+                                   "(rows, columns)")
+        rows.append(float(values[0]))
+        cols.append(float(values[1]))
+    return np.array(rows), np.array(cols)
+
+
+def cryosparc_micrograph_name(name: str) -> str:
+    """A cryoSPARC micrograph path without the numeric uid cryoSPARC prefixes to imported
+    files (``J1/imported/009270517818331954156_mic01.mrc`` → ``J1/imported/mic01.mrc``)."""
+    head, _, base = str(name).replace("\\", "/").rpartition("/")
+    base = _CRYOSPARC_UID.sub("", base)
+    return f"{head}/{base}" if head else base
+
+
+def read_cryosparc_csv(path: str | Path, diameter: float | None = None) -> pd.DataFrame:
+    """Read a cryoSPARC particle table exported as CSV (a ``.cs`` file through pandas or
+    cryosparc-tools), holding any number of micrographs.
+
+    Columns :data:`CRYOSPARC_COLUMNS` and ``location/micrograph_shape`` (rows, columns; one
+    column of pairs or ``…/0``, ``…/1``): ``x = center_x_frac × columns``, ``y =
+    center_y_frac × rows`` (pixels). The score is ``pick_stats/ncc_score`` when present; the
+    micrograph is ``location/micrograph_path`` without cryoSPARC's uid prefix
+    (:func:`cryosparc_micrograph_name`); a single ``location/micrograph_psize_A`` goes into
+    ``df.attrs["pixel_size_a"]``.
+    """
+    path = Path(path)
+    size = _check_diameter(diameter)
+    table = _read_csv(path, ",", string_columns=(CRYOSPARC_COLUMNS[0], CRYOSPARC_SHAPE))
+    _require_columns(table, path, CRYOSPARC_COLUMNS)
+    rows, cols = _cryosparc_shape(table, path)
+    fx = _numeric(table[CRYOSPARC_COLUMNS[1]], path, CRYOSPARC_COLUMNS[1], allow_nan=False)
+    fy = _numeric(table[CRYOSPARC_COLUMNS[2]], path, CRYOSPARC_COLUMNS[2], allow_nan=False)
+    score = (_numeric(table[CRYOSPARC_SCORE], path, CRYOSPARC_SCORE, allow_nan=True)
+             if CRYOSPARC_SCORE in table.columns else np.nan)
+    names = [cryosparc_micrograph_name(n) for n in table[CRYOSPARC_COLUMNS[0]].astype(str)]
+    out = _table(names, fx * cols, fy * rows, size, score)
+    if "location/micrograph_psize_A" in table.columns:
+        sizes = pd.to_numeric(table["location/micrograph_psize_A"], errors="coerce").unique()
+        if len(sizes) == 1 and math.isfinite(sizes[0]) and sizes[0] > 0:
+            out.attrs["pixel_size_a"] = float(sizes[0])
+    return out
+
+
+# --------------------------------------------------------------------------- any format
+
+MICROGRAPH_EXTENSIONS: tuple[str, ...] = (
+    "_autopick.star", "_manualpick.star", ".mrc", ".mrcs", ".tif", ".tiff", ".png", ".jpg",
+    ".jpeg", ".star", ".box", ".csv", ".txt", ".tsv")
+"""Endings stripped from micrograph names by :func:`micrograph_key` (RELION's pick-file
+suffixes first)."""
+PARTICLE_EXTENSIONS: tuple[str, ...] = (".star", ".box", ".csv", ".txt", ".tsv")
+"""Particle file extensions."""
+
+
+def micrograph_key(name: str) -> str:
+    """The name a micrograph is matched by: the base name without a known image/coordinate
+    ending (``Micrographs/mic_01.mrc`` → ``mic_01``, ``mic_01_autopick.star`` → ``mic_01``;
+    other dots are kept)."""
+    base = os.path.basename(str(name).replace("\\", "/"))
+    lower = base.lower()
+    for ext in MICROGRAPH_EXTENSIONS:
+        if lower.endswith(ext) and len(base) > len(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def particle_format(path: str | Path) -> str:
+    """``"star"``, ``"box"``, ``"cryoppp"``, ``"topaz"`` or ``"cryosparc"``: by extension, and
+    for ``.csv``/``.txt``/``.tsv`` by the header (``X-Coordinate`` → CryoPPP, ``image_name`` →
+    Topaz, ``location/center_x_frac`` → cryoSPARC). Raises an ``InputError`` for a missing,
+    empty or unrecognised file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    require_file(path)
+    if suffix == ".star":
+        return "star"
+    if suffix == ".box":
+        return "box"
+    if suffix in (".csv", ".txt", ".tsv"):
+        try:
+            with path.open(encoding="utf-8") as handle:
+                header = next((line for line in handle if line.strip()), "")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise file_error(path, f"cannot read as text ({one_line(exc)})") from exc
+        if "X-Coordinate" in header:
+            return "cryoppp"
+        if "image_name" in header:
+            return "topaz"
+        if CRYOSPARC_COLUMNS[1] in header:
+            return "cryosparc"
+        if not header:
+            raise file_error(path, "is empty")
+        raise file_error(path, "unrecognised particle table (expected a CryoPPP header "
+                               "'X-Coordinate,Y-Coordinate[,Diameter]', a Topaz header "
+                               "'image_name x_coord y_coord [score]' or cryoSPARC columns "
+                               f"{', '.join(CRYOSPARC_COLUMNS)})")
+    raise file_error(path, f"unknown particle file type {suffix or '(no extension)'!r} "
+                           "(expected .star, .box, .csv, .txt or .tsv)")
+
+
+def read_particles(path: str | Path, diameter: float | None = None) -> pd.DataFrame:
+    """Read a particle file in any supported format (see :func:`particle_format`).
+
+    ``diameter`` (pixels) fills the diameter column where the file gives none. Per-micrograph
+    formats (BOX, CryoPPP, STAR without ``rlnMicrographName``) name the micrograph after the
+    file's stem. Unknown or unusable files raise a one-line ``InputError``.
+    """
+    fmt = particle_format(path)
+    if fmt == "star":
+        return read_star(path, diameter)
+    if fmt == "box":
+        return read_box(path, diameter)
+    if fmt == "topaz":
+        return read_topaz(path, diameter)
+    if fmt == "cryosparc":
+        return read_cryosparc_csv(path, diameter)
+    table = read_cryoppp_csv(path)
+    if diameter is not None:
+        table["diameter"] = table["diameter"].fillna(float(diameter))
+    return table
+
+
 __all__ = [
-    "COLUMNS", "CRYOPPP_COLUMNS", "STAR_EXTRA_LABELS", "TOPAZ_COLUMNS",
-    "empty_particles", "read_box", "read_cryoppp_csv", "read_star", "read_topaz",
-    "scale_coordinates", "validate_particles", "write_box", "write_cryoppp_csv",
+    "COLUMNS", "COORDINATE_FILES_NAME", "COORDINATE_LIST_LABELS", "CRYOPPP_COLUMNS",
+    "CRYOSPARC_COLUMNS", "MICROGRAPH_EXTENSIONS", "PARTICLE_EXTENSIONS",
+    "RELION_COORDINATE_LABELS", "STAR_EXTRA_LABELS", "TOPAZ_COLUMNS",
+    "cryosparc_micrograph_name", "empty_particles", "micrograph_key", "particle_format",
+    "read_box", "read_cryoppp_csv", "read_cryosparc_csv", "read_particles", "read_star",
+    "read_topaz", "scale_coordinates", "validate_particles", "write_box",
+    "write_coordinate_files_star", "write_cryoppp_csv", "write_relion_coordinates",
     "write_star", "write_topaz",
 ]

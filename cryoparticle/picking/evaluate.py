@@ -33,7 +33,8 @@ Conventions (all functions below):
   recall is relative to *all* true particles, so particles no pick reaches cap the curve.
 
 The command line (``python -m cryoparticle.picking.evaluate --help``) reads picks and truth
-files in any supported format (STAR, BOX, CryoPPP CSV, Topaz), matches them by micrograph name
+files in any supported format (RELION coordinate files, ``particles.star`` and coordinate
+lists, EMAN BOX, CryoPPP CSV, Topaz, cryoSPARC particle CSV), matches them by micrograph name
 and prints/writes the metrics.
 """
 
@@ -43,7 +44,6 @@ import argparse
 import glob
 import itertools
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,12 +57,13 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from cryoparticle.errors import exit_on_input_error, file_error, param_error
-from cryoparticle.io.checks import one_line, require_file
+from cryoparticle.io.checks import require_file
 from cryoparticle.io.coords import (
-    read_box,
-    read_cryoppp_csv,
-    read_star,
-    read_topaz,
+    MICROGRAPH_EXTENSIONS,
+    PARTICLE_EXTENSIONS,
+    micrograph_key,
+    particle_format,
+    read_particles,
     validate_particles,
 )
 from cryoparticle.io.jsonfile import jsonable, write_json
@@ -527,74 +528,6 @@ def pixel_metrics(pred_mask: Any, true_mask: Any, ignore_index: int | None = 255
 # --------------------------------------------------------------------------- files
 
 
-MICROGRAPH_EXTENSIONS: tuple[str, ...] = (".mrc", ".mrcs", ".tif", ".tiff", ".png", ".jpg",
-                                          ".jpeg", ".star", ".box", ".csv", ".txt", ".tsv")
-"""Extensions stripped from micrograph names by :func:`micrograph_key`."""
-PARTICLE_EXTENSIONS: tuple[str, ...] = (".star", ".box", ".csv", ".txt", ".tsv")
-"""Particle file extensions picked up from a folder by the CLI."""
-
-
-def micrograph_key(name: str) -> str:
-    """The name a micrograph is matched by: the base name without a known image/coordinate
-    extension (``Micrographs/mic_01.mrc`` → ``mic_01``; other dots are kept)."""
-    base = os.path.basename(str(name).replace("\\", "/"))
-    lower = base.lower()
-    for ext in MICROGRAPH_EXTENSIONS:
-        if lower.endswith(ext) and len(base) > len(ext):
-            return base[: -len(ext)]
-    return base
-
-
-def particle_format(path: str | Path) -> str:
-    """``"star"``, ``"box"``, ``"cryoppp"`` or ``"topaz"``: by extension, and for
-    ``.csv``/``.txt``/``.tsv`` by the header (``X-Coordinate`` → CryoPPP, ``image_name`` →
-    Topaz). Raises an ``InputError`` for a missing, empty or unrecognised file."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    require_file(path)
-    if suffix == ".star":
-        return "star"
-    if suffix == ".box":
-        return "box"
-    if suffix in (".csv", ".txt", ".tsv"):
-        try:
-            with path.open(encoding="utf-8") as handle:
-                header = next((line for line in handle if line.strip()), "")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise file_error(path, f"cannot read as text ({one_line(exc)})") from exc
-        if "X-Coordinate" in header:
-            return "cryoppp"
-        if "image_name" in header:
-            return "topaz"
-        if not header:
-            raise file_error(path, "is empty")
-        raise file_error(path, "unrecognised particle table (expected a CryoPPP header "
-                               "'X-Coordinate,Y-Coordinate[,Diameter]' or a Topaz header "
-                               "'image_name x_coord y_coord [score]')")
-    raise file_error(path, f"unknown particle file type {suffix or '(no extension)'!r} "
-                           "(expected .star, .box, .csv, .txt or .tsv)")
-
-
-def read_particles(path: str | Path, diameter: float | None = None) -> pd.DataFrame:
-    """Read a particle file in any supported format (see :func:`particle_format`).
-
-    ``diameter`` (pixels) fills the diameter column where the file gives none. Per-micrograph
-    formats (BOX, CryoPPP, STAR without ``rlnMicrographName``) name the micrograph after the
-    file's stem. Unknown or unusable files raise a one-line ``InputError``.
-    """
-    fmt = particle_format(path)
-    if fmt == "star":
-        return read_star(path, diameter)
-    if fmt == "box":
-        return read_box(path, diameter)
-    if fmt == "topaz":
-        return read_topaz(path, diameter)
-    table = read_cryoppp_csv(path)
-    if diameter is not None:
-        table["diameter"] = table["diameter"].fillna(float(diameter))
-    return table
-
-
 def _expand(arguments: Sequence[str], option: str) -> list[Path]:
     """Paths from CLI arguments: files, folders (their particle files) and glob patterns."""
     paths: list[Path] = []
@@ -618,28 +551,38 @@ def _expand(arguments: Sequence[str], option: str) -> list[Path]:
 
 def _read_all(paths: Sequence[Path], diameter: float | None) -> tuple[pd.DataFrame, list[str]]:
     """Concatenated tables (micrograph names normalised) and every micrograph the files name
-    (a per-micrograph file with no particle still names its micrograph)."""
+    (a per-micrograph file with no particle still names its micrograph). A particle found in
+    several files (a folder with per-micrograph files and the combined ``particles.star`` or
+    ``coordinate_files.star`` beside them) counts once."""
     tables, names = [], []
-    for path in paths:
+    for number, path in enumerate(paths):
         fmt = particle_format(path)
         table = read_particles(path, diameter)
+        listed = [micrograph_key(n) for n in table.attrs.get("micrographs", [])]
         table["micrograph"] = [micrograph_key(n) for n in table["micrograph"]]
-        names += list(dict.fromkeys(table["micrograph"]))
-        if table.empty or fmt in ("box", "cryoppp"):
+        names += listed + list(dict.fromkeys(table["micrograph"]))
+        if (table.empty and not listed) or fmt in ("box", "cryoppp"):
             names.append(micrograph_key(path.stem))
-        tables.append(table[["micrograph", "x", "y", "diameter", "score"]])
-    frame = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    return frame, list(dict.fromkeys(names))
+        tables.append(table[["micrograph", "x", "y", "diameter", "score"]].assign(_file=number))
+    if not tables:
+        return pd.DataFrame(), []
+    frame = pd.concat(tables, ignore_index=True)
+    key = ["micrograph", "x", "y"]
+    repeated = frame.duplicated(key, keep=False) & \
+        (frame.groupby(key)["_file"].transform("nunique") > 1)
+    frame = frame[~(repeated & frame.duplicated(key))].drop(columns="_file")
+    return frame.reset_index(drop=True), list(dict.fromkeys(names))
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cryoparticle.picking.evaluate",
         description="Compare particle picks with ground truth: per-micrograph and pooled "
-                    "precision, recall, F1 and average precision. Files may be RELION STAR, "
-                    "EMAN BOX, CryoPPP CSV or Topaz tables; picks and truth are matched by "
-                    "micrograph name (file stem / name without extension). Only micrographs "
-                    "with a truth file are evaluated.")
+                    "precision, recall, F1 and average precision. Files may be RELION STAR "
+                    "(coordinate files, particles.star, coordinate_files.star), EMAN BOX, "
+                    "CryoPPP CSV, Topaz tables or cryoSPARC particle CSV; picks and truth are "
+                    "matched by micrograph name (file stem / name without extension). Only "
+                    "micrographs with a truth file are evaluated.")
     parser.add_argument("--picks", nargs="+", required=True, metavar="PATH_OR_GLOB",
                         help="pick files, folders or glob patterns (quote them)")
     parser.add_argument("--truth", nargs="+", required=True, metavar="PATH_OR_GLOB",
@@ -711,7 +654,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 __all__ = [
-    "CURVE_COLUMNS", "METRIC_COLUMNS", "average_precision", "best_f1_threshold",
+    "CURVE_COLUMNS", "METRIC_COLUMNS", "MICROGRAPH_EXTENSIONS", "PARTICLE_EXTENSIONS",
+    "average_precision", "best_f1_threshold",
     "evaluate_micrographs", "match_picks", "micrograph_key", "particle_format", "pixel_metrics",
     "precision_recall_curve", "precision_recall_f1", "read_particles",
 ]

@@ -33,11 +33,14 @@ from cryoparticle.errors import InputError, file_error
 from cryoparticle.io.atomic import write_text_atomic
 from cryoparticle.io.checks import one_line
 from cryoparticle.io.coords import (
+    COORDINATE_FILES_NAME,
     empty_particles,
     read_star,
     scale_coordinates,
     write_box,
+    write_coordinate_files_star,
     write_cryoppp_csv,
+    write_relion_coordinates,
     write_star,
     write_topaz,
 )
@@ -232,7 +235,8 @@ class PickWriter(BasePredictionWriter):
             write_cryoppp_csv(out / f"{name}.csv", picks_orig)
         if "topaz" in s.formats:
             write_topaz(out / f"{name}.txt", picks_orig.assign(micrograph=name))
-        write_star(out / f"{name}.star", picks_orig, pixel_size_a=pixel_size_a)  # last: done
+        write_relion_coordinates(out / f"{name}.star", picks_orig,  # last: marks it done
+                                 pixel_size_a=pixel_size_a)
         result.write_s = time.perf_counter() - start
 
     # ------------------------------------------------------------------ end of the run
@@ -262,7 +266,7 @@ class PickWriter(BasePredictionWriter):
         for index in sorted(done):
             star = s.output_dir / f"{self.names[index]}.star"
             try:
-                tables.append(read_star(star))
+                tables.append(read_star(star, micrograph=str(self.paths[index])))
             except InputError as exc:  # a skipped micrograph whose STAR is unusable
                 result = next(r for r in results if r.index == index)
                 result.status, result.error = "failed", one_line(exc)
@@ -273,6 +277,9 @@ class PickWriter(BasePredictionWriter):
         one_size = next(iter(pixel_sizes)) if len(pixel_sizes) == 1 and all(
             "pixel_size_a" in t.attrs for t in tables) else None
         write_star(combined_path, combined, pixel_size_a=one_size)
+        write_coordinate_files_star(s.output_dir / COORDINATE_FILES_NAME, [
+            (self.paths[r.index], s.output_dir / f"{r.name}.star") for r in results
+            if r.status in ("picked", "skipped")])
 
         picked = [r for r in results if r.status == "picked"]
         failed = [r for r in results if r.status == "failed"]

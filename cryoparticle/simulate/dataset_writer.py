@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cryoparticle.errors import param_error
 from cryoparticle.io.atomic import atomic_path, write_text_atomic
-from cryoparticle.io.coords import write_star
+from cryoparticle.io.coords import write_relion_coordinates
 from cryoparticle.io.mrc import write_mask_png, write_mrc
 from cryoparticle.micrograph import Micrograph
 from cryoparticle.simulate.micrograph import MicrographSimulator
@@ -72,7 +72,7 @@ def write_micrograph(mic: Micrograph, paths: dict[str, Path]) -> None:
     if "instances" in paths and mic.instances is not None:
         with atomic_path(paths["instances"]) as tmp:
             tifffile.imwrite(tmp, mic.instances.astype("uint16"), compression="zlib")
-    write_star(paths["star"], mic.particles, pixel_size_a=mic.pixel_size_a)
+    write_relion_coordinates(paths["star"], mic.particles, pixel_size_a=mic.pixel_size_a)
     meta = {"name": mic.name, "pixel_size_a": mic.pixel_size_a,
             "shape": list(mic.image.shape), **mic.metadata}
     write_text_atomic(paths["meta"], json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -216,3 +216,51 @@ def test_augment_in_datasets_is_seeded_by_seed_epoch_index(simulator):
     got = augmented[1]
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     assert not torch.equal(got[0], base[0])
+
+
+def test_existing_picks_become_labels(tmp_path):
+    """A lab's picks as training labels: RELION particles.star (optics + many micrographs),
+    a cryoSPARC particle CSV, RELION autopick files; matched to the micrographs by name."""
+    from cryoparticle.data.datamodules import load_folder
+
+    folder = tmp_path / "train"
+    folder.mkdir()
+    picks = {"a": ([10.0, 30.0], [12.0, 50.0]), "b": ([40.0], [5.0]), "c": ([20.0], [20.0])}
+    for seed, name in enumerate(picks):
+        write_mrc(folder / f"{name}.mrc",
+                  np.random.default_rng(seed).normal(size=(64, 48)).astype(np.float32), 2.0)
+    relion = pd.concat([_particles(*picks[n], name=f"MotionCorr/job002/Movies/{n}.mrc")
+                        for n in ("a", "b")])
+    write_star(folder / "particles.star", relion, pixel_size_a=2.0)
+    write_star(folder / "c_autopick.star", _particles(*picks["c"]))  # its own file wins
+    mics = {m.name: m for m in load_folder(folder, target_pixel_size_a=None,
+                                           micrograph_pixel_size_a=None,
+                                           particle_diameter_a=16.0, labels="particles.star")}
+    assert sorted(mics) == ["a", "b", "c"]
+    for name, (x, y) in picks.items():
+        expected = _particles(x, y, diameter=8.0, name=name)  # 16 Å at 2 Å/px
+        np.testing.assert_allclose(mics[name].particles[["x", "y"]], expected[["x", "y"]])
+        np.testing.assert_array_equal(mics[name].mask, disc_mask((64, 48), expected))
+    assert mics["c"].metadata["label_path"].endswith("c_autopick.star")
+
+    # cryoSPARC: fractions of a 64 × 48 (rows × columns) micrograph, uid-prefixed names
+    rows = [(n, x, y) for n in ("a", "b") for x, y in zip(*picks[n])]
+    pd.DataFrame({"location/micrograph_path": [f"J1/imported/00112233445566778_{n}.mrc"
+                                               for n, _, _ in rows],
+                  "location/micrograph_shape/0": 64, "location/micrograph_shape/1": 48,
+                  "location/center_x_frac": [x / 48 for _, x, _ in rows],
+                  "location/center_y_frac": [y / 64 for _, _, y in rows]}
+                 ).to_csv(tmp_path / "cryosparc.csv", index=False)
+    (folder / "c_autopick.star").unlink()
+    with pytest.raises(InputError, match="cryosparc.csv: names no micrograph 'c'"):
+        load_folder(folder, target_pixel_size_a=None, micrograph_pixel_size_a=None,
+                    particle_diameter_a=16.0, labels=str(tmp_path / "cryosparc.csv"))
+    (folder / "c.mrc").unlink()
+    mics = {m.name: m for m in load_folder(folder, target_pixel_size_a=4.0,
+                                           micrograph_pixel_size_a=None,
+                                           particle_diameter_a=16.0,
+                                           labels=str(tmp_path / "cryosparc.csv"))}
+    np.testing.assert_allclose(mics["a"].particles[["x", "y"]],
+                               np.array([[10.0, 12.0], [30.0, 50.0]]) / 2, atol=1e-4)
+    with pytest.raises(InputError, match="nowhere.star: no such particle table"):
+        find_pairs(folder, labels="nowhere.star")

@@ -14,15 +14,23 @@ import starfile
 from cryoparticle.errors import InputError
 from cryoparticle.io.coords import (
     COLUMNS,
+    RELION_COORDINATE_LABELS,
+    cryosparc_micrograph_name,
     empty_particles,
+    micrograph_key,
+    particle_format,
     read_box,
     read_cryoppp_csv,
+    read_cryosparc_csv,
+    read_particles,
     read_star,
     read_topaz,
     scale_coordinates,
     validate_particles,
     write_box,
+    write_coordinate_files_star,
     write_cryoppp_csv,
+    write_relion_coordinates,
     write_star,
     write_topaz,
 )
@@ -374,3 +382,140 @@ def test_writers_reject_tables_without_columns(tmp_path: Path, write) -> None:  
     with pytest.raises(InputError, match="out.txt: particle table is missing column"):
         write(tmp_path / "out.txt", pd.DataFrame({"x": [1.0], "y": [2.0]}))
     assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- RELION layouts
+
+
+def test_relion_coordinates_are_one_table_as_autopick_writes_them(tmp_path: Path) -> None:
+    """RELION 3.1's coordinate reader takes the first table: nothing may precede it."""
+    write_relion_coordinates(tmp_path / "mic_001.star", _one_micrograph(), pixel_size_a=1.77)
+    text = (tmp_path / "mic_001.star").read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines[0] == "# version 30001"
+    data = [line for line in lines if line.startswith("data_")]
+    assert data == ["data_"]  # one unnamed block, no data_optics
+    labels = [line.split()[0] for line in lines if line.startswith("_rln")]
+    assert labels == ["_" + label for label in RELION_COORDINATE_LABELS]
+    rows = [line.split() for line in lines if not line.startswith(("#", "_", "data_", "loop_"))]
+    assert [float(v) for v in rows[0]] == [10.25, 200.75, 0.5, 0, 0]  # class 0, psi 0
+    assert rows[1][2] == "nan"  # an unknown score stays unknown
+    blocks = starfile.read(tmp_path / "mic_001.star", always_dict=True)
+    assert list(blocks) == [""]
+    back = read_star(tmp_path / "mic_001.star", diameter=108)
+    assert list(back["micrograph"]) == ["mic_001"] * 3  # named after the file
+    np.testing.assert_allclose(back[["x", "y"]], _one_micrograph()[["x", "y"]])
+    np.testing.assert_allclose(back["score"], _one_micrograph()["score"])
+    assert back.attrs["pixel_size_a"] == pytest.approx(1.77)  # from the comment line
+    with pytest.raises(InputError, match="holds 2 micrographs"):
+        write_relion_coordinates(tmp_path / "two.star", _particles())
+
+
+def test_relion_coordinates_keep_the_simulators_angles_and_defocus(tmp_path: Path) -> None:
+    df = _one_micrograph().assign(score=np.nan, angle_rot=[1.0, 2.0, 3.0],
+                                  angle_tilt=[4.0, 5.0, 6.0], angle_psi=[7.0, 8.0, -9.5],
+                                  defocus_u_a=[15000.0] * 3)
+    write_relion_coordinates(tmp_path / "sim.star", df)
+    table = starfile.read(tmp_path / "sim.star", always_dict=True)[""]
+    assert list(table.columns) == ["rlnCoordinateX", "rlnCoordinateY", "rlnClassNumber",
+                                   "rlnAnglePsi", "rlnAngleRot", "rlnAngleTilt", "rlnDefocusU"]
+    np.testing.assert_allclose(table["rlnAnglePsi"], [7.0, 8.0, -9.5])
+    back = read_star(tmp_path / "sim.star")
+    np.testing.assert_allclose(back["angle_tilt"], [4.0, 5.0, 6.0])
+    assert "pixel_size_a" not in back.attrs and back["score"].isna().all()
+
+
+def test_coordinate_files_star_lists_and_is_followed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "picks").mkdir()
+    write_relion_coordinates(Path("picks/a.star"), _one_micrograph())
+    write_relion_coordinates(Path("picks/b.star"), empty_particles())
+    write_coordinate_files_star("picks/coordinate_files.star",
+                                [("mics/a.mrc", Path("picks/a.star")),
+                                 ("mics/b.mrc", "picks/b.star")])
+    listing = starfile.read(tmp_path / "picks" / "coordinate_files.star", always_dict=True)
+    assert list(listing) == ["coordinate_files"]
+    assert listing["coordinate_files"].to_dict("list") == {
+        "rlnMicrographName": ["mics/a.mrc", "mics/b.mrc"],
+        "rlnMicrographCoordinates": ["picks/a.star", "picks/b.star"]}
+    back = read_star("picks/coordinate_files.star")
+    assert list(back["micrograph"]) == ["mics/a.mrc"] * 3
+    np.testing.assert_allclose(back["x"], _one_micrograph()["x"])
+    assert back.attrs["micrographs"] == ["mics/a.mrc", "mics/b.mrc"]  # b has no particles
+    # listed paths relative to the project (RELION) or to the list's folder both resolve
+    monkeypatch.chdir(tmp_path / "picks")
+    assert len(read_particles("coordinate_files.star")) == 3
+    (tmp_path / "picks" / "b.star").unlink()
+    with pytest.raises(InputError, match="coordinate_files.star: lists coordinate file "
+                                         "'picks/b.star', which does not exist"):
+        read_star("coordinate_files.star")
+
+
+# --------------------------------------------------------------------------- cryoSPARC
+
+
+def _cryosparc_records() -> np.ndarray:
+    """A cryoSPARC particle dataset (``.cs`` structured array) on a 3072 × 4096 micrograph."""
+    dtype = [("uid", "<u8"), ("location/micrograph_uid", "<u8"),
+             ("location/exp_group_id", "<u4"), ("location/micrograph_path", "S64"),
+             ("location/micrograph_shape", "<u4", (2,)), ("location/micrograph_psize_A", "<f4"),
+             ("location/center_x_frac", "<f4"), ("location/center_y_frac", "<f4"),
+             ("pick_stats/ncc_score", "<f4")]
+    records = np.zeros(3, dtype=dtype)
+    records["uid"] = [11, 12, 13]
+    records["location/micrograph_path"] = [
+        b"J2/imported/009270517818331954156_mic01.mrc",
+        b"J2/imported/009270517818331954156_mic01.mrc", b"J2/imported/017_mic02.mrc"]
+    records["location/micrograph_shape"] = [3072, 4096]  # rows, columns
+    records["location/micrograph_psize_A"] = 1.06
+    records["location/center_x_frac"] = [0.25, 0.5, 0.75]
+    records["location/center_y_frac"] = [0.5, 0.125, 0.25]
+    records["pick_stats/ncc_score"] = [0.5, 0.25, 0.125]
+    return records
+
+
+def _cs_frame(records: np.ndarray) -> pd.DataFrame:
+    """The structured array as pandas holds it (array fields as array cells, paths as text)."""
+    frame = pd.DataFrame({name: list(records[name]) for name in records.dtype.names})
+    frame["location/micrograph_path"] = [p.decode() for p in records["location/micrograph_path"]]
+    return frame
+
+
+def test_read_cryosparc_csv_fractions_to_pixels(tmp_path: Path) -> None:
+    records = _cryosparc_records()
+    _cs_frame(records).to_csv(tmp_path / "P1_J5_particles_exported.csv", index=False)
+    assert particle_format(tmp_path / "P1_J5_particles_exported.csv") == "cryosparc"
+    back = read_particles(tmp_path / "P1_J5_particles_exported.csv", diameter=100)
+    # x = fraction × columns (4096), y = fraction × rows (3072): a non-square micrograph
+    np.testing.assert_allclose(back["x"], [1024.0, 2048.0, 3072.0])
+    np.testing.assert_allclose(back["y"], [1536.0, 384.0, 768.0])
+    np.testing.assert_allclose(back["score"], [0.5, 0.25, 0.125])
+    assert list(back["micrograph"]) == ["J2/imported/mic01.mrc"] * 2 + ["J2/imported/017_mic02.mrc"]
+    assert back.attrs["pixel_size_a"] == pytest.approx(1.06)
+    assert (back["diameter"] == 100).all()
+    # the shape as two columns (…/0 rows, …/1 columns), as a flattened export writes it
+    split = _cs_frame(records).drop(columns="location/micrograph_shape")
+    split["location/micrograph_shape/0"] = 3072
+    split["location/micrograph_shape/1"] = 4096
+    split.to_csv(tmp_path / "split.csv", index=False)
+    pd.testing.assert_frame_equal(read_cryosparc_csv(tmp_path / "split.csv")[["x", "y"]],
+                                  back[["x", "y"]])
+
+
+def test_read_cryosparc_csv_errors(tmp_path: Path) -> None:
+    frame = _cs_frame(_cryosparc_records()).drop(columns="location/micrograph_shape")
+    frame.to_csv(tmp_path / "noshape.csv", index=False)
+    with pytest.raises(InputError, match="noshape.csv: cryoSPARC table without "
+                                         "location/micrograph_shape"):
+        read_cryosparc_csv(tmp_path / "noshape.csv")
+    frame.drop(columns="location/center_y_frac").to_csv(tmp_path / "noy.csv", index=False)
+    with pytest.raises(InputError, match="noy.csv: missing column.*center_y_frac"):
+        read_cryosparc_csv(tmp_path / "noy.csv")
+
+
+def test_micrograph_names_match_across_formats() -> None:
+    assert micrograph_key("AutoPick/job006/Movies/mic_01_autopick.star") == "mic_01"
+    assert micrograph_key("mic_01_manualpick.star") == "mic_01"
+    assert micrograph_key("MotionCorr/job002/Movies/mic_01.mrc") == "mic_01"
+    assert cryosparc_micrograph_name("J1/imported/012345678901234_mic.mrc") == "J1/imported/mic.mrc"
+    assert cryosparc_micrograph_name("123_mic.mrc") == "123_mic.mrc"  # short numbers are names

@@ -272,3 +272,36 @@ def test_micrograph_key():
     assert micrograph_key("Micrographs/mic_01.mrc") == "mic_01"
     assert micrograph_key("14sep05c_00024sq.frames") == "14sep05c_00024sq.frames"
     assert micrograph_key("mic_01") == "mic_01"
+
+
+def test_cli_reads_relion_and_cryosparc_and_counts_a_pick_once(tmp_path, capsys):
+    """Picks as predict.py leaves them (per-micrograph coordinate files, particles.star and
+    coordinate_files.star in one folder) against cryoSPARC truth: each pick counts once."""
+    from cryoparticle.io.coords import write_coordinate_files_star, write_relion_coordinates
+
+    picks = tmp_path / "picks"
+    picks.mkdir()
+    a = table([[100, 200], [300, 300], [900, 900]], [0.9, 0.6, 0.2], "mics/mic_a.mrc")
+    b = table([[50, 60]], [0.7], "mics/mic_b.mrc")
+    write_relion_coordinates(picks / "mic_a.star", a)
+    write_relion_coordinates(picks / "mic_b.star", b)
+    write_star(picks / "particles.star", pd.concat([a, b]), pixel_size_a=1.0)
+    write_coordinate_files_star(picks / "coordinate_files.star",
+                                [("mics/mic_a.mrc", picks / "mic_a.star"),
+                                 ("mics/mic_b.mrc", picks / "mic_b.star")])
+    # cryoSPARC truth on 1000 × 2000 (rows × columns) micrographs: x = frac × 2000
+    pd.DataFrame({"location/micrograph_path": ["J3/imported/0123456789012345_mic_a.mrc"] * 2
+                  + ["J3/imported/0123456789012345_mic_b.mrc"],
+                  "location/micrograph_shape": ["[1000 2000]"] * 3,
+                  "location/center_x_frac": [102 / 2000, 300 / 2000, 48 / 2000],
+                  "location/center_y_frac": [201 / 1000, 330 / 1000, 61 / 1000]}
+                 ).to_csv(tmp_path / "truth.csv", index=False)
+    out = tmp_path / "metrics.json"
+    for given in ([str(picks)], [str(picks / "coordinate_files.star")],
+                  [str(picks / "particles.star")]):
+        main(["--picks", *given, "--truth", str(tmp_path / "truth.csv"), "--radius-px", "20",
+              "--json", str(out)])
+        rows = {row["micrograph"]: row for row in json.loads(out.read_text())["micrographs"]}
+        assert (rows["mic_a"]["tp"], rows["mic_a"]["fp"], rows["mic_a"]["fn"]) == (1, 2, 1)
+        assert (rows["mic_b"]["tp"], rows["mic_b"]["fp"], rows["mic_b"]["fn"]) == (1, 0, 0)
+    capsys.readouterr()

@@ -173,7 +173,7 @@ def match(picks: np.ndarray, truth: np.ndarray, tol: float = TOLERANCE_PX) -> tu
 
 def read_every_format(out: Path, name: str) -> dict[str, np.ndarray]:
     """Pick centres ``(x, y)`` from each output file, read without cryoparticle."""
-    star = starfile.read(out / f"{name}.star", always_dict=True)["particles"]
+    star = starfile.read(out / f"{name}.star", always_dict=True)[""]  # one table, like RELION's
     box_rows = np.loadtxt(out / f"{name}.box", ndmin=2)
     with open(out / f"{name}.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -260,12 +260,15 @@ def test_coordinates_in_every_format_are_original_pixels_x_column_y_row(full_run
     with open(out / f"{name}.csv", newline="") as handle:
         assert {int(r["Diameter"]) for r in csv.DictReader(handle)} == {round(DIAMETER_PX)}
     star = starfile.read(out / f"{name}.star", always_dict=True)
-    assert star["optics"]["rlnMicrographPixelSize"].iloc[0] == pytest.approx(MIC_PX)
-    assert star["particles"]["rlnAutopickFigureOfMerit"].between(0, 1).all()
+    assert list(star) == [""]  # RELION's coordinate reader takes the first table: no optics
+    assert star[""]["rlnAutopickFigureOfMerit"].between(0, 1).all()
+    assert f"rlnMicrographPixelSize {MIC_PX}" in (out / f"{name}.star").read_text()  # comment
     assert (pd.read_csv(out / f"{name}.txt", sep="\t")["image_name"] == name).all()
 
-    combined = starfile.read(out / "particles.star", always_dict=True)["particles"]
-    mine = combined[combined["rlnMicrographName"].str.endswith(f"{name}.mrc")]
+    combined = starfile.read(out / "particles.star", always_dict=True)
+    assert combined["optics"]["rlnMicrographPixelSize"].iloc[0] == pytest.approx(MIC_PX)
+    combined = combined["particles"]
+    mine = combined[combined["rlnMicrographName"] == str(sims[0] / f"{name}.mrc")]
     np.testing.assert_allclose(mine[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float),
                                formats["star"], atol=1e-5)
 
@@ -300,7 +303,7 @@ def test_rerun_skips_finished_micrographs_and_overwrite_redoes_them(full_run, si
     assert summary.n_particles == len(starfile.read(out / "particles.star",
                                                     always_dict=True)["particles"])
     assert summary.n_particles == sum(len(starfile.read(out / f"{n}.star", always_dict=True)
-                                          ["particles"]) for n in MICROGRAPHS)
+                                          [""]) for n in MICROGRAPHS)
 
     summary = run(config(ckpt, sims[0] / "wide.mrc", out, *same, "overwrite=true"))
     assert (summary.n_picked, summary.n_skipped, summary.exit_code) == (1, 0, 0)
@@ -333,7 +336,7 @@ def test_tiled_inference_equals_whole_image_inference(ckpt, sims, tmp_path):
         assert summary.exit_code == 0
         assert summary.micrographs[0]["tile_size"] == (192 if label == "whole" else 64)
         results[label] = (mrcfile.read(out / "wide_prob.mrc"),
-                          starfile.read(out / "wide.star", always_dict=True)["particles"])
+                          starfile.read(out / "wide.star", always_dict=True)[""])
     # the whole-image path is the network on the binned, standardised micrograph
     seg = load_segmenter(ckpt).eval()
     image, pixel_size_a = read_micrograph(mic)
@@ -426,7 +429,7 @@ def test_two_processes_split_the_micrographs_under_ddp(ckpt, sims, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = __import__("json").loads((out / "predict_summary.json").read_text())
     assert (summary["n_picked"], summary["device"]) == (3, "cpu × 2")
-    counts = [len(starfile.read(out / f"wide{i}.star", always_dict=True)["particles"])
+    counts = [len(starfile.read(out / f"wide{i}.star", always_dict=True)[""])
               for i in range(3)]
     combined = starfile.read(out / "particles.star", always_dict=True)["particles"]
     assert len(combined) == sum(counts) == summary["n_particles"]
@@ -485,8 +488,8 @@ def test_unusable_micrographs_are_reported_one_line_each_and_nothing_is_lost(
         assert len(hits) == 1 and reason in hits[0], (file, hits)
     assert "picking summary" in captured.out
     assert (out / "nan.star").read_text() == "earlier result\n"
-    assert sorted(p.name for p in out.iterdir()) == ["nan.star", "particles.star",
-                                                     "predict_summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["coordinate_files.star", "nan.star",
+                                                     "particles.star", "predict_summary.json"]
 
 
 def test_micrograph_smaller_than_a_particle_is_one_line_and_the_others_are_picked(
@@ -629,3 +632,103 @@ def test_config_holds_every_parameter():
     missing = compose("predict")
     from omegaconf import OmegaConf
     assert all(OmegaConf.is_missing(missing, k) for k in ("ckpt_path", "input", "output_dir"))
+
+
+# ---------------------------------------------------------------- RELION reads our picks unchanged
+
+RELION_PREPROCESS = shutil.which("relion_preprocess")
+RELION_BOX = 40            # extraction box (px): 1.5 × the particle diameter, even as RELION needs
+CENTRED = 3.0              # centre-vs-rim contrast (rim standard deviations) of a centred average
+
+
+def _relion_micrographs_star(path: Path, names: list[str]) -> None:
+    """The micrographs STAR file RELION 3.1 extracts from (optics + micrographs)."""
+    optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+                           "rlnMicrographPixelSize": [MIC_PX], "rlnVoltage": [300.0],
+                           "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1]})
+    mics = pd.DataFrame({"rlnMicrographName": names, "rlnOpticsGroup": [1] * len(names)})
+    starfile.write({"optics": optics, "micrographs": mics}, path)
+
+
+def _relion_extract(project: Path, coord_dir: str, tag: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """Run the real ``relion_preprocess --extract`` in ``project``; its particles table and
+    the average of the boxes it extracted (read from its ``.mrcs`` stacks)."""
+    part_dir = f"Extract_{tag}/"
+    cmd = [RELION_PREPROCESS, "--i", "micrographs.star", "--coord_dir", coord_dir,
+           "--coord_suffix", ".star", "--part_dir", part_dir,
+           "--part_star", f"{part_dir}particles.star", "--extract",
+           "--extract_size", str(RELION_BOX)]
+    done = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    table = starfile.read(project / part_dir / "particles.star", always_dict=True)["particles"]
+    boxes = []
+    for image_name in table["rlnImageName"]:
+        index, stack = str(image_name).split("@")
+        with mrcfile.open(project / stack) as mrc:
+            boxes.append(np.asarray(mrc.data[int(index) - 1], dtype=np.float64))
+    return table, np.mean(boxes, axis=0)
+
+
+def _centre_contrast(average: np.ndarray, diameter_px: float) -> float:
+    """|mean of the central disc (radius d/4) − mean of the rim (beyond d/2 + 2 px)| of a box
+    average, in units of the rim's standard deviation: large for a centred particle."""
+    size = average.shape[0]
+    yy, xx = np.mgrid[:size, :size] - size // 2   # RELION's box centre: pixel size/2
+    radius = np.hypot(yy, xx)
+    centre, rim = average[radius <= diameter_px / 4], average[radius >= diameter_px / 2 + 2]
+    return float(abs(centre.mean() - rim.mean()) / rim.std())
+
+
+@pytest.mark.skipif(RELION_PREPROCESS is None,
+                    reason="relion_preprocess not found: apt-get install relion")
+def test_relion_extracts_our_picks_unchanged_and_centred(ckpt, tmp_path, monkeypatch):
+    """predict.py's NAME.star into the real ``relion_preprocess --extract`` (RELION 3.1):
+    every pick is extracted, the box average is a centred particle, and the same picks with x
+    and y swapped (or y flipped) give no centred particle; the combined STAR files name the
+    micrograph as it was given (relative)."""
+    project = tmp_path / "project"
+    (project / "mics").mkdir(parents=True)
+    sim = MicrographSimulator(simulator_config(overrides=[
+        f"pixel_size_a={MIC_PX}", *EASY, "particles.min_distance_a=420"]))
+    mic = sim.simulate((12, 0), 256, 256, name="square", n_particles=10)
+    write_mrc(project / "mics" / "square.mrc", mic.image, MIC_PX)
+    monkeypatch.chdir(project)
+    # the README's recipe: picks of mics/NAME.mrc in picks/mics/ → --coord_dir picks/
+    summary = run(config(ckpt, "mics/", "picks/mics", "formats=[star]"))
+    assert summary.exit_code == 0 and summary.n_particles >= 6
+
+    ours = starfile.read(project / "picks" / "mics" / "square.star", always_dict=True)
+    assert list(ours) == [""]              # one table, as RELION's autopick writes it
+    picks = ours[""]
+    assert list(picks.columns[:2]) == ["rlnCoordinateX", "rlnCoordinateY"]
+    assert {"rlnAutopickFigureOfMerit", "rlnClassNumber", "rlnAnglePsi"} <= set(picks.columns)
+    combined = starfile.read(project / "picks" / "mics" / "particles.star", always_dict=True)
+    assert combined["optics"]["rlnMicrographPixelSize"].iloc[0] == pytest.approx(MIC_PX)
+    assert set(combined["particles"]["rlnMicrographName"]) == {"mics/square.mrc"}
+    listing = starfile.read(project / "picks" / "mics" / "coordinate_files.star")
+    assert listing.to_dict("list") == {"rlnMicrographName": ["mics/square.mrc"],
+                                       "rlnMicrographCoordinates": ["picks/mics/square.star"]}
+
+    _relion_micrographs_star(project / "micrographs.star", ["mics/square.mrc"])
+    extracted, average = _relion_extract(project, "picks/", "ours")
+    assert len(extracted) == len(picks) == summary.n_particles
+    np.testing.assert_allclose(extracted[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float),
+                               picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float),
+                               atol=1e-4)
+    contrast = _centre_contrast(average, DIAMETER_PX)
+
+    wrong = {"swapped": picks.rename(columns={"rlnCoordinateX": "rlnCoordinateY",
+                                              "rlnCoordinateY": "rlnCoordinateX"}),
+             "flipped": picks.assign(rlnCoordinateY=255 - picks["rlnCoordinateY"])}
+    contrasts = {}
+    for tag, table in wrong.items():
+        (project / tag / "mics").mkdir(parents=True)
+        starfile.write({"": table}, project / tag / "mics" / "square.star")
+        extracted_wrong, average_wrong = _relion_extract(project, f"{tag}/", tag)
+        assert len(extracted_wrong) == len(picks)
+        contrasts[tag] = _centre_contrast(average_wrong, DIAMETER_PX)
+    print(f"centre contrast: ours {contrast:.2f}, "
+          + ", ".join(f"{k} {v:.2f}" for k, v in contrasts.items()))
+    assert contrast >= CENTRED, (contrast, contrasts)    # measured: 19.9
+    assert all(value < CENTRED for value in contrasts.values()), contrasts  # 0.05, 0.07
