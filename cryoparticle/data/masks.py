@@ -235,13 +235,15 @@ def ignore_far(mask: np.ndarray, distance_px: float) -> np.ndarray:
 
 def target_mask(shape: tuple[int, int], particles: pd.DataFrame, *, target: str = "disc",
                 diameter_px: float | None = None, image: np.ndarray | None = None,
-                ring_px: float = 0.0, far_ignore_px: float | None = None,
+                disc: np.ndarray | None = None, ring_px: float = 0.0, far_ignore_px: float | None = None,
                 refine: dict[str, Any] | None = None) -> np.ndarray:
-    """The training target for picks: ``disc`` or ``refined`` (needs ``image``), then an
-    :func:`ignore_ring` of ``ring_px`` and, when ``far_ignore_px`` is given, :func:`ignore_far`.
+    """The training target for picks: ``disc`` (``disc``, a disc mask already drawn, else drawn
+    from ``particles``) or ``refined`` (needs ``image``), then an :func:`ignore_ring` of
+    ``ring_px`` and, when ``far_ignore_px`` is given, :func:`ignore_far`.
     """
     if target == "disc":
-        mask = disc_mask(shape, particles, diameter_px)
+        mask = np.array(disc, dtype=np.uint8) if disc is not None \
+            else disc_mask(shape, particles, diameter_px)
     elif target == "refined":
         if image is None:
             raise param_error("target", target, "a refined map needs the micrograph")
