@@ -18,7 +18,6 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-import math
 import os
 import shutil
 import sys

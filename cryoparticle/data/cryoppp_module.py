@@ -32,7 +32,6 @@ trainer's ``default_root_dir``) once the first stage's micrographs are read; an 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +72,10 @@ class DatasetSpec:
     root: Path
     label: str
     empiar_id: int | None
-    pixel_size_a: float | None          # of the files; None: from headers or the diameter
+    pixel_size_a: float | None          # of the files (override); None: header or table
     particle_diameter_a: float | None
     particle_diameter_px: float | None  # pixels of the files
+    table_pixel_size_a: float | None = None
 
 
 def _spec(entry: Mapping[str, Any] | str, index: int) -> DatasetSpec:
@@ -93,14 +93,15 @@ def _spec(entry: Mapping[str, Any] | str, index: int) -> DatasetSpec:
     number = None if entry.get("empiar_id") is None else empiar_number(entry["empiar_id"])
     info = dataset_info(number) if number is not None else {}
     pixel = check_positive(f"datasets[{index}].pixel_size_a", entry.get("pixel_size_a"),
-                           optional=True) or info.get("pixel_size_a")
+                           optional=True)
     diameter_a = check_positive(f"datasets[{index}].particle_diameter_a",
                                 entry.get("particle_diameter_a"), optional=True) \
         or info.get("particle_diameter_a")
     diameter_px = check_positive(f"datasets[{index}].particle_diameter_px",
                                  entry.get("particle_diameter_px"), optional=True)
     label = entry.get("name") or (f"empiar-{number}" if number is not None else root.name)
-    return DatasetSpec(root, str(label), number, pixel, diameter_a, diameter_px)
+    return DatasetSpec(root, str(label), number, pixel, diameter_a, diameter_px,
+                       info.get("pixel_size_a"))
 
 
 def _upsample_mask(mask: np.ndarray, shape: tuple[int, int], path: Path) -> np.ndarray:
@@ -159,7 +160,8 @@ class CryoPPPDataModule(_CropDataModule):
         labels = [s.label for s in self.specs]
         if len(set(labels)) != len(labels):
             raise param_error("datasets", labels, "two datasets with one name; set name=")
-        self.pixel_size_a = float(check_positive("pixel_size_a", pixel_size_a))  # type: ignore[arg-type]
+        self.pixel_size_a = float(
+            check_positive("pixel_size_a", pixel_size_a))  # type: ignore[arg-type]
         diameter = check_positive("particle_diameter_a", particle_diameter_a, optional=True)
         if diameter is None:
             diameter = next((s.particle_diameter_a for s in self.specs
@@ -295,6 +297,8 @@ class CryoPPPDataModule(_CropDataModule):
             return spec.pixel_size_a
         if header_px is not None:
             return float(header_px)
+        if spec.table_pixel_size_a is not None:
+            return spec.table_pixel_size_a
         if spec.particle_diameter_px is not None:
             diameter_a = spec.particle_diameter_a or self.particle_diameter_a
             return diameter_a / spec.particle_diameter_px

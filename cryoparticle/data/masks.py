@@ -235,7 +235,8 @@ def ignore_far(mask: np.ndarray, distance_px: float) -> np.ndarray:
 
 def target_mask(shape: tuple[int, int], particles: pd.DataFrame, *, target: str = "disc",
                 diameter_px: float | None = None, image: np.ndarray | None = None,
-                disc: np.ndarray | None = None, ring_px: float = 0.0, far_ignore_px: float | None = None,
+                disc: np.ndarray | None = None, ring_px: float = 0.0,
+                far_ignore_px: float | None = None,
                 refine: dict[str, Any] | None = None) -> np.ndarray:
     """The training target for picks: ``disc`` (``disc``, a disc mask already drawn, else drawn
     from ``particles``) or ``refined`` (needs ``image``), then an :func:`ignore_ring` of
