@@ -2,7 +2,7 @@
 
     python benchmarks/real_data_cv.py [--shared ../shared/data] [--folds 5] [--only-folds 0 1]
                                       [--networks unet fcn deeplabv3] [--targets disc refined ring]
-                                      [--epochs 15] [--samples 384] [--seed 12345]
+                                      [--epochs 12] [--samples 320] [--seed 12345]
                                       [--work-dir benchmarks/work/real_data_cv]
                                       [--json benchmarks/results/real_data_cv.json]
                                       [--markdown benchmarks/results/real_data_cv.md]
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only-folds", type=int, nargs="+", default=None)
     parser.add_argument("--networks", nargs="+", default=["unet"])
     parser.add_argument("--targets", nargs="+", default=["disc"], choices=sorted(TARGETS))
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--samples", type=int, default=384)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--samples", type=int, default=320)
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--work-dir", type=Path,
                         default=ROOT / "benchmarks" / "work" / "real_data_cv")
