@@ -248,3 +248,25 @@ def test_shared_empiar10017(tmp_path):
     mic = dm.test_dataset.micrographs[0]
     assert mic.image.shape == (1024, 1024) and len(mic.particles) == 629
     assert (mic.mask[:20] == 255).all() and (mic.mask[:, -25:] == 255).all()
+
+
+def test_train_py_on_a_cryoppp_folder(tmp_path):
+    """train.py data=cryoppp: trains, calibrates, checkpoints; split.json in the run folder."""
+    import subprocess
+    import sys
+
+    root = _cryoppp_folder(tmp_path / "10017", n=4)
+    run_dir = tmp_path / "run"
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, str(repo / "train.py"), f"hydra.run.dir={run_dir}",
+           "print_config=false", "data=cryoppp", f"data.datasets=[{{root: '{root}'}}]",
+           "data.pixel_size_a=3.54", "data.particle_diameter_a=42.48",
+           "data.split.fractions=[0.5,0.25,0.25]", "data.crop_size=64",
+           "data.train_samples_per_epoch=4", "data.batch_size=2", "data.num_workers=0",
+           "trainer.max_epochs=1", "model.tile_size=64", "model.tile_overlap=16",
+           "callbacks.progress_bar=null", "callbacks.model_summary=null"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=repo)
+    assert out.returncode == 0, out.stderr[-2000:]
+    split = json.loads((run_dir / "split.json").read_text())["splits"]
+    assert {k: len(v) for k, v in split.items()} == {"train": 2, "val": 1, "test": 1}
+    assert list((run_dir / "checkpoints").glob("epoch_*.ckpt"))
