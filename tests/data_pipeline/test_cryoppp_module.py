@@ -216,7 +216,7 @@ def test_csv_with_wrong_columns_or_no_rows(tmp_path):
     root = _cryoppp_folder(tmp_path / "d", n=2)
     csv = root / "ground_truth" / "particle_coordinates" / "mic_01.csv"
     csv.write_text("X,Y,Diameter\n10,10,24\n")
-    _first_stage_error(tmp_path, root, r"mic_01.csv: missing column")
+    _first_stage_error(tmp_path, root, r"mic_01.csv: (missing column|unrecognised particle table)")
     csv.write_text("X-Coordinate,Y-Coordinate,Diameter\n")
     _first_stage_error(tmp_path, root, r"mic_01.csv: has no particle rows")
 
