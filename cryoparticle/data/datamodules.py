@@ -19,7 +19,7 @@ workers are not persistent). Every module exposes ``pixel_size_a``, ``particle_d
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -273,7 +273,8 @@ class FolderDataModule(_CropDataModule):
     for in each split folder, else taken as a path: existing picks become training labels.
     ``pixel_size_a=None`` keeps the native pixel size: the attribute is then
     ``micrograph_pixel_size_a``, else the first training micrograph's MRC header, else NaN
-    (unknown) until :meth:`setup` has read the micrographs.
+    (unknown) until :meth:`setup` has read the micrographs. ``scale_range`` zooms training
+    crops (see :class:`~cryoparticle.data.datasets.RandomCropDataset`).
     """
 
     def __init__(self, root: str | Path, train_dir: str = "train", val_dir: str = "val",
@@ -282,11 +283,13 @@ class FolderDataModule(_CropDataModule):
                  crop_size: int = 256, train_samples_per_epoch: int = 512, batch_size: int = 8,
                  num_workers: int = 0, seed: int = 0,
                  augment: Augment | Mapping[str, Any] | None = None,
-                 labels: str | None = None) -> None:
+                 labels: str | None = None,
+                 scale_range: Sequence[float] | None = None) -> None:
         super().__init__(crop_size=crop_size, train_samples_per_epoch=train_samples_per_epoch,
                          batch_size=batch_size, num_workers=num_workers, seed=seed,
                          augment=augment)
         self.labels = labels
+        self.scale_range = None if scale_range is None else [float(v) for v in scale_range]
         self.root = Path(root)
         if not self.root.is_dir():
             raise file_error(self.root, "no such folder (the dataset root)")
@@ -326,7 +329,7 @@ class FolderDataModule(_CropDataModule):
         if self.train_dataset is None:
             self.train_dataset = RandomCropDataset(self._split("train"),
                                                    self.train_samples_per_epoch, self.crop_size,
-                                                   self.seed, self.augment)
+                                                   self.seed, self.augment, self.scale_range)
 
     def _setup_val(self) -> None:
         if self.val_dataset is None:

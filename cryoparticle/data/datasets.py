@@ -354,11 +354,18 @@ class RandomCropDataset(Dataset):
     probability proportional to its area) and a uniform position, then applies ``augment``.
     A micrograph smaller than the crop along a side is reflect-padded at a random offset, the
     padding labelled ignore (255). Items are ``(image (1, S, S) float32, mask (S, S) int64)``.
+
+    ``scale_range=(lo, hi)`` zooms each crop by a factor drawn log-uniformly in it (> 1
+    enlarges particles): a window of ``S / zoom`` pixels is resampled to ``S`` (bilinear with
+    antialiasing for the image, nearest for the mask), so one dataset teaches a range of
+    particle sizes in pixels.
     """
 
     def __init__(self, micrographs: Sequence[Micrograph], length: int, crop_size: int,
-                 seed: int = 0, augment: Augment | None = None) -> None:
+                 seed: int = 0, augment: Augment | None = None,
+                 scale_range: Sequence[float] | None = None) -> None:
         self.micrographs = _check_micrographs(micrographs)
+        self.scale_range = _check_scale_range(scale_range)
         if length < 0:
             raise param_error("length", length, "must be ≥ 0")
         if crop_size < 1:
@@ -396,6 +403,11 @@ class RandomCropDataset(Dataset):
                 len(self.micrographs) - 1)
         mic = self.micrographs[k]
         s = self.crop_size
+        if self.scale_range is not None:
+            lo, hi = self.scale_range
+            v = torch.rand(1, generator=generator, dtype=torch.float64).item()
+            s = max(1, int(round(self.crop_size / math.exp(
+                math.log(lo) + v * (math.log(hi) - math.log(lo))))))
         (height, width) = mic.image.shape
         y0, top = self._window(height, s, u[1])
         x0, left = self._window(width, s, u[2])
@@ -407,6 +419,29 @@ class RandomCropDataset(Dataset):
             mask = np.pad(mask, pad, mode="constant", constant_values=MASK_IGNORE)
         image_t = torch.from_numpy(np.ascontiguousarray(image))[None]
         mask_t = torch.from_numpy(mask.astype(np.int64))
+        if s != self.crop_size:
+            image_t, mask_t = _resample_crop(image_t, mask_t, self.crop_size)
         if self.augment is not None:
             image_t, mask_t = self.augment(image_t, mask_t, generator)
         return image_t, mask_t
+
+
+def _check_scale_range(scale_range: Sequence[float] | None) -> tuple[float, float] | None:
+    if scale_range is None:
+        return None
+    values = tuple(float(v) for v in scale_range)
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values) \
+            or values[0] > values[1]:
+        raise param_error("scale_range", list(scale_range),
+                          "must be [low, high] zoom factors with 0 < low ≤ high")
+    return None if values == (1.0, 1.0) else values  # type: ignore[return-value]
+
+
+def _resample_crop(image: torch.Tensor, mask: torch.Tensor, size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample a square ``(1, s, s)`` crop and its ``(s, s)`` mask to ``size²``."""
+    image = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear",
+                                            antialias=True, align_corners=False)[0]
+    mask = torch.nn.functional.interpolate(mask[None, None].to(torch.float32),
+                                           size=(size, size), mode="nearest-exact")[0, 0]
+    return image.contiguous(), mask.to(torch.int64)

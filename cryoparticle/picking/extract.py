@@ -233,4 +233,35 @@ def extract_particles(prob: Any, particle_diameter_px: float, *, threshold: floa
     })
 
 
-__all__ = ["extract_particles"]
+def estimate_diameter_px(prob: Any, threshold: float = 0.5, *, min_diameter_px: float = 4.0,
+                         max_diameter_px: float | None = None) -> float | None:
+    """The typical particle diameter in a probability map, in its pixels, or None.
+
+    A particle-shaped (or disc) region of radius ``r`` has a Euclidean distance transform that
+    peaks at ``r`` at its centre; touching particles keep a peak near each centre. The estimate
+    is twice the median height of the distance-transform peaks of the foreground
+    (``prob >= threshold``), peaks at least ``min_diameter_px / 2`` apart and at least
+    ``min_diameter_px / 2`` high, clipped to ``[min_diameter_px, max_diameter_px]``. None when
+    the map has fewer than 5 such peaks (too little foreground to say).
+    """
+    from skimage.feature import peak_local_max
+
+    array = _as_probability_map(prob)
+    low = _check_fraction("min_diameter_px", min_diameter_px, allow_zero=False)
+    high = math.inf if max_diameter_px is None else _check_fraction(
+        "max_diameter_px", max_diameter_px, allow_zero=False)
+    if high < low:
+        raise param_error("max_diameter_px", max_diameter_px, f"must be ≥ {low}")
+    fg = array >= _check_fraction("threshold", threshold)
+    if not fg.any():
+        return None
+    distance = ndimage.distance_transform_edt(fg)
+    peaks = peak_local_max(distance, min_distance=max(1, round(low / 2)),
+                           threshold_abs=low / 2, exclude_border=False)
+    if len(peaks) < 5:
+        return None
+    radius = float(np.median(distance[peaks[:, 0], peaks[:, 1]]))
+    return float(min(max(2.0 * radius, low), high))
+
+
+__all__ = ["estimate_diameter_px", "extract_particles"]

@@ -1,0 +1,86 @@
+"""Checkpoints that ship with the package, and the export that makes them small.
+
+The general model (``general``) is a Segmenter trained by ``python train.py
+experiment=general`` on simulation and real labelled micrographs; ``predict.py`` uses it when
+no ``ckpt_path`` is given. :func:`export_checkpoint` turns a training checkpoint into a
+shippable one: the weights (half precision by default), the hyperparameters and the inference
+facts, without optimizer state or callbacks. Its model card is ``cryoparticle/models/weights/
+general.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cryoparticle.errors import file_error, param_error
+
+PACKAGED = {"general": "general.ckpt"}
+"""Name → file in ``cryoparticle/models/weights/`` of every checkpoint the package ships."""
+
+# Keys of a Lightning checkpoint that inference and fine-tuning need.
+_KEEP = ("state_dict", "hyper_parameters", "cryoparticle", "pytorch-lightning_version",
+         "epoch", "global_step")
+
+
+def packaged_checkpoint(name: str = "general") -> Path:
+    """The path of a checkpoint shipped in the package (``general``)."""
+    if name not in PACKAGED:
+        raise param_error("ckpt_path", name, f"not a packaged model; choose from {sorted(PACKAGED)}"
+                                             " or give a checkpoint file")
+    path = Path(str(resources.files("cryoparticle.models") / "weights" / PACKAGED[name]))
+    if not path.is_file():
+        raise file_error(path, f"the packaged {name!r} model is missing from this installation "
+                               "(reinstall cryoparticle, or give ckpt_path=FILE)")
+    return path
+
+
+def resolve_checkpoint(ckpt_path: str | os.PathLike[str] | None) -> Path:
+    """``None`` or a packaged name (``general``) → the packaged file; else the path itself."""
+    if ckpt_path is None or str(ckpt_path) in PACKAGED:
+        return packaged_checkpoint("general" if ckpt_path is None else str(ckpt_path))
+    return Path(ckpt_path)
+
+
+def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[str], *,
+                      half: bool = True, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``target``: ``source``'s weights (float16 when ``half``), hyperparameters and
+    inference facts, without optimizer/scheduler/callback state; atomically.
+
+    Loading casts the weights back to the model's float32 parameters. ``extra`` is stored
+    under ``checkpoint["cryoparticle"]["export"]`` (e.g. the training command and scores).
+    """
+    source, target = Path(source), Path(target)
+    try:
+        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise file_error(source, "checkpoint not found") from None
+    except Exception as exc:
+        raise file_error(source, f"not a readable checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise file_error(source, "not a Lightning checkpoint (no state_dict)")
+    slim = {k: checkpoint[k] for k in _KEEP if k in checkpoint}
+    if half:
+        slim["state_dict"] = {k: v.half() if v.is_floating_point() else v
+                              for k, v in checkpoint["state_dict"].items()}
+    facts = dict(slim.get("cryoparticle") or {})
+    facts["export"] = {"half": bool(half), **(extra or {})}
+    slim["cryoparticle"] = facts
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(slim, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+__all__ = ["PACKAGED", "export_checkpoint", "packaged_checkpoint", "resolve_checkpoint"]
