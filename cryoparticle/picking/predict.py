@@ -52,7 +52,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from cryoparticle.data.preprocess import NORMALISATION, bin_factor, fourier_bin, standardise
+from cryoparticle.data.preprocess import Normalisation, bin_factor, fourier_bin
 from cryoparticle.errors import InputError, file_error, param_error
 from cryoparticle.io.atomic import atomic_path, write_text_atomic
 from cryoparticle.io.checks import one_line
@@ -165,6 +165,7 @@ class Settings:
     overwrite: bool
     combined_star: str
     extraction: Extraction
+    normalisation: Normalisation = Normalisation("standardise")
 
     def outputs(self, name: str) -> list[Path]:
         """Every file written for micrograph ``name``; the STAR file (the done marker) last."""
@@ -209,10 +210,10 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
     if model_px is None or not math.isfinite(float(model_px)) or float(model_px) <= 0:
         raise file_error(ckpt_path, "checkpoint has no training pixel size (pixel_size_a); "
                                     "it cannot be used for picking")
-    normalisation = facts.get("normalisation")
-    if normalisation != NORMALISATION:
-        raise file_error(ckpt_path, f"checkpoint was trained with normalisation "
-                                    f"{normalisation!r}; this picker applies {NORMALISATION!r}")
+    try:
+        normalisation = Normalisation.from_spec(facts.get("normalisation"))
+    except InputError as exc:
+        raise file_error(ckpt_path, f"checkpoint's normalisation is unknown ({exc})") from None
     diameter = _positive("particle_diameter_a", cfg.get("particle_diameter_a"))
     if diameter is None:
         diameter = facts.get("particle_diameter_a")
@@ -246,6 +247,7 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
         overwrite=_flag("overwrite", cfg.get("overwrite", False)),
         combined_star=combined,
         extraction=Extraction.from_config(cfg.get("extraction")),
+        normalisation=normalisation,
     )
 
 
@@ -389,7 +391,7 @@ class MicrographFiles(Dataset):
         if shape != image.shape:
             image = fourier_bin(image, target / px)
         factor = (height / image.shape[0], width / image.shape[1])
-        return standardise(image), factor, float(px)
+        return self.settings.normalisation(image, target), factor, float(px)
 
 
 def _first(batch: list[dict[str, Any]]) -> dict[str, Any]:
