@@ -240,6 +240,24 @@ def smooth_background(image: np.ndarray, sigma_px: float, valid: np.ndarray | No
     return ndimage.map_coordinates(coarse, grid, order=1, mode="nearest").astype(np.float32)
 
 
+def fit_plane(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """The least-squares plane ``a + b·row + c·column`` through the (valid) pixels, ``(H, W)``.
+
+    Removed before the Gaussian background, which cannot follow a gradient up to the edges.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    h, w = x.shape
+    rows, cols = np.mgrid[:h, :w]
+    sel = np.ones(x.shape, bool) if valid is None else valid
+    # Subsample: a plane needs few pixels, and this keeps 4096² micrographs cheap.
+    step = max(1, int(math.sqrt(sel.sum() / 65536)))
+    r, c, v = rows[::step, ::step], cols[::step, ::step], x[::step, ::step]
+    m = sel[::step, ::step]
+    design = np.stack([np.ones(m.sum()), r[m] / h, c[m] / w], axis=1)
+    coef = np.linalg.lstsq(design, v[m], rcond=None)[0]
+    return (coef[0] + coef[1] * rows / h + coef[2] * cols / w).astype(np.float32)
+
+
 def robust_centre_scale(values: np.ndarray) -> tuple[float, float]:
     """Centre and scale of the main population of ``values``: median and MAD, then a few
     rounds of the mean and standard deviation within ±3 of those sigmas."""
@@ -268,9 +286,9 @@ def normalise(image: np.ndarray, method: str = "robust",
 
     * ``method="standardise"``: :func:`standardise` (zero mean, unit variance);
     * ``method="robust"``: statistics come only from pixels outside flat regions
-      (:func:`flat_regions`: padding, constant bands); optionally a smooth background
-      (Gaussian of ``background_sigma_a`` Å at ``pixel_size_a`` Å/px, over those pixels) is
-      subtracted; values are clipped to the ``clip_percentiles`` (%) of those pixels; the
+      (:func:`flat_regions`: padding, constant bands); optionally the background is
+      subtracted: a least-squares plane (:func:`fit_plane`), then a Gaussian filter of
+      ``background_sigma_a`` Å at ``pixel_size_a`` Å/px over those pixels; values are clipped to the ``clip_percentiles`` (%) of those pixels; the
       result is centred and scaled by :func:`robust_centre_scale`, so a carbon edge, an ice
       blob or a border shifts neither the centre nor the scale. Flat pixels get 0.
     A constant image gives zeros.
@@ -288,6 +306,7 @@ def normalise(image: np.ndarray, method: str = "robust",
     if background_sigma_a is not None:
         px = check_positive("pixel_size_a", pixel_size_a)
         sigma_a = check_positive("background_sigma_a", background_sigma_a)
+        x = x - fit_plane(x, valid)
         x = x - smooth_background(x, sigma_a / px, valid)
     lo, hi = np.percentile(x[valid], [lo_p, hi_p])
     x = np.clip(x, lo, hi)
@@ -369,5 +388,5 @@ class Normalisation:
 
 
 __all__ = ["NORMALISATION", "Normalisation", "bin_factor", "bin_mask", "bin_to_pixel_size",
-           "flat_regions", "fourier_bin", "normalise", "robust_centre_scale", "smooth_background",
+           "fit_plane", "flat_regions", "fourier_bin", "normalise", "robust_centre_scale", "smooth_background",
            "standardise"]

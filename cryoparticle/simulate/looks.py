@@ -110,18 +110,22 @@ def draw_look(cfg: Any, rng: np.random.Generator) -> Look:
 
 
 def fourier_resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Resample ``(H, W)`` to ``shape`` by cropping or zero-padding its spectrum (values kept)."""
+    """Resample ``(H, W)`` to ``shape`` by cropping or zero-padding its spectrum (values kept).
+
+    The frequencies both grids hold are kept, Nyquist terms (ambiguous between the grids)
+    dropped: a band-limited image survives a round trip unchanged.
+    """
     h, w = image.shape
     h2, w2 = shape
     if (h, w) == (h2, w2):
         return image
     spec = torch.fft.rfft2(image)
     out = torch.zeros((h2, w2 // 2 + 1), dtype=spec.dtype, device=spec.device)
-    hk, wk = min(h, h2), min(w // 2 + 1, w2 // 2 + 1)
-    top = (hk + 1) // 2
-    out[:top, :wk] = spec[:top, :wk]
-    if hk // 2:
-        out[-(hk // 2):, :wk] = spec[-(hk // 2):, :wk]
+    rows = (min(h, h2) - 1) // 2  # positive (and negative) row frequencies below Nyquist
+    cols = (min(w, w2) - 1) // 2 + 1  # column frequencies 0 .. below Nyquist
+    out[:rows + 1, :cols] = spec[:rows + 1, :cols]
+    if rows:
+        out[-rows:, :cols] = spec[-rows:, :cols]
     return torch.fft.irfft2(out, s=(h2, w2)) * (h2 * w2 / (h * w))
 
 
