@@ -2,12 +2,14 @@
 real ones?
 
     python benchmarks/contrast_stats.py [--data ../shared/data] [--config general]
-        [--override KEY=VALUE ...] [--n 200] [--size 512] [--json benchmarks/results/contrast_stats.json]
+        [--override KEY=VALUE ...] [--n 200] [--size 512]
+        [--json benchmarks/results/contrast_stats.json]
         [--montage benchmarks/results/simulated_general_montage.png]
 
 The statistic: the mean of the pixels inside the particle discs minus the mean outside, in
-units of the micrograph's standard deviation (negative = particles darker than the ice). Contaminants (dark ice blobs, carbon) lie outside the
-discs and push the statistic up, so simulated micrographs are also summarised without them.
+units of the micrograph's standard deviation (negative = particles darker than the ice).
+Contaminants (dark ice blobs, carbon) lie outside the discs and push the statistic up, so
+simulated micrographs are also summarised without them.
 Simulated micrographs (``--config``, ``--n`` of ``--size``², seeds ``(7, i)``) use discs of their
 particles' diameters; the real sets in ``--data`` (default ``../shared/data`` relative to the
 repository root; any subset of them may be missing):
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
             table[f"{name} with border"] = summary([r["with_border"] for r in real_rows])
     print_table(table)
     result = {"statistic": "(mean inside particle discs - mean outside) / micrograph std",
-              "config": args.config, "overrides": args.override, "n_simulated": args.n, "size": args.size,
+              "config": args.config, "overrides": args.override, "n_simulated": args.n,
+              "size": args.size,
               "simulate_s": sim_s, "summary": table, "simulated": rows, "real": real,
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     args.json.parent.mkdir(parents=True, exist_ok=True)

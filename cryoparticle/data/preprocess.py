@@ -288,8 +288,8 @@ def normalise(image: np.ndarray, method: str = "robust",
     * ``method="robust"``: statistics come only from pixels outside flat regions
       (:func:`flat_regions`: padding, constant bands); optionally the background is
       subtracted: a least-squares plane (:func:`fit_plane`), then a Gaussian filter of
-      ``background_sigma_a`` Å at ``pixel_size_a`` Å/px over those pixels; values are clipped to the ``clip_percentiles`` (%) of those pixels; the
-      result is centred and scaled by :func:`robust_centre_scale`, so a carbon edge, an ice
+      ``background_sigma_a`` Å at ``pixel_size_a`` Å/px over those pixels; values are
+      clipped to the ``clip_percentiles`` (%) of those pixels; the result is centred and scaled by :func:`robust_centre_scale`, so a carbon edge, an ice
       blob or a border shifts neither the centre nor the scale. Flat pixels get 0.
     A constant image gives zeros.
     """
@@ -388,5 +388,5 @@ class Normalisation:
 
 
 __all__ = ["NORMALISATION", "Normalisation", "bin_factor", "bin_mask", "bin_to_pixel_size",
-           "fit_plane", "flat_regions", "fourier_bin", "normalise", "robust_centre_scale", "smooth_background",
-           "standardise"]
+           "fit_plane", "flat_regions", "fourier_bin", "normalise", "robust_centre_scale",
+           "smooth_background", "standardise"]

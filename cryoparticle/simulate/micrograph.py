@@ -232,7 +232,9 @@ class MicrographSimulator:
         vary = np.random.default_rng(np.random.SeedSequence(ss.entropy,
                                                             spawn_key=(VARIATION_KEY,)))
         cfg = self.cfg
-        # Pixel-size jitter: the micrograph's true pixel size; particles look larger or smaller.
+        # Pixel-size jitter: the micrograph's true pixel size ``px`` differs from the nominal one
+        # it is labelled with (``Micrograph.pixel_size_a``; ``true_pixel_size_a`` in the
+        # metadata): particles look larger or smaller than the nominal size, as across datasets.
         scale_range = _value(cfg, "pixel_size_scale")
         pixel_scale = _draw(scale_range, vary) if scale_range is not None else 1.0
         px = self.pixel_size_a * pixel_scale
@@ -347,7 +349,7 @@ class MicrographSimulator:
                              "look": None if look is None else look.as_dict(),
                              **{k: v for k, v in variation.items() if not k.startswith("_")}})
         return Micrograph(name=name, image=image.cpu().numpy().astype(np.float32, copy=False),
-                          mask=(inst > 0).view(np.uint8), pixel_size_a=px,
+                          mask=(inst > 0).view(np.uint8), pixel_size_a=self.pixel_size_a,
                           particles=particles, instances=inst, metadata=metadata)
 
     def _signal_variation(self, rng: np.random.Generator, shape: tuple[int, int],

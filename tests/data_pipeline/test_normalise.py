@@ -103,3 +103,20 @@ def test_prediction_applies_the_checkpoint_normalisation(tmp_path: Path):
     with pytest.raises(InputError, match="x.ckpt"):
         build_settings(cfg, {"pixel_size_a": 7.08, "particle_diameter_a": 190.0,
                              "normalisation": "zscore"}, tmp_path / "x.ckpt")
+
+
+@pytest.mark.slow
+def test_general_training_run_stores_the_robust_normalisation(tmp_path: Path):
+    import torch
+
+    from cryoparticle.config import compose
+    from cryoparticle.training import run
+
+    cfg = compose("train", ["data=synthetic_general", "debug=tiny", "print_config=false",
+                            f"paths.output_dir={tmp_path}", "logger=csv", "test=false"])
+    _, best = run(cfg)
+    facts = torch.load(best, map_location="cpu", weights_only=False)["cryoparticle"]
+    expected = Normalisation.from_spec(dict(cfg.data.normalisation))
+    assert facts["normalisation"] == expected.spec
+    settings = build_settings({"output_dir": str(tmp_path / "picks")}, facts, Path(best))
+    assert settings.normalisation == expected  # prediction applies what training applied
