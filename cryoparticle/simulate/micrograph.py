@@ -176,9 +176,9 @@ class MicrographSimulator:
 
     def blob_species(self, index: int) -> Species:
         """Procedural blob ``index`` of the pool (``blobs.pool_size`` shapes, each drawn from
-        its own seed and built once per process: constructing a projector costs more than
-        simulating a crop)."""
-        cached = self._blob_cache.get(index)
+        its own seed). The last ``blobs.cache_size`` are kept (a projector costs ~20 ms to
+        build and a few MB to keep)."""
+        cached = self._blob_cache.pop(index, None)
         if cached is None:
             b = self.cfg.volume.blobs
             rng = np.random.default_rng(np.random.SeedSequence([index, SEED_TAG],
@@ -189,7 +189,9 @@ class MicrographSimulator:
                                    n_gaussians=tuple(b.n_gaussians),
                                    width_fraction=tuple(b.width_fraction), texture=b.texture),
                 diameter_a, self.cfg.volume.projection_pad_factor, self.device)
-            self._blob_cache[index] = cached
+        self._blob_cache[index] = cached  # most recently used last
+        while len(self._blob_cache) > int(self.cfg.volume.blobs.cache_size):
+            self._blob_cache.pop(next(iter(self._blob_cache)))
         return cached
 
     def _project(self, species: list[Species], which: np.ndarray, angles: np.ndarray,

@@ -198,7 +198,8 @@ def test_blob_species_come_from_the_configured_diameter_range(general):
     lo, hi = general.cfg.volume.blobs.diameter_a
     diameters = [general.blob_species(i).diameter_a for i in range(8)]
     assert all(lo <= d <= hi for d in diameters) and len(set(diameters)) == 8
-    assert general.blob_species(3) is general.blob_species(3)  # built once
+    assert general.blob_species(3) is general.blob_species(3)  # kept while recently used
+    assert len(general._blob_cache) <= general.cfg.volume.blobs.cache_size
 
 
 def test_pixel_size_jitter_changes_particle_size_in_pixels(general):
