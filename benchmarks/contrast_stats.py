@@ -148,21 +148,21 @@ def _to_u8(image: np.ndarray) -> np.ndarray:
     return (np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1) * 255).astype(np.uint8)
 
 
-def _tile(image: np.ndarray, mask: np.ndarray | None, caption: str) -> Image.Image:
+def _tile(image: np.ndarray, mask: np.ndarray | None, caption: str
+          ) -> tuple[Image.Image, str]:
     grey = _to_u8(image)
     rgb = np.stack([grey] * 3, -1)
     if mask is not None:
         m = mask.astype(bool)
         edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
         rgb[edge] = (255, 200, 0)
-    tile = Image.fromarray(rgb)
-    ImageDraw.Draw(tile).text((4, 4), caption, fill=(0, 255, 255))
-    return tile
+    return Image.fromarray(rgb), caption
 
 
 def montage(micrographs: list, data: Path, path: Path, size: int, pixel_size_a: float,
-            columns: int = 4) -> None:
-    """Simulated micrographs (different looks, label outlines) above real crops."""
+            columns: int = 4, tile: int = 256) -> None:
+    """Simulated micrographs (different looks, label outlines) above real crops; each ``size``²
+    crop is shown as a ``tile``² tile."""
     picked, seen = [], set()
     for mic in micrographs:  # one per (denoise, contrast, quantise) look first
         look = mic.metadata.get("look") or {}
@@ -192,10 +192,12 @@ def montage(micrographs: list, data: Path, path: Path, size: int, pixel_size_a: 
             real.append(_tile(image[:size, :size], None, f"real {name} (native px)"))
     rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
     rows += [real[i:i + columns] for i in range(0, len(real), columns)]
-    canvas = Image.new("RGB", (columns * size, len(rows) * size), (0, 0, 0))
+    canvas = Image.new("RGB", (columns * tile, len(rows) * tile), (0, 0, 0))
     for r, row in enumerate(rows):
-        for c, tile in enumerate(row):
-            canvas.paste(tile.resize((size, size)), (c * size, r * size))
+        for c, (image, caption) in enumerate(row):
+            small = image.resize((tile, tile), Image.Resampling.LANCZOS)
+            ImageDraw.Draw(small).text((3, 3), caption, fill=(0, 255, 255))
+            canvas.paste(small, (c * tile, r * tile))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
 
