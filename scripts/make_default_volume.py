@@ -6,6 +6,12 @@ to Nyquist (2 × pixel size), centre of mass at voxel ``box // 2``, stored as fl
 so the package stays small. Run from anywhere:
 
     python scripts/make_default_volume.py
+
+The packaged apoferritin map (PDB 6Z6U, human apoferritin 24-mer, Yip et al. 2020, CC0; the
+``apoferritin`` volume source) is made the same way:
+
+    python scripts/make_default_volume.py --model ../shared/data/volumes/6z6u_apoferritin.pdb \
+        --box 48 --out cryoparticle/data/volumes/apoferritin_6z6u.mrc
 """
 
 from __future__ import annotations

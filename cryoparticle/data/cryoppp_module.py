@@ -15,7 +15,8 @@ particle_diameter_a, particle_diameter_px}``), each a folder in one of the layou
   area majority; a mask coarser by an exact integer factor (the 256² masks of 1024² PNGs) is
   first upsampled by nearest neighbour;
 * **border artefacts** (:mod:`cryoparticle.data.borders`) are labelled ignore (255);
-* the **target** of training micrographs is ``target.kind`` (``disc`` or ``refined``), with an
+* the **target** of training micrographs is ``target.kind`` (``disc``, ``refined`` or
+  ``core``: discs of ``target.core_fraction`` × the diameter, the rims ignored), with an
   ignore ring of ``target.ring_px`` and, when ``target.far_ignore_px`` is set, background far
   from every pick ignored (training pixels); validation and test keep disc masks (with the
   border ignored) so that metrics compare across targets;
@@ -149,10 +150,13 @@ class CryoPPPDataModule(_CropDataModule):
                  target: Mapping[str, Any] | None = None,
                  border: Mapping[str, Any] | None = None, crop_size: int = 256,
                  train_samples_per_epoch: int = 512, batch_size: int = 8, num_workers: int = 0,
-                 seed: int = 0, augment: Augment | Mapping[str, Any] | None = None) -> None:
+                 seed: int = 0, augment: Augment | Mapping[str, Any] | None = None,
+                 normalisation: Mapping[str, Any] | str | None = None,
+                 scale_range: Sequence[float] | None = None) -> None:
         super().__init__(crop_size=crop_size, train_samples_per_epoch=train_samples_per_epoch,
                          batch_size=batch_size, num_workers=num_workers, seed=seed,
-                         augment=augment)
+                         augment=augment, normalisation=normalisation)
+        self.scale_range = None if scale_range is None else [float(v) for v in scale_range]
         datasets = _plain(datasets)
         if isinstance(datasets, (str, Mapping)) or not datasets:
             raise param_error("datasets", datasets, "give a list of {root, empiar_id, ...}")
@@ -172,7 +176,7 @@ class CryoPPPDataModule(_CropDataModule):
         self.split_cfg = {"seed": seed, "fractions": [0.8, 0.1, 0.1], "train": None,
                           "val": None, "test": None, **(_plain(split) or {})}
         self.target_cfg = {"kind": "disc", "ring_px": 0.0, "far_ignore_px": None,
-                           "refine": {}, **(_plain(target) or {})}
+                           "core_fraction": 0.5, "refine": {}, **(_plain(target) or {})}
         if self.target_cfg["kind"] not in TARGETS:
             raise param_error("target.kind", self.target_cfg["kind"],
                               f"choose one of {', '.join(TARGETS)}")
@@ -345,12 +349,13 @@ class CryoPPPDataModule(_CropDataModule):
             tolerance = max(0.75, upsampled * scale_y)
             particles = centres_from_mask(mask, diameter_px * scale_y, tolerance_px=tolerance,
                                           micrograph=key)
-        image = standardise(image)
+        image = standardise(image) if self.normaliser is None else \
+            self.normaliser(image, self.pixel_size_a)
         if train:
             t = self.target_cfg
             label = target_mask(shape, particles, target=t["kind"], image=image, disc=mask,
                                 ring_px=t["ring_px"], far_ignore_px=t["far_ignore_px"],
-                                refine=t["refine"])
+                                refine=t["refine"], core_fraction=t.get("core_fraction", 0.5))
         else:
             label = mask.copy() if mask is not None else disc_mask(shape, particles)
         border = border_mask(shape, widths)
@@ -374,7 +379,7 @@ class CryoPPPDataModule(_CropDataModule):
         if self.train_dataset is None:
             self.train_dataset = RandomCropDataset(self._micrographs("train"),
                                                    self.train_samples_per_epoch, self.crop_size,
-                                                   self.seed, self.augment)
+                                                   self.seed, self.augment, self.scale_range)
 
     def _setup_val(self) -> None:
         if self.val_dataset is None:

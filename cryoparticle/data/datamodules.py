@@ -13,7 +13,9 @@ Batches:
 ``e`` is drawn from the seed ``(seed, e, i)``; :meth:`train_dataloader` sets the epoch, so the
 trainer must rebuild the train loader every epoch (``reload_dataloaders_every_n_epochs=1``;
 workers are not persistent). Every module exposes ``pixel_size_a``, ``particle_diameter_a`` and
-``normalisation`` (the name of the image normalisation, stored in checkpoints).
+``normalisation`` (the spec of the image normalisation, stored in checkpoints: the ``normalisation``
+argument, a mapping of :class:`~cryoparticle.data.preprocess.Normalisation` fields, applied to
+training crops and evaluation micrographs alike; None = the per-micrograph standardisation).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from cryoparticle.data.augment import Augment
 from cryoparticle.data.datasets import (MicrographDataset, RandomCropDataset,
                                         SyntheticCropDataset, find_pairs,
                                         load_labelled_micrograph, seed_worker)
-from cryoparticle.data.preprocess import NORMALISATION
+from cryoparticle.data.preprocess import Normalisation
 from cryoparticle.errors import check_positive, file_error, param_error
 from cryoparticle.io.mrc import MRC_SUFFIXES, read_mrc
 from cryoparticle.micrograph import Micrograph
@@ -64,13 +66,24 @@ def build_augment(augment: Augment | Mapping[str, Any] | None) -> Augment | None
 def load_folder(folder: Path, *, target_pixel_size_a: float | None,
                 micrograph_pixel_size_a: float | None,
                 particle_diameter_a: float | None,
-                labels: str | Path | None = None) -> list[Micrograph]:
+                labels: str | Path | None = None,
+                normalisation: Normalisation | None = None) -> list[Micrograph]:
     """Every labelled micrograph of ``folder`` (see :func:`find_pairs`; ``labels``: a particle
-    table for many micrographs), binned and standardised."""
+    table for many micrographs), binned and normalised."""
     return [load_labelled_micrograph(image, label, target_pixel_size_a=target_pixel_size_a,
                                      pixel_size_a=micrograph_pixel_size_a,
-                                     diameter_a=particle_diameter_a)
+                                     diameter_a=particle_diameter_a, normalisation=normalisation)
             for image, label in find_pairs(folder, labels=labels)]
+
+
+def build_normalisation(value: Mapping[str, Any] | str | Normalisation | None
+                        ) -> Normalisation | None:
+    """None → None (the standardisation, as before); else a :class:`Normalisation`."""
+    if value is None:
+        return None
+    if isinstance(value, DictConfig):
+        value = OmegaConf.to_container(value, resolve=True)  # type: ignore[assignment]
+    return Normalisation.from_spec(value)  # type: ignore[arg-type]
 
 
 class _CropDataModule(pl.LightningDataModule):
@@ -80,8 +93,8 @@ class _CropDataModule(pl.LightningDataModule):
     particle_diameter_a: float
 
     def __init__(self, *, crop_size: int, train_samples_per_epoch: int, batch_size: int,
-                 num_workers: int, seed: int, augment: Augment | Mapping[str, Any] | None
-                 ) -> None:
+                 num_workers: int, seed: int, augment: Augment | Mapping[str, Any] | None,
+                 normalisation: Mapping[str, Any] | str | Normalisation | None = None) -> None:
         super().__init__()
         self.crop_size = _whole("crop_size", crop_size, 16)
         self.train_samples_per_epoch = _whole("train_samples_per_epoch",
@@ -90,7 +103,9 @@ class _CropDataModule(pl.LightningDataModule):
         self.num_workers = _whole("num_workers", num_workers, 0)
         self.seed = _whole("seed", seed, 0)
         self.augment = build_augment(augment)
-        self.normalisation = NORMALISATION
+        #: Applied to every image (None: standardisation); its spec is ``normalisation``.
+        self.normaliser = build_normalisation(normalisation)
+        self.normalisation = (self.normaliser or Normalisation("standardise")).spec
         self.per_device_batch_size: int | None = None
         self.train_dataset: RandomCropDataset | SyntheticCropDataset | None = None
         self.val_dataset: MicrographDataset | None = None
@@ -185,10 +200,11 @@ class SyntheticDataModule(_CropDataModule):
                  n_val_micrographs: int = 4, n_test_micrographs: int = 4,
                  eval_micrograph_size: int = 512, batch_size: int = 8, num_workers: int = 0,
                  seed: int = 0, augment: Augment | Mapping[str, Any] | None = None,
-                 folder: str | Path | None = None) -> None:
+                 folder: str | Path | None = None,
+                 normalisation: Mapping[str, Any] | str | None = None) -> None:
         super().__init__(crop_size=crop_size, train_samples_per_epoch=train_samples_per_epoch,
                          batch_size=batch_size, num_workers=num_workers, seed=seed,
-                         augment=augment)
+                         augment=augment, normalisation=normalisation)
         self.n_val_micrographs = _whole("n_val_micrographs", n_val_micrographs, 1)
         self.n_test_micrographs = _whole("n_test_micrographs", n_test_micrographs, 1)
         self.eval_micrograph_size = _whole("eval_micrograph_size", eval_micrograph_size, 16)
@@ -228,12 +244,17 @@ class SyntheticDataModule(_CropDataModule):
             raise file_error(path, f"no such folder (the {split} split of {self.folder})")
         return load_folder(path, target_pixel_size_a=self.pixel_size_a,
                            micrograph_pixel_size_a=None,
-                           particle_diameter_a=self.particle_diameter_a)
+                           particle_diameter_a=self.particle_diameter_a,
+                           normalisation=self.normaliser)
 
     def _simulate(self, seed: int, count: int, prefix: str) -> list[Micrograph]:
         size = self.eval_micrograph_size
-        return [self.simulator.simulate((seed, i), size, size, name=f"{prefix}_{i:03d}")
-                for i in range(count)]
+        micrographs = [self.simulator.simulate((seed, i), size, size, name=f"{prefix}_{i:03d}")
+                       for i in range(count)]
+        if self.normaliser is not None:
+            for mic in micrographs:
+                mic.image = self.normaliser(mic.image, self.pixel_size_a)
+        return micrographs
 
     def _setup_train(self) -> None:
         if self.train_dataset is not None:
@@ -245,7 +266,8 @@ class SyntheticDataModule(_CropDataModule):
         else:
             self.train_dataset = SyntheticCropDataset(self.simulator,
                                                       self.train_samples_per_epoch,
-                                                      self.crop_size, self.seed, self.augment)
+                                                      self.crop_size, self.seed, self.augment,
+                                                      self.normaliser)
 
     def _setup_val(self) -> None:
         if self.val_dataset is None:
@@ -284,10 +306,11 @@ class FolderDataModule(_CropDataModule):
                  num_workers: int = 0, seed: int = 0,
                  augment: Augment | Mapping[str, Any] | None = None,
                  labels: str | None = None,
-                 scale_range: Sequence[float] | None = None) -> None:
+                 scale_range: Sequence[float] | None = None,
+                 normalisation: Mapping[str, Any] | str | None = None) -> None:
         super().__init__(crop_size=crop_size, train_samples_per_epoch=train_samples_per_epoch,
                          batch_size=batch_size, num_workers=num_workers, seed=seed,
-                         augment=augment)
+                         augment=augment, normalisation=normalisation)
         self.labels = labels
         self.scale_range = None if scale_range is None else [float(v) for v in scale_range]
         self.root = Path(root)
@@ -320,7 +343,7 @@ class FolderDataModule(_CropDataModule):
         micrographs = load_folder(path, target_pixel_size_a=self.target_pixel_size_a,
                                   micrograph_pixel_size_a=self.micrograph_pixel_size_a,
                                   particle_diameter_a=self.particle_diameter_a,
-                                  labels=self.labels)
+                                  labels=self.labels, normalisation=self.normaliser)
         if math.isnan(self.pixel_size_a):
             self.pixel_size_a = micrographs[0].pixel_size_a
         return micrographs
@@ -340,4 +363,5 @@ class FolderDataModule(_CropDataModule):
             self.test_dataset = MicrographDataset(self._split("test"))
 
 
-__all__ = ["FolderDataModule", "SyntheticDataModule", "build_augment", "load_folder"]
+__all__ = ["FolderDataModule", "SyntheticDataModule", "build_augment", "build_normalisation",
+           "load_folder"]

@@ -30,7 +30,8 @@ from torch.utils.data import Dataset
 
 from cryoparticle.data.augment import Augment
 from cryoparticle.data.masks import disc_mask
-from cryoparticle.data.preprocess import bin_factor, bin_mask, fourier_bin, standardise
+from cryoparticle.data.preprocess import (Normalisation, bin_factor, bin_mask, fourier_bin,
+                                          standardise)
 from cryoparticle.errors import InputError, check_positive, file_error, param_error
 from cryoparticle.io.coords import empty_particles, micrograph_key, read_particles
 from cryoparticle.io.mrc import MASK_IGNORE, read_mask, read_micrograph
@@ -74,13 +75,15 @@ class SyntheticCropDataset(Dataset):
 
     Item ``i`` is simulated from the seed ``(seed, epoch, i)``: the same index always gives the
     same pair (whatever worker draws it), and :meth:`set_epoch` gives fresh data per epoch.
-    Items are ``(image (1, S, S) float32, mask (S, S) int64)`` with the image normalised to
-    zero mean and unit variance and the mask 1 = particle, 0 = background. ``augment`` is
-    applied with :func:`item_generator` ``(seed, epoch, i)``.
+    Items are ``(image (1, S, S) float32, mask (S, S) int64)`` with the image normalised
+    (``normalisation`` at the simulator's pixel size; None: as simulated, zero mean and unit
+    variance) and the mask 1 = particle, 0 = background. ``augment`` is applied with
+    :func:`item_generator` ``(seed, epoch, i)``.
     """
 
     def __init__(self, simulator: MicrographSimulator, length: int, crop_size: int,
-                 seed: int = 0, augment: Augment | None = None) -> None:
+                 seed: int = 0, augment: Augment | None = None,
+                 normalisation: Normalisation | None = None) -> None:
         if length < 0:
             raise param_error("length", length, "must be ≥ 0")
         if crop_size < 16:
@@ -92,6 +95,7 @@ class SyntheticCropDataset(Dataset):
             raise param_error("seed", seed, "must be ≥ 0")
         self.seed = int(seed)
         self.augment = augment
+        self.normalisation = normalisation
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -106,6 +110,8 @@ class SyntheticCropDataset(Dataset):
             raise IndexError(index)
         mic = self.simulator.simulate((self.seed, self.epoch, int(index)), self.crop_size,
                                       name=f"crop_{self.epoch}_{index}")
+        if self.normalisation is not None:
+            mic.image = self.normalisation(mic.image, self.simulator.pixel_size_a)
         image = torch.from_numpy(mic.image)[None]
         mask = torch.from_numpy(mic.mask.astype(np.int64))
         if self.augment is not None:
@@ -154,7 +160,8 @@ def load_labelled_micrograph(image_path: str | Path, label_path: str | Path | No
                              diameter_px: float | None = None,
                              target_pixel_size_a: float | None = None,
                              pixel_size_a: float | None = None,
-                             diameter_a: float | None = None) -> Micrograph:
+                             diameter_a: float | None = None,
+                             normalisation: Normalisation | None = None) -> Micrograph:
     """Read a micrograph and its ground truth as a :class:`Micrograph`, binned and standardised.
 
     * ``label_path``: a mask (``.png``/``.jpg``/``.tif``/``.mrc``, read by
@@ -170,8 +177,9 @@ def load_labelled_micrograph(image_path: str | Path, label_path: str | Path | No
       target is an :class:`InputError`), a mask by area majority, coordinates divided by the
       factor. When only one is known nothing is binned and that one is the pixel size
       (NaN when neither is).
-    * The image is standardised (zero mean, unit variance); the result's ``particles`` are in
-      pixels of the returned (binned) image; ``metadata`` records the files and ``bin_factor``.
+    * The image is normalised by ``normalisation`` (at the binned pixel size; None:
+      standardised, zero mean and unit variance); the result's ``particles`` are in pixels of
+      the returned (binned) image; ``metadata`` records the files and ``bin_factor``.
     """
     image_path = Path(image_path)
     diameter_px = check_positive("diameter_px", diameter_px, optional=True)
@@ -218,7 +226,9 @@ def load_labelled_micrograph(image_path: str | Path, label_path: str | Path | No
     if mask is None:
         mask = disc_mask(image.shape, particles)
     out_px = px * factor if px is not None else (target if target is not None else math.nan)
-    return Micrograph(name=name, image=standardise(image), mask=mask, pixel_size_a=float(out_px),
+    image = standardise(image) if normalisation is None else normalisation(
+        image, out_px if math.isfinite(out_px) else None)
+    return Micrograph(name=name, image=image, mask=mask, pixel_size_a=float(out_px),
                       particles=particles.reset_index(drop=True),
                       metadata={"image_path": str(image_path),
                                 "label_path": None if label_path is None else str(label_path),

@@ -30,7 +30,7 @@ from scipy import ndimage
 from cryoparticle.errors import param_error
 from cryoparticle.io.mrc import MASK_IGNORE
 
-TARGETS = ("disc", "refined")
+TARGETS = ("disc", "refined", "core")
 
 
 def _diameters(particles: pd.DataFrame, diameter_px: float | None) -> np.ndarray:
@@ -237,12 +237,16 @@ def target_mask(shape: tuple[int, int], particles: pd.DataFrame, *, target: str 
                 diameter_px: float | None = None, image: np.ndarray | None = None,
                 disc: np.ndarray | None = None, ring_px: float = 0.0,
                 far_ignore_px: float | None = None,
-                refine: dict[str, Any] | None = None) -> np.ndarray:
+                refine: dict[str, Any] | None = None, core_fraction: float = 0.5) -> np.ndarray:
     """The training target for picks: ``disc`` (``disc``, a disc mask already drawn, else drawn
-    from ``particles``) or ``refined`` (needs ``image``), then an :func:`ignore_ring` of
-    ``ring_px`` and, when ``far_ignore_px`` is given, :func:`ignore_far`.
+    from ``particles``), ``refined`` (needs ``image``) or ``core`` (:func:`core_mask`), then an
+    :func:`ignore_ring` of ``ring_px`` and, when ``far_ignore_px`` is given, :func:`ignore_far`.
     """
-    if target == "disc":
+    if target == "core":
+        full = np.array(disc, dtype=np.uint8) if disc is not None \
+            else disc_mask(shape, particles, diameter_px)
+        mask = core_mask(full, particles, core_fraction, diameter_px)
+    elif target == "disc":
         mask = np.array(disc, dtype=np.uint8) if disc is not None \
             else disc_mask(shape, particles, diameter_px)
     elif target == "refined":
@@ -256,6 +260,22 @@ def target_mask(shape: tuple[int, int], particles: pd.DataFrame, *, target: str 
     if far_ignore_px is not None:
         mask = ignore_far(mask, far_ignore_px)
     return mask
+
+
+def core_mask(disc: np.ndarray, particles: pd.DataFrame, core_fraction: float,
+              diameter_px: float | None = None) -> np.ndarray:
+    """Particle cores as the target: a disc of ``core_fraction`` × each particle's diameter
+    is particle (1), the rest of the particle discs ``disc`` is ignore (255), the background
+    stays 0. Crowded particles whose discs overlap keep separate cores, so the picks of a
+    network trained on them separate too; the uncertain rims do not count in the loss."""
+    fraction = float(core_fraction)
+    if not (0.0 < fraction <= 1.0):
+        raise param_error("core_fraction", core_fraction, "must be in (0, 1]")
+    diameters = _diameters(particles, diameter_px) * fraction
+    core = disc_mask(disc.shape, particles.assign(diameter=diameters))
+    out = np.where(np.asarray(disc) == 1, MASK_IGNORE, np.asarray(disc)).astype(np.uint8)
+    out[core == 1] = 1
+    return out
 
 
 # --------------------------------------------------------------------------- mask → picks

@@ -1,22 +1,30 @@
 """Micrograph preprocessing: normalisation and binning (Fourier cropping) to a pixel size.
 
-Every micrograph fed to a network goes through :func:`standardise` (zero mean, unit variance
-per micrograph); the scheme's name, :data:`NORMALISATION`, is stored in checkpoints so that
-prediction applies the same one. Binning never upsamples: :func:`bin_to_pixel_size` refuses a
-target pixel size finer than the source.
+Every micrograph fed to a network goes through a :class:`Normalisation`: the original
+:func:`standardise` (zero mean, unit variance per micrograph, named :data:`NORMALISATION`) or
+the robust :func:`normalise` (flat regions ignored, percentile clipping, optional removal of a
+smooth background, sigma-clipped centre and scale). Its :attr:`Normalisation.spec` string is
+stored in checkpoints so that prediction applies exactly the same one
+(:meth:`Normalisation.from_spec`; checkpoints from before the robust scheme hold
+:data:`NORMALISATION` and keep the standardisation). Binning never upsamples:
+:func:`bin_to_pixel_size` refuses a target pixel size finer than the source.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.fft
 import scipy.sparse
 import torch
+from scipy import ndimage
 
-from cryoparticle.errors import param_error
+from cryoparticle.errors import check_positive, param_error
 
 NORMALISATION = "per_micrograph_standardise"
 """Name of the normalisation applied by :func:`standardise` (stored in checkpoints)."""
@@ -184,5 +192,201 @@ def bin_to_pixel_size(image: np.ndarray, pixel_size_a: float, target_pixel_size_
     return fourier_bin(array, ratio), factor
 
 
-__all__ = ["NORMALISATION", "bin_factor", "bin_mask", "bin_to_pixel_size", "fourier_bin",
-           "standardise"]
+# ----------------------------------------------------------------------------- robust normalisation
+
+NORMALISATION_METHODS = ("standardise", "robust")
+# Sigma clipping of the centre and scale: half-width in robust sigmas, and iterations.
+_SIGMA_CLIP = 3.0
+_SIGMA_CLIP_ITERATIONS = 3
+# Background estimation works on a grid this many times coarser than its sigma (in pixels).
+_BACKGROUND_CELLS_PER_SIGMA = 4.0
+
+
+def flat_regions(image: np.ndarray) -> np.ndarray:
+    """Boolean ``(H, W)``: pixels in or next to a 3×3 window of one constant value.
+
+    A padding border, a saturated band or a constant fill is flat; noise never is (nine
+    equal values in a row). The one-pixel dilation drops the flat region's own rim too.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    constant = ndimage.maximum_filter(x, 3, mode="nearest") == ndimage.minimum_filter(
+        x, 3, mode="nearest")
+    return ndimage.binary_dilation(constant, iterations=1)
+
+
+def smooth_background(image: np.ndarray, sigma_px: float, valid: np.ndarray | None = None
+                      ) -> np.ndarray:
+    """A Gaussian-filtered background of ``image`` (``sigma_px``), ignoring invalid pixels.
+
+    Computed on a grid ``sigma_px / 4`` times coarser (block means, normalised convolution
+    over ``valid`` pixels) and interpolated back bilinearly: O(pixels) for any sigma.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    w = np.ones_like(x) if valid is None else valid.astype(np.float32)
+    step = max(1, int(sigma_px / _BACKGROUND_CELLS_PER_SIGMA))
+    h, wd = x.shape
+    hp, wp = -(-h // step) * step, -(-wd // step) * step
+    pad = ((0, hp - h), (0, wp - wd))
+    xs = np.pad(x * w, pad, mode="edge").reshape(hp // step, step, wp // step, step).sum((1, 3))
+    ws = np.pad(w, pad, mode="edge").reshape(hp // step, step, wp // step, step).sum((1, 3))
+    sigma = sigma_px / step
+    xs = ndimage.gaussian_filter(xs, sigma, mode="reflect")
+    ws = ndimage.gaussian_filter(ws, sigma, mode="reflect")
+    coarse = xs / np.maximum(ws, 1e-6)
+    # Coarse cell i is centred on fine coordinate (i + 0.5)·step − 0.5.
+    rows = (np.arange(h) + 0.5) / step - 0.5
+    cols = (np.arange(wd) + 0.5) / step - 0.5
+    grid = np.meshgrid(rows, cols, indexing="ij")
+    return ndimage.map_coordinates(coarse, grid, order=1, mode="nearest").astype(np.float32)
+
+
+def fit_plane(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """The least-squares plane ``a + b·row + c·column`` through the (valid) pixels, ``(H, W)``.
+
+    Removed before the Gaussian background, which cannot follow a gradient up to the edges.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    h, w = x.shape
+    rows, cols = np.mgrid[:h, :w]
+    sel = np.ones(x.shape, bool) if valid is None else valid
+    # Subsample: a plane needs few pixels, and this keeps 4096² micrographs cheap.
+    step = max(1, int(math.sqrt(sel.sum() / 65536)))
+    r, c, v = rows[::step, ::step], cols[::step, ::step], x[::step, ::step]
+    m = sel[::step, ::step]
+    design = np.stack([np.ones(m.sum()), r[m] / h, c[m] / w], axis=1)
+    coef = np.linalg.lstsq(design, v[m], rcond=None)[0]
+    return (coef[0] + coef[1] * rows / h + coef[2] * cols / w).astype(np.float32)
+
+
+def robust_centre_scale(values: np.ndarray) -> tuple[float, float]:
+    """Centre and scale of the main population of ``values``: median and MAD, then a few
+    rounds of the mean and standard deviation within ±3 of those sigmas."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        return 0.0, 0.0
+    centre = float(np.median(v))
+    scale = 1.4826 * float(np.median(np.abs(v - centre)))
+    if scale == 0.0:
+        scale = float(v.std())
+    for _ in range(_SIGMA_CLIP_ITERATIONS):
+        if scale == 0.0:
+            break
+        sel = v[np.abs(v - centre) <= _SIGMA_CLIP * scale]
+        if sel.size < 2:
+            break
+        centre, scale = float(sel.mean()), float(sel.std())
+    return centre, scale
+
+
+def normalise(image: np.ndarray, method: str = "robust",
+              clip_percentiles: Sequence[float] = (0.5, 99.5),
+              background_sigma_a: float | None = None, pixel_size_a: float | None = None
+              ) -> np.ndarray:
+    """Normalise a micrograph for a network; float32 ``(H, W)``.
+
+    * ``method="standardise"``: :func:`standardise` (zero mean, unit variance);
+    * ``method="robust"``: statistics come only from pixels outside flat regions
+      (:func:`flat_regions`: padding, constant bands); optionally the background is
+      subtracted: a least-squares plane (:func:`fit_plane`), then a Gaussian filter of
+      ``background_sigma_a`` Å at ``pixel_size_a`` Å/px over those pixels; values are
+      clipped to the ``clip_percentiles`` (%) of those pixels; the result is centred and scaled by :func:`robust_centre_scale`, so a carbon edge, an ice
+      blob or a border shifts neither the centre nor the scale. Flat pixels get 0.
+    A constant image gives zeros.
+    """
+    if method == "standardise":
+        return standardise(np.asarray(image))
+    if method != "robust":
+        raise param_error("normalisation.method", method,
+                          f"choose from {', '.join(NORMALISATION_METHODS)}")
+    x = np.asarray(image, dtype=np.float32)
+    lo_p, hi_p = _check_percentiles(clip_percentiles)
+    valid = ~flat_regions(x) if x.size else np.zeros(x.shape, bool)
+    if not valid.any():
+        return np.zeros(x.shape, dtype=np.float32)
+    if background_sigma_a is not None:
+        px = check_positive("pixel_size_a", pixel_size_a)
+        sigma_a = check_positive("background_sigma_a", background_sigma_a)
+        x = x - fit_plane(x, valid)
+        x = x - smooth_background(x, sigma_a / px, valid)
+    lo, hi = np.percentile(x[valid], [lo_p, hi_p])
+    x = np.clip(x, lo, hi)
+    centre, scale = robust_centre_scale(x[valid])
+    if scale == 0.0 or not math.isfinite(scale):
+        return np.zeros(x.shape, dtype=np.float32)
+    out = (x - centre) / scale
+    out[~valid] = 0.0
+    return out.astype(np.float32)
+
+
+def _check_percentiles(value: Sequence[float]) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not (0.0 <= lo < hi <= 100.0):
+        raise param_error("clip_percentiles", value, "must be [lo, hi] with 0 ≤ lo < hi ≤ 100")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """The normalisation of network inputs: the arguments of :func:`normalise`.
+
+    :attr:`spec` is the string stored in checkpoints; :meth:`from_spec` reads it back (and
+    :data:`NORMALISATION`, the name older checkpoints hold, as ``method="standardise"``).
+    """
+
+    method: str = "robust"
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    background_sigma_a: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in NORMALISATION_METHODS:
+            raise param_error("normalisation.method", self.method,
+                              f"choose from {', '.join(NORMALISATION_METHODS)}")
+        object.__setattr__(self, "clip_percentiles", _check_percentiles(self.clip_percentiles))
+        if self.background_sigma_a is not None:
+            object.__setattr__(self, "background_sigma_a",
+                               check_positive("background_sigma_a", self.background_sigma_a))
+
+    @classmethod
+    def from_spec(cls, spec: str | Mapping[str, Any] | Normalisation | None) -> Normalisation:
+        """From a stored spec string, a config mapping, or None (the old standardisation)."""
+        if isinstance(spec, Normalisation):
+            return spec
+        if spec is None or spec == NORMALISATION:
+            return cls(method="standardise")
+        if isinstance(spec, str):
+            try:
+                spec = json.loads(spec)
+            except json.JSONDecodeError:
+                raise param_error("normalisation", spec, "unknown normalisation (expected "
+                                  f"{NORMALISATION!r} or a JSON spec)") from None
+        if not isinstance(spec, Mapping):
+            raise param_error("normalisation", spec, "expected a mapping or a spec string")
+        try:
+            return cls(**{str(k): (tuple(v) if k == "clip_percentiles" else v)
+                          for k, v in spec.items() if k != "_target_"})
+        except TypeError as exc:
+            raise param_error("normalisation", dict(spec), str(exc)) from None
+
+    @property
+    def spec(self) -> str:
+        """The string stored in checkpoints (:data:`NORMALISATION` for the standardisation)."""
+        if self.method == "standardise":
+            return NORMALISATION
+        return json.dumps({"method": self.method, "clip_percentiles": list(self.clip_percentiles),
+                           "background_sigma_a": self.background_sigma_a}, sort_keys=True)
+
+    def __str__(self) -> str:
+        return self.spec
+
+    def __call__(self, image: np.ndarray, pixel_size_a: float | None = None) -> np.ndarray:
+        """Normalise ``image`` (at ``pixel_size_a`` Å/px, needed for background removal)."""
+        return normalise(image, self.method, self.clip_percentiles, self.background_sigma_a,
+                         pixel_size_a)
+
+
+__all__ = ["NORMALISATION", "Normalisation", "bin_factor", "bin_mask", "bin_to_pixel_size",
+           "fit_plane", "flat_regions", "fourier_bin", "normalise", "robust_centre_scale",
+           "smooth_background", "standardise"]

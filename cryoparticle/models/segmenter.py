@@ -138,7 +138,8 @@ class Segmenter(pl.LightningModule):
                  particle_diameter_a: float | None = None,
                  normalisation: str = "per_micrograph_standardise",
                  scheduler_monitor: str = "val/loss", picking_threshold: float = 0.5,
-                 freeze_network: bool = False, finetune_from: str | None = None) -> None:
+                 freeze_network: bool = False, finetune_from: str | None = None,
+                 extraction: dict | None = None) -> None:
         super().__init__()
         network = normalise_network_config(network)
         loss = _plain(loss) if loss is not None else dict(DEFAULT_LOSS)
@@ -157,6 +158,11 @@ class Segmenter(pl.LightningModule):
         picking_threshold = float(picking_threshold)
         freeze_network = bool(freeze_network)
         finetune_from = None if finetune_from in (None, "") else str(finetune_from)
+        extraction = _plain(extraction) or None
+        if extraction is not None:
+            from cryoparticle.picking.extract import check_extraction_options
+
+            extraction = check_extraction_options(extraction)
         self.save_hyperparameters()  # the (converted) arguments above, stored in checkpoints
 
         build_args = dict(network)
@@ -335,7 +341,8 @@ class Segmenter(pl.LightningModule):
                               "y": centres[:, 1], "diameter": diameter, "score": np.nan})
         counts = torch.zeros_like(self._pick_counts)
         for k, threshold in enumerate(PICK_THRESHOLDS):
-            picks = extract_particles(prob_np, diameter, threshold=threshold, micrograph="m")
+            picks = extract_particles(prob_np, diameter, threshold=threshold, micrograph="m",
+                                      **(self.hparams.get("extraction") or {}))
             result = precision_recall_f1(picks, truth, diameter / 2)
             counts[k] = torch.tensor([result["tp"], result["fp"], result["fn"]],
                                      dtype=torch.float64)
@@ -446,6 +453,7 @@ class Segmenter(pl.LightningModule):
         return {"pixel_size_a": hp.pixel_size_a, "particle_diameter_a": hp.particle_diameter_a,
                 "normalisation": hp.normalisation, "network": copy.deepcopy(dict(hp.network)),
                 "picking_threshold": hp.picking_threshold, "tile_size": hp.tile_size,
+                "extraction": copy.deepcopy(hp.get("extraction")),
                 "tile_overlap": hp.tile_overlap, "crf": copy.deepcopy(hp.crf)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

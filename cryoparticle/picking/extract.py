@@ -264,4 +264,27 @@ def estimate_diameter_px(prob: Any, threshold: float = 0.5, *, min_diameter_px: 
     return float(min(max(2.0 * radius, low), high))
 
 
-__all__ = ["estimate_diameter_px", "extract_particles"]
+#: Options of :func:`extract_particles` that a checkpoint may carry (``Segmenter(extraction=)``)
+EXTRACTION_OPTIONS = ("min_size_fraction", "max_size_fraction", "min_distance_fraction",
+                      "split_touching")
+
+
+def check_extraction_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Checked extraction options (the subset in :data:`EXTRACTION_OPTIONS`) as a plain dict."""
+    unknown = sorted(set(options) - set(EXTRACTION_OPTIONS))
+    if unknown:
+        raise param_error("extraction", unknown[0],
+                          f"unknown option; choose from {', '.join(EXTRACTION_OPTIONS)}")
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if name == "split_touching":
+            if not isinstance(value, bool):
+                raise param_error(f"extraction.{name}", value, "must be true or false")
+            out[name] = value
+        else:
+            out[name] = _check_fraction(f"extraction.{name}", value)
+    return out
+
+
+__all__ = ["EXTRACTION_OPTIONS", "check_extraction_options", "estimate_diameter_px",
+           "extract_particles"]

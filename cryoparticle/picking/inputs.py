@@ -4,7 +4,7 @@
 :func:`micrograph_names` gives each its output name; :func:`check_pixel_sizes` refuses
 header-less formats without ``micrograph_pixel_size_a``. :class:`MicrographFiles` (a
 ``Dataset`` read in DataLoader workers) reads each micrograph (MRC/MRCS single image, TIFF, PNG,
-JPEG), Fourier-bins it to the checkpoint's pixel size and standardises it as in training; a
+JPEG), Fourier-bins it to the checkpoint's pixel size and normalises it as in training (the checkpoint's normalisation); a
 micrograph that cannot be used (corrupt, truncated, a stack, NaN/Inf, constant, no pixel size,
 smaller than one particle) becomes an *error record*, not an exception, so the rest go on.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cryoparticle.data.preprocess import bin_factor, fourier_bin, standardise
+from cryoparticle.data.preprocess import bin_factor, fourier_bin
 from cryoparticle.errors import InputError, file_error, param_error
 from cryoparticle.io.checks import one_line
 from cryoparticle.io.mrc import MRC_SUFFIXES, read_micrograph
@@ -167,7 +167,7 @@ class MicrographFiles(Dataset):
         if shape != image.shape:
             image = fourier_bin(image, target / px)
         factor = (height / image.shape[0], width / image.shape[1])
-        return standardise(image), factor, float(px)
+        return self.settings.normalisation(image, target), factor, float(px)
 
 
 def first_record(batch: list[dict[str, Any]]) -> dict[str, Any]:

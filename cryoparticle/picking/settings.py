@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryoparticle.data.preprocess import NORMALISATION
-from cryoparticle.errors import file_error, param_error
+from cryoparticle.data.preprocess import Normalisation
+from cryoparticle.errors import InputError, file_error, param_error
 
 #: Coordinate formats and the file each writes (``NAME`` + suffix).
 FORMAT_SUFFIXES: dict[str, str] = {"star": ".star", "box": ".box", "csv": ".csv",
@@ -104,6 +104,7 @@ class Settings:
     overwrite: bool
     combined_star: str
     extraction: Extraction
+    normalisation: Normalisation = Normalisation("standardise")
 
     def outputs(self, name: str) -> list[Path]:
         """Every file written for micrograph ``name``; the STAR file (the done marker) last."""
@@ -148,10 +149,10 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
     if model_px is None or not math.isfinite(float(model_px)) or float(model_px) <= 0:
         raise file_error(ckpt_path, "checkpoint has no training pixel size (pixel_size_a); "
                                     "it cannot be used for picking")
-    normalisation = facts.get("normalisation")
-    if normalisation != NORMALISATION:
-        raise file_error(ckpt_path, f"checkpoint was trained with normalisation "
-                                    f"{normalisation!r}; this picker applies {NORMALISATION!r}")
+    try:
+        normalisation = Normalisation.from_spec(facts.get("normalisation"))
+    except InputError as exc:
+        raise file_error(ckpt_path, f"checkpoint's normalisation is unknown ({exc})") from None
     diameter = positive("particle_diameter_a", cfg.get("particle_diameter_a"))
     if diameter is None:
         diameter = facts.get("particle_diameter_a")
@@ -184,7 +185,10 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
         write_overlay=flag("write_overlay", cfg.get("write_overlay", False)),
         overwrite=flag("overwrite", cfg.get("overwrite", False)),
         combined_star=combined,
-        extraction=Extraction.from_config(cfg.get("extraction")),
+        extraction=Extraction.from_config({
+            **(facts.get("extraction") or {}),
+            **{k: v for k, v in (plain(cfg.get("extraction")) or {}).items() if v is not None}}),
+        normalisation=normalisation,
     )
 
 

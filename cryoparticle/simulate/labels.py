@@ -95,3 +95,24 @@ def instance_map(masks: torch.Tensor, centres_xy: torch.Tensor, height: int, wid
     canvas.scatter_reduce_(0, at.flat[keep], ids[:, None, None].expand_as(masks).reshape(-1)[keep],
                            reduce="amax")
     return at.crop(canvas)
+
+
+def disc_masks(diameters_px: torch.Tensor, box: int) -> torch.Tensor:
+    """Boolean discs ``(N, B, B)`` of the given diameters (pixels), centred on box index ``B//2``.
+
+    The label real ground truth draws (CryoPPP, most pickers' training sets): every pixel
+    within half a diameter of the particle centre.
+    """
+    c = torch.arange(box, dtype=torch.float32, device=diameters_px.device) - box // 2
+    r2 = c[:, None] ** 2 + c[None, :] ** 2
+    radius = diameters_px.to(torch.float32) / 2
+    return r2[None] <= (radius * radius)[:, None, None]
+
+
+def pad_boxes(boxes: torch.Tensor, box: int) -> torch.Tensor:
+    """Zero-pad boxes ``(N, b, b)`` to ``(N, box, box)`` keeping index ``b//2`` at ``box//2``."""
+    b = boxes.shape[-1]
+    if b == box:
+        return boxes
+    before = box // 2 - b // 2
+    return F.pad(boxes, (before, box - b - before, before, box - b - before))

@@ -81,3 +81,48 @@ def ice_gradient(height: int, width: int, rng: np.random.Generator, *, plane_fra
     field = (field - field.mean()) / field.std().clamp_min(1e-6)
     return F.interpolate(field[None, None], size=(height, width), mode="bilinear",
                          align_corners=True)[0, 0]
+
+
+def radial_frequency(shape: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """|k| on the ``rfft2`` grid of an image ``(H, W)``, in cycles per pixel (Nyquist = 0.5)."""
+    h, w = shape
+    ky = torch.fft.fftfreq(h, device=device)[:, None]
+    kx = torch.fft.rfftfreq(w, device=device)[None, :]
+    return torch.sqrt(kx * kx + ky * ky)
+
+
+def detector_mtf(k: torch.Tensor, mtf_at_nyquist: float) -> torch.Tensor:
+    """A detector's modulation transfer ``1 / (1 + (k/k_c)²)`` with ``k_c`` chosen so that it
+    equals ``mtf_at_nyquist`` at 0.5 cycles/pixel (1 = a perfect detector)."""
+    if not 0 < mtf_at_nyquist <= 1:
+        raise param_error("mtf_at_nyquist", mtf_at_nyquist, "must be in (0, 1]")
+    if mtf_at_nyquist == 1:
+        return torch.ones_like(k)
+    kc2 = 0.25 * mtf_at_nyquist / (1.0 - mtf_at_nyquist)
+    return 1.0 / (1.0 + k * k / kc2)
+
+
+def coloured_noise(shape: tuple[int, int], sigma: float, generator: torch.Generator, *,
+                   mtf_at_nyquist: float = 1.0, pink_fraction: float = 0.0,
+                   pink_exponent: float = 1.0, device: torch.device | str = "cpu"
+                   ) -> torch.Tensor:
+    """Gaussian noise ``(H, W)`` of standard deviation ``sigma`` with a coloured spectrum.
+
+    Power spectrum ``(1 − p)·MTF(k)²/⟨MTF²⟩ + p·k^(−exponent)/⟨k^(−exponent)⟩`` (``p`` =
+    ``pink_fraction``: the share of the variance in the 1/f background, ``k`` in cycles/pixel;
+    the DC term is zero). White noise is ``mtf_at_nyquist=1, pink_fraction=0``.
+    """
+    if not 0 <= pink_fraction <= 1:
+        raise param_error("pink_fraction", pink_fraction, "must be in [0, 1]")
+    k = radial_frequency(shape, device)
+    white = detector_mtf(k, mtf_at_nyquist) ** 2
+    white = white / white.mean()
+    power = (1.0 - pink_fraction) * white
+    if pink_fraction > 0:
+        pink = k.clamp_min(1.0 / max(shape)).pow(-float(pink_exponent))
+        power = power + pink_fraction * pink / pink.mean()
+    power[0, 0] = 0.0
+    h, w = shape
+    noise = torch.randn(shape, generator=generator, device=device)
+    out = torch.fft.irfft2(torch.fft.rfft2(noise) * power.sqrt(), s=(h, w))
+    return out * (sigma / out.std().clamp_min(1e-12))

@@ -30,14 +30,16 @@ def max_particles(height: int, width: int, min_distance_px: float) -> int:
 def place_particles(n: int, height: int, width: int, min_distance_px: float,
                     rng: np.random.Generator,
                     excluded: Callable[[np.ndarray], np.ndarray] | None = None,
-                    max_rounds: int = 64, strict: bool = True) -> np.ndarray:
+                    max_rounds: int = 64, strict: bool = True,
+                    sampler: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
     """``n`` integer centres ``(n, 2)`` as ``(x, y)`` in ``[0, width) × [0, height)``.
 
     Centres may lie anywhere in the micrograph, so particles near the border are cut by it.
     ``min_distance_px`` below the particle diameter lets particles overlap; ``excluded(xy)``
     returns True for centres that must not be used (contaminants, carbon). With ``strict``,
     failing to place all ``n`` is an :class:`InputError`; otherwise as many as fit are returned
-    (a number drawn from a density, in a crop mostly covered by a contaminant).
+    (a number drawn from a density, in a crop mostly covered by a contaminant). ``sampler(k)``
+    draws ``k`` candidate centres ``(k, 2)`` (default: uniform), e.g. :func:`clustered_sampler`.
     """
     if n < 0:
         raise param_error("n_particles", n, "must be ≥ 0")
@@ -52,8 +54,11 @@ def place_particles(n: int, height: int, width: int, min_distance_px: float,
         need = n - len(accepted)
         if need <= 0:
             break
-        cand = np.stack([rng.integers(0, width, 4 * need + 16),
-                         rng.integers(0, height, 4 * need + 16)], axis=1)
+        if sampler is None:
+            cand = np.stack([rng.integers(0, width, 4 * need + 16),
+                             rng.integers(0, height, 4 * need + 16)], axis=1)
+        else:
+            cand = sampler(4 * need + 16)
         ok = np.ones(len(cand), dtype=bool)
         if excluded is not None:
             ok &= ~excluded(cand)
@@ -75,3 +80,24 @@ def place_particles(n: int, height: int, width: int, min_distance_px: float,
                           f"{width}×{height} px at a minimum centre distance of "
                           f"{min_distance_px:.1f} px outside contaminants")
     return accepted
+
+
+def clustered_sampler(height: int, width: int, rng: np.random.Generator, n_clusters: int,
+                      fraction: float, spread_px: float) -> Callable[[int], np.ndarray]:
+    """Candidate centres for aggregated particles: a share ``fraction`` drawn around
+    ``n_clusters`` uniform cluster centres (Gaussian offsets of ``spread_px``), the rest uniform.
+    """
+    seeds = np.stack([rng.uniform(0, width, max(n_clusters, 1)),
+                      rng.uniform(0, height, max(n_clusters, 1))], axis=1)
+
+    def sample(k: int) -> np.ndarray:
+        xy = np.stack([rng.uniform(0, width, k), rng.uniform(0, height, k)], axis=1)
+        near = rng.uniform(size=k) < fraction
+        pick = seeds[rng.integers(0, len(seeds), k)] + rng.normal(0, spread_px, (k, 2))
+        xy[near] = pick[near]
+        xy = np.floor(xy).astype(np.int64)
+        xy[:, 0] = np.clip(xy[:, 0], 0, width - 1)
+        xy[:, 1] = np.clip(xy[:, 1], 0, height - 1)
+        return xy
+
+    return sample

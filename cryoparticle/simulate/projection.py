@@ -51,7 +51,7 @@ class FourierProjector:
     interpolation in Fourier space is accurate. Each slice is sampled only at the ``box``
     frequencies of a ``box²`` image (spacing ``P/box`` on the padded spectrum), which is exact
     for density inside the sphere inscribed in the box (its projections fit in the box; see
-    :func:`cryoparticle.simulate.micrograph.tight_box`), and only on the half-plane
+    :func:`cryoparticle.simulate.species.tight_box`), and only on the half-plane
     ``kx ≥ 0`` (Hermitian symmetry, ``irfft2``): ``box·(box/2+1)`` interpolations per projection.
     """
 

@@ -32,6 +32,10 @@ ATOM_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
 DEFAULT_VOLUME_NAMES = ("default", "beta_galactosidase")
 #: The packaged β-galactosidase map (PDB 5A1A), relative to the ``cryoparticle`` package.
 DEFAULT_VOLUME_RESOURCE = ("data", "volumes", "beta_galactosidase_5a1a.mrc")
+#: Every packaged map by name (3.54 Å/voxel, made by ``scripts/make_default_volume.py``):
+#: β-galactosidase (PDB 5A1A) and human apoferritin (PDB 6Z6U, the 24-mer).
+PACKAGED_VOLUMES = {**{name: DEFAULT_VOLUME_RESOURCE for name in DEFAULT_VOLUME_NAMES},
+                    "apoferritin": ("data", "volumes", "apoferritin_6z6u.mrc")}
 #: Its voxel size: 2 × the EMPIAR-10017 pixel size (1.77 Å).
 DEFAULT_VOLUME_PIXEL_SIZE_A = 3.54
 
@@ -374,9 +378,10 @@ def _suffix_kind(path: Path) -> str | None:
     return None
 
 
-def default_volume_path():
-    """The packaged β-galactosidase map as a ``Traversable`` (open it via ``resources.as_file``)."""
-    return importlib.resources.files("cryoparticle").joinpath(*DEFAULT_VOLUME_RESOURCE)
+def default_volume_path(name: str = "default"):
+    """A packaged map (default: β-galactosidase) as a ``Traversable`` (open it via
+    ``resources.as_file``); ``name`` is a key of :data:`PACKAGED_VOLUMES`."""
+    return importlib.resources.files("cryoparticle").joinpath(*PACKAGED_VOLUMES[name])
 
 
 def load_volume(source: str | Path, pixel_size_a: float, *,
@@ -389,7 +394,7 @@ def load_volume(source: str | Path, pixel_size_a: float, *,
       :func:`resample_volume`.
     - ``.pdb``/``.ent``/``.cif``/``.mmcif`` (optionally ``.gz``): :func:`density_from_atoms`.
     - ``"default"`` or ``"beta_galactosidase"``: the packaged β-galactosidase map (PDB 5A1A,
-      3.54 Å/voxel), resampled.
+      3.54 Å/voxel), resampled; ``"apoferritin"``: the packaged apoferritin map (PDB 6Z6U).
 
     ``box_size`` (even) crops or pads the result about its centre (index ``box // 2``).
     Returns a cubic ``float32`` array indexed ``[z, y, x]``.
@@ -400,8 +405,8 @@ def load_volume(source: str | Path, pixel_size_a: float, *,
         source_pixel_size_a = _check_pixel_size("source_pixel_size_a", source_pixel_size_a)
     from cryoparticle.io.mrc import read_volume
 
-    if isinstance(source, str) and source.strip().lower() in DEFAULT_VOLUME_NAMES:
-        with importlib.resources.as_file(default_volume_path()) as packaged:
+    if isinstance(source, str) and source.strip().lower() in PACKAGED_VOLUMES:
+        with importlib.resources.as_file(default_volume_path(source.strip().lower())) as packaged:
             if not packaged.exists():
                 raise file_error(packaged, "no such file (the package data is missing; "
                                  "run scripts/make_default_volume.py)")
@@ -414,7 +419,8 @@ def load_volume(source: str | Path, pixel_size_a: float, *,
         raise file_error(path, "no such file")
     if kind is None:
         raise file_error(path, "unknown volume type: expected a map (.mrc, .map, .mrcs), an "
-                         "atomic model (.pdb, .ent, .cif, .mmcif, optionally .gz), or 'default'")
+                         "atomic model (.pdb, .ent, .cif, .mmcif, optionally .gz), or one of "
+                         + ", ".join(repr(n) for n in PACKAGED_VOLUMES))
     if kind == "atoms":
         return density_from_atoms(path, pixel_size_a, box_size)
     vol, src_px = read_volume(path, source_pixel_size_a)

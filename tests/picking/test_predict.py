@@ -24,6 +24,7 @@ from PIL import Image
 
 from cryoparticle.config import compose, simulator_config
 from cryoparticle.errors import InputError
+from cryoparticle.models.segmenter import Segmenter
 from cryoparticle.io.mrc import write_mrc
 from cryoparticle.picking.inputs import list_micrographs, micrograph_names
 from cryoparticle.picking.module import fitted_tile
@@ -509,7 +510,7 @@ def test_micrograph_smaller_than_a_particle_is_one_line_and_the_others_are_picke
     assert len(lines) == 1 and "tiny.mrc:" in lines[0] and "smaller than one particle" in \
         lines[0], lines
     assert not (out / "tiny.star").exists()
-    picks = starfile.read(out / "wide.star", always_dict=True)["particles"]
+    picks = next(iter(starfile.read(out / "wide.star", always_dict=True).values()))
     precision, recall = match(picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float),
                               sims[1]["wide"][["x", "y"]].to_numpy(float))
     assert precision >= 0.8 and recall >= 0.8
@@ -627,7 +628,7 @@ def test_config_holds_every_parameter():
                        "tile_batch_size": None, "fit_tiles": True,
                        "num_workers": 2}.items():
         assert cfg[key] == value, key
-    assert cfg.extraction.min_distance_fraction == 0.5 and cfg.extraction.border_px == 0
+    assert cfg.extraction.min_distance_fraction is None and cfg.extraction.border_px == 0
     assert {"accelerator", "devices", "strategy"} <= set(cfg.trainer)
     missing = compose("predict")
     from omegaconf import OmegaConf
@@ -732,3 +733,24 @@ def test_relion_extracts_our_picks_unchanged_and_centred(ckpt, tmp_path, monkeyp
           + ", ".join(f"{k} {v:.2f}" for k, v in contrasts.items()))
     assert contrast >= CENTRED, (contrast, contrasts)    # measured: 19.9
     assert all(value < CENTRED for value in contrasts.values()), contrasts  # 0.05, 0.07
+
+
+def test_extraction_options_come_from_the_checkpoint_unless_given(tmp_path):
+    """A checkpoint trained with its own extraction options (e.g. smaller particle cores) is
+    picked with them; an option given on the command line wins; the rest keep the defaults."""
+    from cryoparticle.picking.settings import build_settings
+
+    facts = {"pixel_size_a": 7.08, "particle_diameter_a": 190.0, "picking_threshold": 0.4,
+             "normalisation": "per_micrograph_standardise",
+             "extraction": {"min_size_fraction": 0.05, "min_distance_fraction": 0.4}}
+    cfg = compose("predict", ["ckpt_path=a", "input=b", f"output_dir={tmp_path}"])
+    settings = build_settings(cfg, facts, tmp_path / "a.ckpt")
+    assert settings.extraction.min_size_fraction == 0.05
+    assert settings.extraction.min_distance_fraction == 0.4
+    assert settings.extraction.max_size_fraction == 3.0 and settings.extraction.split_touching
+    cfg = compose("predict", ["ckpt_path=a", "input=b", f"output_dir={tmp_path}",
+                              "extraction.min_size_fraction=0.3"])
+    assert build_settings(cfg, facts, tmp_path / "a.ckpt").extraction.min_size_fraction == 0.3
+    with pytest.raises(InputError, match="extraction"):
+        Segmenter(network={"name": "unet", "backbone": "resnet18"},
+                  extraction={"min_size_fraction": -1.0})
