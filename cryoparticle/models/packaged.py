@@ -10,15 +10,18 @@ general.md``.
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 import tempfile
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cryoparticle.errors import file_error, param_error
+from cryoparticle.errors import exit_on_input_error, file_error, param_error
 
 PACKAGED = {"general": "general.ckpt"}
 """Name → file in ``cryoparticle/models/weights/`` of every checkpoint the package ships."""
@@ -83,4 +86,33 @@ def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
     return target
 
 
-__all__ = ["PACKAGED", "export_checkpoint", "packaged_checkpoint", "resolve_checkpoint"]
+@exit_on_input_error
+def main(argv: Sequence[str] | None = None) -> Path:
+    """``python -m cryoparticle.models.packaged export SOURCE [TARGET] [--full-precision]
+    [--estimate-diameter]``: a shippable checkpoint (default target: the packaged general
+    model's file in this checkout)."""
+    parser = argparse.ArgumentParser(prog="python -m cryoparticle.models.packaged",
+                                     description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="slim a training checkpoint for shipping")
+    export.add_argument("source", type=Path)
+    export.add_argument("target", type=Path, nargs="?", default=None)
+    export.add_argument("--full-precision", action="store_true",
+                        help="keep float32 weights (default: float16)")
+    export.add_argument("--estimate-diameter", action="store_true",
+                        help="predict.py estimates the particle diameter per micrograph")
+    args = parser.parse_args(argv)
+    target = args.target or Path(str(resources.files("cryoparticle.models") / "weights"
+                                     / PACKAGED["general"]))
+    out = export_checkpoint(args.source, target, half=not args.full_precision,
+                            extra={"estimate_diameter": bool(args.estimate_diameter),
+                                   "source": args.source.name})
+    print(f"{out}: {out.stat().st_size / 1e6:.1f} MB", file=sys.stdout)
+    return out
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["PACKAGED", "export_checkpoint", "main", "packaged_checkpoint", "resolve_checkpoint"]

@@ -1,0 +1,84 @@
+"""Shipping checkpoints: export (slim, half precision), resolution of the packaged model."""
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from cryoparticle.errors import InputError
+from cryoparticle.models import packaged
+from cryoparticle.models.segmenter import Segmenter, load_segmenter
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A Lightning checkpoint of a small U-Net after two optimizer steps (optimizer state in)."""
+    pl.seed_everything(0, verbose=False)
+    seg = Segmenter({"name": "unet", "backbone": "resnet18", "encoder_depth": 3,
+                     "decoder_channels": [16, 8, 8]}, pixel_size_a=7.08,
+                    particle_diameter_a=190.0, extraction={"min_size_fraction": 0.05})
+    data = [(torch.randn(1, 32, 32), torch.randint(0, 2, (32, 32))) for _ in range(4)]
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(seg, torch.utils.data.DataLoader(data, batch_size=2))
+    path = tmp_path_factory.mktemp("ckpt") / "trained.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_export_is_slim_half_precision_and_predicts_as_trained(trained, tmp_path):
+    out = packaged.export_checkpoint(trained, tmp_path / "general.ckpt",
+                                     extra={"estimate_diameter": True})
+    raw = torch.load(out, map_location="cpu", weights_only=True)
+    assert "optimizer_states" not in raw and "callbacks" not in raw
+    assert all(v.dtype == torch.float16 for v in raw["state_dict"].values()
+               if v.is_floating_point())
+    assert raw["cryoparticle"]["export"] == {"half": True, "estimate_diameter": True}
+    assert out.stat().st_size < 0.5 * trained.stat().st_size
+    full, slim = load_segmenter(trained).eval(), load_segmenter(out).eval()
+    assert next(slim.parameters()).dtype == torch.float32  # cast back on load
+    assert slim.inference_facts()["extraction"] == {"min_size_fraction": 0.05}
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        a, b = full.predict_proba(x), slim.predict_proba(x)
+    assert torch.allclose(a, b, atol=2e-2)  # float16 weights: probabilities within 0.02
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+
+
+def test_export_cli_and_bad_sources(trained, tmp_path, capsys):
+    target = tmp_path / "out.ckpt"
+    assert packaged.main(["export", str(trained), str(target), "--estimate-diameter"]) == target
+    assert "MB" in capsys.readouterr().out
+    raw = torch.load(target, map_location="cpu", weights_only=True)
+    assert raw["cryoparticle"]["export"]["estimate_diameter"] is True
+    with pytest.raises(InputError, match="checkpoint not found"):
+        packaged.export_checkpoint(tmp_path / "missing.ckpt", target)
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="junk.ckpt: not a readable checkpoint"):
+        packaged.export_checkpoint(tmp_path / "junk.ckpt", target)
+    with pytest.raises(SystemExit) as exit_info:
+        packaged.main(["export", str(tmp_path / "missing.ckpt"), str(target)])
+    assert exit_info.value.code == 2
+    assert "missing.ckpt: checkpoint not found" in capsys.readouterr().err
+
+
+def test_packaged_names_resolve_and_a_missing_file_is_one_line(monkeypatch, tmp_path):
+    assert packaged.resolve_checkpoint("my.ckpt") == Path("my.ckpt")
+    with pytest.raises(InputError, match="not a packaged model"):
+        packaged.packaged_checkpoint("other")
+    monkeypatch.setitem(packaged.PACKAGED, "general", "no_such_file.ckpt")
+    with pytest.raises(InputError, match="packaged 'general' model is missing"):
+        packaged.resolve_checkpoint(None)
+
+
+def test_the_shipped_general_model_loads():
+    try:
+        path = packaged.packaged_checkpoint("general")
+    except InputError:
+        pytest.skip("the general model is not in this checkout (cryoparticle/models/weights/)")
+    assert path.stat().st_size < 25e6
+    seg = load_segmenter(path)
+    facts = seg.inference_facts()
+    assert facts["pixel_size_a"] == pytest.approx(7.08)
+    assert "robust" in facts["normalisation"]
