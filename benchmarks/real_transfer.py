@@ -1,0 +1,219 @@
+"""Picking on real micrographs, every picker measured the same way: our checkpoints (the shipped
+general model, a simulation-only one, ...) and Topaz's shipped general model, side by side.
+
+    python benchmarks/real_transfer.py [--data-dir DIR] [--ckpt general=general]
+        [--ckpt sim-only=PATH] [--micrographs all|test] [--topaz PATH_TO_topaz] [--out NAME]
+
+Datasets (``--data-dir``, see ``benchmarks/_common.py``): EMPIAR-10017 (10 denoised 4096²
+JPGs, 1.77 Å/px, CryoPPP discs of 108 px, striped border excluded), EMPIAR-10059 and
+EMPIAR-10947 (10 raw-looking 1024² PNGs each, crowded CryoPPP discs drawn at 256²). The PNGs
+carry no pixel size: they are given the pixel size at which their measured disc diameter (36 and
+60 px) is the particle diameter the general model was trained with (191 Å and 212 Å), the same
+convention as ``data=general``. Truth = the disc centres recovered from the masks
+(:func:`cryoparticle.data.masks.centres_from_mask`); a pick matches a true centre within half
+the diameter (Hungarian matching, :mod:`cryoparticle.picking.evaluate`), pooled over the
+micrographs of a dataset.
+
+For each picker: precision/recall/F1 at its own threshold (ours: the one stored in the
+checkpoint; Topaz: score 0, its documented default), the best F1 over all thresholds with that
+threshold, and the average precision. ``--micrographs test`` uses only the test micrographs of
+``data=general`` (never trained on); ``all`` uses every micrograph (for checkpoints that saw no
+real pixels). Writes ``benchmarks/results/<out>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA_DIR_HELP, DEFAULT_DATA_DIR, ROOT, write_results  # noqa: E402
+
+from cryoparticle.data.borders import border_mask, border_widths  # noqa: E402
+from cryoparticle.data.masks import centres_from_mask  # noqa: E402
+from cryoparticle.io.coords import read_star, read_topaz  # noqa: E402
+from cryoparticle.io.mrc import read_mask, read_micrograph, write_mrc  # noqa: E402
+from cryoparticle.picking.evaluate import (average_precision, best_f1_threshold,  # noqa: E402
+                                           precision_recall_f1)
+
+#: name → (folder, pixel size Å/px of the files, disc diameter px of the files, mask scale,
+#: test micrograph of data=general)
+DATASETS = {
+    "EMPIAR-10017": ("empiar-10017", 1.77, 108.0, 1, "Falcon_2012_06_12-15_41_22_0"),
+    "EMPIAR-10059": ("empiar-10059", 191.0 / 36.0, 36.0, 4, "stack_0255_2x_dfpt_10059"),
+    "EMPIAR-10947": ("empiar-10947", 212.0 / 60.0, 60.0, 4,
+                     "FoilHole_15962087_Data_15972812_15972814_20211215_190400_EER_10947"),
+}
+TOPAZ_PIXEL_SIZE_A = 7.08   # Topaz's pickers see micrographs binned to about the model scale
+
+
+def dataset_inputs(name: str, data_dir: Path, which: str, work: Path) -> dict[str, Any]:
+    """MRC copies (pixel size in the header) of a dataset's micrographs, their truth, borders."""
+    folder, px, diameter, scale, test = DATASETS[name]
+    mics = sorted((data_dir / folder / "micrographs").glob("*.*"))
+    if which == "test":
+        mics = [m for m in mics if m.stem == test]
+    out = work / folder
+    out.mkdir(parents=True, exist_ok=True)
+    paths, truths, borders = [], [], {}
+    for mic in mics:
+        image, _ = read_micrograph(mic)
+        path = out / f"{mic.stem}.mrc"
+        if not path.exists():
+            write_mrc(path, image.astype(np.float32), px)
+        mask_file = next((data_dir / folder / "masks").glob(f"{mic.stem}_mask.*"))
+        mask = read_mask(mask_file) if scale == 1 else None
+        if mask is None or not set(np.unique(mask)) <= {0, 1, 255}:
+            raw = np.asarray(read_micrograph(mask_file)[0])
+            mask = (raw > 127).astype(np.uint8)
+        if scale > 1:
+            mask = np.kron(mask, np.ones((scale, scale), np.uint8))
+        truth = centres_from_mask(mask, diameter, tolerance_px=max(0.75, scale),
+                                  micrograph=mic.stem)
+        borders[mic.stem] = border_mask(image.shape, border_widths(image))
+        truths.append(truth)
+        paths.append(path)
+    return {"paths": paths, "truth": pd.concat(truths, ignore_index=True), "borders": borders,
+            "pixel_size_a": px, "diameter_px": diameter}
+
+
+def inside(picks: pd.DataFrame, borders: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Picks (or truth) not on a micrograph's border artefact."""
+    keep = np.ones(len(picks), bool)
+    for i, (mic, x, y) in enumerate(picks[["micrograph", "x", "y"]].itertuples(index=False)):
+        border = borders[mic]
+        row = min(max(int(round(y)), 0), border.shape[0] - 1)
+        col = min(max(int(round(x)), 0), border.shape[1] - 1)
+        keep[i] = not border[row, col]
+    return picks[keep].reset_index(drop=True)
+
+
+def scores(picks: pd.DataFrame, truth: pd.DataFrame, radius: float, threshold: float
+           ) -> dict[str, Any]:
+    at = precision_recall_f1(picks[picks["score"] >= threshold], truth, radius)
+    best_threshold, best_f1 = best_f1_threshold(picks, truth, radius)
+    return {"threshold": threshold, "precision": at["precision"], "recall": at["recall"],
+            "f1": at["f1"], "best_f1": best_f1, "best_threshold": best_threshold,
+            "ap": average_precision(picks, truth, radius), "n_picks": int((picks["score"]
+                                                                           >= threshold).sum()),
+            "n_truth": len(truth)}
+
+
+def run_ours(ckpt: str, data: dict[str, Any], out: Path) -> tuple[pd.DataFrame, float, float]:
+    """All candidates (threshold 0.05, scores = mean probability) and the stored threshold."""
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [sys.executable, str(ROOT / "predict.py"), f"input=[{','.join(map(str, data['paths']))}]",
+           f"output_dir={out}", "threshold=0.05", "progress_bar=false", "num_workers=0"]
+    cmd.append(f"ckpt_path={ckpt}")
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"predict.py failed ({ckpt}):\n{result.stderr[-2000:]}")
+    from cryoparticle.models.packaged import resolve_checkpoint
+    from cryoparticle.models.segmenter import load_segmenter
+
+    stored = float(load_segmenter(resolve_checkpoint(None if ckpt == "general" else ckpt))
+                   .inference_facts()["picking_threshold"])
+    picks = pd.concat([read_star(out / f"{p.stem}.star").assign(micrograph=p.stem)
+                       for p in data["paths"]], ignore_index=True)
+    return picks, stored, wall / len(data["paths"])
+
+
+def run_topaz(topaz: Path, data: dict[str, Any], out: Path) -> tuple[pd.DataFrame, float]:
+    """Topaz 0.3's shipped general picker (resnet16_u64) on the micrographs binned to about
+    7.08 Å/px (integer factor), radius half the particle diameter there; all picks with scores
+    (threshold −6) for the curve."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    factor = max(1, int(round(TOPAZ_PIXEL_SIZE_A / data["pixel_size_a"])))
+    radius = max(3, int(round(data["diameter_px"] / factor / 2)))
+    start = time.perf_counter()
+    pre = subprocess.run([str(topaz), "preprocess", "-s", str(factor), "-d", "-1", "-o",
+                          str(out / "pre"), *map(str, data["paths"])], capture_output=True,
+                         text=True)
+    if pre.returncode != 0:
+        sys.exit(f"topaz preprocess failed:\n{pre.stderr[-2000:]}")
+    picks_file = out / "picks.txt"
+    ext = subprocess.run([str(topaz), "extract", "-m", "resnet16_u64", "-r", str(radius), "-x",
+                          str(factor), "-t", "-6", "-d", "-1", "-o", str(picks_file),
+                          *map(str, sorted((out / "pre").glob("*.mrc")))], capture_output=True,
+                         text=True)
+    if ext.returncode != 0:
+        sys.exit(f"topaz extract failed:\n{ext.stderr[-2000:]}")
+    wall = time.perf_counter() - start
+    return read_topaz(picks_file, data["diameter_px"]), wall / len(data["paths"])
+
+
+def table(record: dict[str, Any]) -> str:
+    lines = ["| dataset | picker | micrographs | threshold | P | R | F1 | best F1 (at) | AP |"
+             " s / micrograph |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, pickers in record["results"].items():
+        for picker, r in pickers.items():
+            lines.append(f"| {name} | {picker} | {r['n_micrographs']} | {r['threshold']:.2f} | "
+                         f"{r['precision']:.3f} | {r['recall']:.3f} | **{r['f1']:.3f}** | "
+                         f"{r['best_f1']:.3f} ({r['best_threshold']:.2f}) | {r['ap']:.3f} | "
+                         f"{r['s_per_micrograph']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
+    parser.add_argument("--ckpt", action="append", default=None, metavar="NAME=PATH",
+                        help="a checkpoint to measure (repeatable; PATH 'general' = the "
+                             "shipped model; default: general=general)")
+    parser.add_argument("--micrographs", choices=["all", "test"], default="all")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--topaz", type=Path, default=None,
+                        help="the topaz executable (pip install topaz-em); omitted: not run")
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "transfer")
+    parser.add_argument("--out", default="real_transfer")
+    args = parser.parse_args(argv)
+    if not (args.data_dir / "empiar-10017").is_dir():
+        sys.exit(f"{args.data_dir}: no empiar-10017/ here; give --data-dir")
+    ckpts = dict(item.split("=", 1) for item in (args.ckpt or ["general=general"]))
+    record: dict[str, Any] = {"micrographs": args.micrographs, "results": {},
+                              "checkpoints": ckpts, "matching": "Hungarian, radius d/2, pooled"}
+    for name in args.datasets:
+        data = dataset_inputs(name, args.data_dir, args.micrographs, args.work / "inputs")
+        truth = inside(data["truth"], data["borders"])
+        radius = data["diameter_px"] / 2
+        record["results"][name] = {}
+        runs = {f"ours: {label}": ("ours", ckpt) for label, ckpt in ckpts.items()}
+        if args.topaz is not None:
+            runs["Topaz resnet16_u64 (shipped)"] = ("topaz", str(args.topaz))
+        for picker, (kind, where) in runs.items():
+            out = args.work / "picks" / name / picker.replace(" ", "_").replace(":", "")
+            if kind == "ours":
+                picks, threshold, speed = run_ours(where, data, out)
+            else:
+                (picks, speed), threshold = run_topaz(Path(where), data, out), 0.0
+            picks = inside(picks, data["borders"])
+            result = scores(picks, truth, radius, threshold)
+            result.update({"n_micrographs": len(data["paths"]), "s_per_micrograph": speed})
+            record["results"][name][picker] = result
+            print(f"{name:14s} {picker:32s} F1 {result['f1']:.3f} (P {result['precision']:.3f}"
+                  f" R {result['recall']:.3f}) best {result['best_f1']:.3f} AP "
+                  f"{result['ap']:.3f}", flush=True)
+    markdown = table(record)
+    print(markdown)
+    results = ROOT / "benchmarks" / "results"
+    write_results(results / f"{args.out}.json", record,
+                  {"DATA_DIR": args.data_dir, "WORK_DIR": args.work})
+    (results / f"{args.out}.md").write_text(markdown + "\n", encoding="utf-8")
+    return record
+
+
+if __name__ == "__main__":
+    main()
