@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader
 
 from cryoparticle.errors import InputError, file_error, param_error
 from cryoparticle.io.checks import one_line
+from cryoparticle.models.packaged import export_facts, resolve_checkpoint
 from cryoparticle.picking.inputs import (
     MicrographFiles,
     check_pixel_sizes,
@@ -67,6 +68,35 @@ from cryoparticle.picking.writers import (
 )
 
 
+#: Appended to a checkpoint that cannot be loaded: what the user can do about it.
+CHECKPOINT_ADVICE = ("use a checkpoint trained by this version (python train.py), or omit "
+                     "ckpt_path to pick with the packaged general model")
+
+
+def _optional(cfg: Mapping[str, Any], key: str) -> Any:
+    try:
+        value = cfg.get(key)
+    except Exception:  # noqa: BLE001 - omegaconf MissingMandatoryValue (???): not given
+        return None
+    return None if value is None or str(value).strip() == "" else str(value).strip()
+
+
+def load_picker(ckpt_path: Path) -> tuple[pl.LightningModule, dict[str, Any]]:
+    """The segmenter of ``ckpt_path`` and its facts: ``Segmenter.inference_facts()`` plus
+    ``export`` (:func:`~cryoparticle.models.packaged.export_facts`: e.g. the general model's
+    ``estimate_diameter``). A file that is not a Segmenter checkpoint of this version (another
+    network, an older layout) raises one-line :class:`InputError` saying what to do."""
+    from cryoparticle.models.segmenter import load_segmenter
+
+    if not ckpt_path.is_file():
+        raise file_error(ckpt_path, "checkpoint not found")
+    try:
+        segmenter = load_segmenter(ckpt_path)
+    except InputError as exc:
+        raise InputError(f"{one_line(exc)}; {CHECKPOINT_ADVICE}") from None
+    return segmenter, {**segmenter.inference_facts(), "export": export_facts(ckpt_path)}
+
+
 def run(cfg: Mapping[str, Any]) -> PredictSummary:
     """Pick particles as ``cfg`` (``cryoparticle/conf/predict.yaml``) says; returns the
     summary (printed).
@@ -77,23 +107,20 @@ def run(cfg: Mapping[str, Any]) -> PredictSummary:
     """
     from hydra.utils import instantiate
 
-    from cryoparticle.models.segmenter import load_segmenter
-
     quiet_lightning()
-    for key in ("ckpt_path", "input", "output_dir"):
+    for key in ("input", "output_dir"):
         try:
             value = cfg.get(key)
         except Exception:  # noqa: BLE001 - omegaconf MissingMandatoryValue: the value is ???
             value = None
         if value is None or str(value).strip() == "":
-            raise param_error(key, value, "is required: python predict.py ckpt_path=CKPT "
-                                          "input=PATH output_dir=DIR")
-    ckpt_path = Path(str(cfg["ckpt_path"]))
+            raise param_error(key, value, "is required: python predict.py input=PATH "
+                                          "output_dir=DIR [ckpt_path=CKPT]")
+    ckpt_path = resolve_checkpoint(_optional(cfg, "ckpt_path"))
     paths = list_micrographs(cfg["input"])
-    segmenter = load_segmenter(ckpt_path)
+    segmenter, facts = load_picker(ckpt_path)
     crf_cfg = cfg.get("crf")
     crf = None
-    facts = dict(segmenter.inference_facts())
     if crf_cfg is not None:  # crf=...: replaces the checkpoint's own CRF (loaded as trained)
         crf = post_hoc_crf(crf_cfg, int(segmenter.hparams.network.get("num_classes", 2)))
         segmenter.crf = None
