@@ -7,7 +7,9 @@ smooth background, sigma-clipped centre and scale). Its :attr:`Normalisation.spe
 stored in checkpoints so that prediction applies exactly the same one
 (:meth:`Normalisation.from_spec`; checkpoints from before the robust scheme hold
 :data:`NORMALISATION` and keep the standardisation). Binning never upsamples:
-:func:`bin_to_pixel_size` refuses a target pixel size finer than the source.
+:func:`bin_to_pixel_size` refuses a target pixel size finer than the source; upsampling is
+:func:`fourier_pad`'s (prediction resamples micrographs up to :data:`MAX_UPSAMPLING` × coarser
+than the network's pixel size).
 """
 
 from __future__ import annotations

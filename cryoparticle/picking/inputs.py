@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import glob
 import time
-from dataclasses import astuple
 from collections.abc import Sequence
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 

@@ -4,11 +4,16 @@ The flow, one micrograph at a time (``cryoparticle/conf/predict.yaml`` holds eve
 the settings are checked by :mod:`~cryoparticle.picking.settings`):
 
 1. **list** the input (a file, a folder, a glob or a list of them):
-   :func:`~cryoparticle.picking.inputs.list_micrographs`;
-2. **read and bin** in DataLoader workers (:class:`~cryoparticle.picking.inputs.MicrographFiles`):
-   the micrograph is read (MRC/MRCS single image, TIFF, PNG, JPEG), Fourier-binned to the
-   checkpoint's pixel size (the micrograph's own from ``micrograph_pixel_size_a`` or the MRC
-   header) and standardised as in training. A micrograph that cannot be used (corrupt,
+   :func:`~cryoparticle.picking.inputs.list_micrographs`; **load** ``ckpt_path``, or the
+   packaged general model when it is null or ``general``
+   (:func:`~cryoparticle.models.packaged.resolve_checkpoint`), with its facts
+   (:func:`load_picker`: ``inference_facts()`` and the export's, e.g. ``estimate_diameter``);
+2. **read and resample** in DataLoader workers
+   (:class:`~cryoparticle.picking.inputs.MicrographFiles`): the micrograph is read (MRC/MRCS
+   single image, TIFF, PNG, JPEG), its padding border detected (``drop_border``),
+   Fourier-binned to the checkpoint's pixel size (Fourier-padded when up to 2× coarser; the
+   micrograph's own from ``micrograph_pixel_size_a`` or the MRC header) and normalised as in
+   training. A micrograph that cannot be used (corrupt,
    truncated, a stack, NaN/Inf, constant, no pixel size, smaller than one particle) becomes an
    *error record*, not an exception, so the rest go on;
 3. **segment** (:class:`~cryoparticle.picking.module.PickingModule`, through
@@ -16,9 +21,11 @@ the settings are checked by :mod:`~cryoparticle.picking.settings`):
    overlapping tiles in batches, blended without seams
    (:func:`cryoparticle.data.tiling.predict_tiled`), the particle probability map;
 4. **extract and write** (:class:`~cryoparticle.picking.writers.PickWriter`, a
-   ``BasePredictionWriter``): :func:`~cryoparticle.picking.extract.extract_particles` on the
-   binned map, coordinates scaled back to the original micrograph (binned pixel ``i`` sits at
-   original ``i × factor``, the sampling grid of
+   ``BasePredictionWriter``): nothing on the padding border; the particle diameter given,
+   the checkpoint's, or estimated from the map (``estimate_diameter``);
+   :func:`~cryoparticle.picking.extract.extract_particles` on the binned map, coordinates
+   scaled back to the original micrograph (binned pixel ``i`` sits at original ``i × factor``,
+   the sampling grid of
    :func:`~cryoparticle.data.preprocess.fourier_bin`), every format written atomically,
    ``NAME.star`` last: it marks the micrograph done, so a rerun skips it;
 5. **combine and report**: ``particles.star`` (every finished micrograph, including those
@@ -66,7 +73,6 @@ from cryoparticle.picking.writers import (
     prepare_output_dir,
     print_summary,
 )
-
 
 #: Appended to a checkpoint that cannot be loaded: what the user can do about it.
 CHECKPOINT_ADVICE = ("use a checkpoint trained by this version (python train.py), or omit "

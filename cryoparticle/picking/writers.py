@@ -29,6 +29,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
+from cryoparticle.data.borders import BorderWidths, border_mask, drop_border_picks
 from cryoparticle.errors import InputError, file_error
 from cryoparticle.io.atomic import write_text_atomic
 from cryoparticle.io.checks import one_line
@@ -46,7 +47,6 @@ from cryoparticle.io.coords import (
 )
 from cryoparticle.io.jsonfile import jsonable
 from cryoparticle.io.mrc import write_mask_png, write_mrc
-from cryoparticle.data.borders import BorderWidths, border_mask, drop_border_picks
 from cryoparticle.picking.extract import estimate_diameter_px, extract_particles
 from cryoparticle.picking.settings import (
     MASK_SUFFIX,

@@ -24,8 +24,8 @@ from PIL import Image
 
 from cryoparticle.config import compose, simulator_config
 from cryoparticle.errors import InputError
-from cryoparticle.models.segmenter import Segmenter
 from cryoparticle.io.mrc import write_mrc
+from cryoparticle.models.segmenter import Segmenter
 from cryoparticle.picking.inputs import list_micrographs, micrograph_names
 from cryoparticle.picking.module import fitted_tile
 from cryoparticle.picking.predict import run
@@ -536,8 +536,8 @@ BAD_CASES = {
     "unsupported input": ({"input": "{tmp}/text.ckpt"}, "unsupported micrograph format"),
     "output under a file": ({"output_dir": "{tmp}/text.ckpt/out"}, "output folder"),
     "jpg without pixel size": ({"input": "{tmp}/mic.jpg"},
-                               "set micrograph_pixel_size_a (Å/px): the network was trained at "
-                               f"{MODEL_PX:g} Å/px"),
+                               ("set micrograph_pixel_size_a (Å/px): the network was trained "
+                                f"at {MODEL_PX:g} Å/px")),
     "pixel size over 2× coarser": ({"micrograph_pixel_size_a": "40"},
                                    "at most 2× is resampled"),
     "another network's weights": ({"ckpt_path": "{tmp}/weights.pt"},
