@@ -65,7 +65,7 @@ from cryoparticle.picking.inputs import (
     worker_init,
 )
 from cryoparticle.picking.module import PickingModule, post_hoc_crf, quiet_lightning
-from cryoparticle.picking.settings import build_settings, flag, plain, whole
+from cryoparticle.picking.settings import CHECKPOINT_ADVICE, build_settings, flag, plain, whole
 from cryoparticle.picking.writers import (
     SUMMARY_NAME,
     PickWriter,
@@ -73,10 +73,6 @@ from cryoparticle.picking.writers import (
     prepare_output_dir,
     print_summary,
 )
-
-#: Appended to a checkpoint that cannot be loaded: what the user can do about it.
-CHECKPOINT_ADVICE = ("use a checkpoint trained by this version (python train.py), or omit "
-                     "ckpt_path to pick with the packaged general model")
 
 
 def _optional(cfg: Mapping[str, Any], key: str) -> Any:

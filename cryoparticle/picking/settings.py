@@ -22,6 +22,9 @@ FORMAT_SUFFIXES: dict[str, str] = {"star": ".star", "box": ".box", "csv": ".csv"
                                    "topaz": ".txt"}
 PROBABILITY_SUFFIX = "_prob.mrc"
 MASK_SUFFIX = "_mask.png"
+#: Appended to the error of a checkpoint that cannot be used: what the user can do about it.
+CHECKPOINT_ADVICE = ("use a checkpoint trained by this version (python train.py), or omit "
+                     "ckpt_path to pick with the packaged general model")
 OVERLAY_SUFFIX = "_overlay.png"
 
 
@@ -176,11 +179,12 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
     model_px = facts.get("pixel_size_a")
     if model_px is None or not math.isfinite(float(model_px)) or float(model_px) <= 0:
         raise file_error(ckpt_path, "checkpoint has no training pixel size (pixel_size_a); "
-                                    "it cannot be used for picking")
+                                    f"it cannot be used for picking: {CHECKPOINT_ADVICE}")
     try:
         normalisation = Normalisation.from_spec(facts.get("normalisation"))
     except InputError as exc:
-        raise file_error(ckpt_path, f"checkpoint's normalisation is unknown ({exc})") from None
+        raise file_error(ckpt_path, f"checkpoint's normalisation is unknown ({exc}): "
+                                    f"{CHECKPOINT_ADVICE}") from None
     diameter = positive("particle_diameter_a", cfg.get("particle_diameter_a"))
     estimate = cfg.get("estimate_diameter")
     if estimate is None:
@@ -228,5 +232,5 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
     )
 
 
-__all__ = ["FORMAT_SUFFIXES", "MASK_SUFFIX", "OVERLAY_SUFFIX", "PROBABILITY_SUFFIX", "Extraction",
+__all__ = ["CHECKPOINT_ADVICE", "FORMAT_SUFFIXES", "MASK_SUFFIX", "OVERLAY_SUFFIX", "PROBABILITY_SUFFIX", "Extraction",
            "Settings", "build_settings", "flag", "plain", "positive", "whole"]

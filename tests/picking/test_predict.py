@@ -526,6 +526,17 @@ def no_pixel_size_ckpt(ckpt, tmp_path) -> Path:
     return path
 
 
+@pytest.fixture
+def old_layout_ckpt(ckpt, tmp_path) -> Path:
+    """The checkpoint as an older version with other layer names would have written it."""
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    raw["state_dict"] = {k.replace("network.", "net.", 1): v
+                         for k, v in raw["state_dict"].items()}
+    path = tmp_path / "old_layout.ckpt"
+    torch.save(raw, path)
+    return path
+
+
 BAD_CASES = {
     # name: (arguments replacing the defaults, text expected in the error line)
     "not a checkpoint": ({"ckpt_path": "{tmp}/text.ckpt"}, "text.ckpt"),
@@ -542,6 +553,7 @@ BAD_CASES = {
                                    "at most 2× is resampled"),
     "another network's weights": ({"ckpt_path": "{tmp}/weights.pt"},
                                   "not a cryoparticle Segmenter checkpoint"),
+    "older checkpoint layout": ({"ckpt_path": "{old}"}, "cannot load it into a Segmenter"),
     "unknown format": ({"formats": "[star,pdf]"}, "formats"),
     "threshold out of range": ({"threshold": "1.5"}, "threshold"),
     "no output_dir": ({"output_dir": None}, "output_dir"),
@@ -551,7 +563,8 @@ BAD_CASES = {
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, ckpt, sims, no_pixel_size_ckpt,
-                                                         tmp_path, monkeypatch, capsys):
+                                                         old_layout_ckpt, tmp_path, monkeypatch,
+                                                         capsys):
     (tmp_path / "text.ckpt").write_text("not a checkpoint\n")
     torch.save({"conv.weight": torch.zeros(4, 1, 3, 3)}, tmp_path / "weights.pt")
     (tmp_path / "empty_dir").mkdir()
@@ -564,12 +577,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, ckpt, sims, no_pi
         if value is None:
             args.pop(key)
         else:
-            args[key] = value.format(tmp=tmp_path, no_px=no_pixel_size_ckpt)
+            args[key] = value.format(tmp=tmp_path, no_px=no_pixel_size_ckpt,
+                                     old=old_layout_ckpt)
     code = call_main(monkeypatch, *(f"{k}={v}" for k, v in args.items()), "progress_bar=false")
     assert code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
-    if "ckpt_path" in changes and changes["ckpt_path"] != "{no_px}":  # says what to do
+    if "ckpt_path" in changes:  # says what to do
         assert "omit ckpt_path to pick with the packaged general model" in lines[0]
     assert not (tmp_path / "out").exists()
 
@@ -824,7 +838,7 @@ def test_missing_packaged_model_is_one_line_exit_2(sims, tmp_path, monkeypatch, 
     assert not (tmp_path / "out").exists()
 
 
-def test_shipped_general_model_picks_the_example():
+def test_shipped_general_model_picks_the_example(tmp_path):
     """The real shipped weights on the README's example (skipped until they are committed)."""
     from cryoparticle.models import packaged
 
@@ -832,7 +846,7 @@ def test_shipped_general_model_picks_the_example():
         packaged.packaged_checkpoint("general")
     except InputError:
         pytest.skip("cryoparticle/models/weights/general.ckpt is not in this checkout")
-    out = Path(__import__("tempfile").mkdtemp()) / "picks"
+    out = tmp_path / "picks"
     summary = run(compose("predict", [f"input={EXAMPLE}", f"output_dir={out}",
                                       "progress_bar=false", "num_workers=0"]))
     assert summary.exit_code == 0
