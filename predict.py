@@ -1,4 +1,4 @@
-"""Pick particles: ``python predict.py ckpt_path=CKPT input=PATH output_dir=DIR [threshold=...]``.
+"""Pick particles: ``python predict.py input=PATH output_dir=DIR [ckpt_path=CKPT]``.
 
 A thin Hydra entry point, the same as the installed ``cryoparticle-pick``
 (:func:`cryoparticle.cli.pick`): composes ``cryoparticle/conf/predict.yaml`` and runs

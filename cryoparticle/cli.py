@@ -44,7 +44,7 @@ def train() -> None:
 
 
 def pick() -> None:
-    """``cryoparticle-pick ckpt_path=CKPT input=PATH output_dir=DIR`` (= ``python predict.py``).
+    """``cryoparticle-pick input=PATH output_dir=DIR [ckpt_path=CKPT]`` (= ``python predict.py``).
     Exit code 0: every micrograph picked (or already done); 1: some failed; 2: bad input."""
     exit_on_input_error(check_group_overrides)("predict", sys.argv[1:])
     _pick()

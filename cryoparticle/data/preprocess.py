@@ -7,7 +7,9 @@ smooth background, sigma-clipped centre and scale). Its :attr:`Normalisation.spe
 stored in checkpoints so that prediction applies exactly the same one
 (:meth:`Normalisation.from_spec`; checkpoints from before the robust scheme hold
 :data:`NORMALISATION` and keep the standardisation). Binning never upsamples:
-:func:`bin_to_pixel_size` refuses a target pixel size finer than the source.
+:func:`bin_to_pixel_size` refuses a target pixel size finer than the source; upsampling is
+:func:`fourier_pad`'s (prediction resamples micrographs up to :data:`MAX_UPSAMPLING` × coarser
+than the network's pixel size).
 """
 
 from __future__ import annotations
@@ -390,3 +392,48 @@ class Normalisation:
 __all__ = ["NORMALISATION", "Normalisation", "bin_factor", "bin_mask", "bin_to_pixel_size",
            "fit_plane", "flat_regions", "fourier_bin", "normalise", "robust_centre_scale",
            "smooth_background", "standardise"]
+
+
+#: Largest upsampling :func:`fourier_pad` is used for at prediction (a micrograph at most this
+#: many times coarser than the network's pixel size).
+MAX_UPSAMPLING = 2.0
+
+
+def fourier_pad(image: np.ndarray, factor: float) -> np.ndarray:
+    """Upsample a 2-D image by Fourier padding to ``(round(H·factor), round(W·factor))``.
+
+    The inverse of :func:`fourier_bin`: the spectrum is zero-padded (an even size's Nyquist
+    term split between ±Nyquist), so a band-limited image is resampled exactly; output pixel
+    ``i`` sits at input coordinate ``i × H / h`` (the grid of :func:`fourier_bin`) and values
+    keep their scale (the mean exactly). ``factor`` ≥ 1; 1 returns the image as float32.
+    """
+    array = _check_image_2d(image)
+    factor = _check_factor(factor)
+    height, width = array.shape
+    h, w = round(height * factor), round(width * factor)
+    data = np.asarray(array, dtype=np.float64)
+    if (h, w) == (height, width):
+        return np.asarray(array, dtype=np.float32)
+    # Columns (real FFT): pad frequencies 0..W//2 with zeros up to w//2; halve W's Nyquist term.
+    spectrum = scipy.fft.rfft(data, axis=1)
+    if width % 2 == 0 and w > width:
+        spectrum[:, -1] *= 0.5
+    spectrum = np.pad(spectrum, ((0, 0), (0, w // 2 + 1 - spectrum.shape[1])))
+    # Rows (full FFT): insert zeros between the positive and negative frequencies.
+    spectrum = scipy.fft.fft(spectrum, axis=0)
+    padded = np.zeros((h, spectrum.shape[1]), dtype=spectrum.dtype)
+    positive = (height + 1) // 2
+    padded[:positive] = spectrum[:positive]
+    negative = height - positive
+    if negative:
+        padded[h - negative:] = spectrum[positive:]
+    if height % 2 == 0:  # split the Nyquist row between +H/2 and −H/2
+        padded[h - negative] *= 0.5
+        padded[height // 2] = padded[h - negative]
+    out = scipy.fft.ifft(padded, axis=0)
+    out = scipy.fft.irfft(out, n=w, axis=1)
+    out *= (h * w) / (height * width)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+__all__ += ["MAX_UPSAMPLING", "fourier_pad"]

@@ -86,6 +86,18 @@ def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
     return target
 
 
+def export_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What :func:`export_checkpoint` stored as ``extra`` (``checkpoint["cryoparticle"]
+    ["export"]``, e.g. ``{"half": True, "estimate_diameter": True}``); ``{}`` for a training
+    checkpoint that was never exported."""
+    from cryoparticle.models.checkpoints import read_checkpoint
+
+    checkpoint = read_checkpoint(Path(path), "checkpoint")
+    facts = checkpoint.get("cryoparticle") if isinstance(checkpoint, dict) else None
+    export = facts.get("export") if isinstance(facts, dict) else None
+    return dict(export) if isinstance(export, dict) else {}
+
+
 @exit_on_input_error
 def main(argv: Sequence[str] | None = None) -> Path:
     """``python -m cryoparticle.models.packaged export SOURCE [TARGET] [--full-precision]
@@ -115,4 +127,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["PACKAGED", "export_checkpoint", "main", "packaged_checkpoint", "resolve_checkpoint"]
+__all__ = ["PACKAGED", "export_checkpoint", "export_facts", "main", "packaged_checkpoint",
+           "resolve_checkpoint"]

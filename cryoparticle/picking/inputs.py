@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import time
 from collections.abc import Sequence
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cryoparticle.data.preprocess import bin_factor, fourier_bin
+from cryoparticle.data.borders import BorderWidths, border_widths
+from cryoparticle.data.preprocess import (
+    MAX_UPSAMPLING,
+    bin_factor,
+    fourier_bin,
+    fourier_pad,
+)
 from cryoparticle.errors import InputError, file_error, param_error
 from cryoparticle.io.checks import one_line
 from cryoparticle.io.mrc import MRC_SUFFIXES, read_micrograph
@@ -94,23 +101,66 @@ def micrograph_names(paths: Sequence[Path], combined_star: str) -> list[str]:
     return names
 
 
+def pixel_size_reason(settings: Settings) -> str:
+    """What to do about an unknown pixel size, and why it matters."""
+    return (f"set micrograph_pixel_size_a (Å/px): the network was trained at "
+            f"{settings.model_pixel_size_a:g} Å/px and micrographs are resampled to it so that "
+            "particles appear at the size it learnt")
+
+
 def check_pixel_sizes(paths: Sequence[Path], settings: Settings) -> None:
-    """Header-less micrographs (TIFF/PNG/JPEG) need ``micrograph_pixel_size_a``."""
+    """Header-less micrographs (TIFF/PNG/JPEG) need ``micrograph_pixel_size_a``; a given one
+    must be usable with the network (:func:`resample_to_model`'s rule)."""
     if settings.micrograph_pixel_size_a is not None:
+        check_resampling(settings.micrograph_pixel_size_a, settings.model_pixel_size_a)
         return
     no_header = [p for p in paths if p.suffix.lower() not in MRC_SUFFIXES]
     if no_header:
         more = f" (and {len(no_header) - 1} more)" if len(no_header) > 1 else ""
         raise file_error(no_header[0], f"{no_header[0].suffix.lstrip('.').upper()} files carry "
-                                       f"no pixel size{more}: set micrograph_pixel_size_a (Å/px)")
+                                       f"no pixel size{more}: " + pixel_size_reason(settings))
+
+
+def check_resampling(pixel_size_a: float, model_pixel_size_a: float) -> None:
+    """A micrograph more than :data:`MAX_UPSAMPLING` × coarser than the network's pixel size
+    raises :class:`InputError` (its particles are too few pixels across to be upsampled)."""
+    ratio = float(pixel_size_a) / float(model_pixel_size_a)
+    if ratio > MAX_UPSAMPLING * (1 + 1e-4):
+        raise param_error("micrograph_pixel_size_a", float(pixel_size_a),
+                          f"is {ratio:.2f}× coarser than the network's {model_pixel_size_a:g} "
+                          f"Å/px; at most {MAX_UPSAMPLING:g}× is resampled (Fourier padding): "
+                          "give micrographs of finer pixels, or train a model at this pixel size")
+
+
+def resample_to_model(path: Path, image: np.ndarray, pixel_size_a: float,
+                      model_pixel_size_a: float) -> np.ndarray:
+    """``image`` at the network's pixel size: Fourier-binned when finer, Fourier-padded
+    (:func:`~cryoparticle.data.preprocess.fourier_pad`) when up to :data:`MAX_UPSAMPLING` ×
+    coarser, else :class:`InputError` naming ``path``. Either way output pixel ``i`` sits at
+    original ``i × H / h``."""
+    if pixel_size_a > model_pixel_size_a * (1 + 1e-4):
+        try:
+            check_resampling(pixel_size_a, model_pixel_size_a)
+        except InputError as exc:
+            raise file_error(path, str(exc)) from None
+        return fourier_pad(image, pixel_size_a / model_pixel_size_a)
+    try:
+        shape, _ = bin_factor(image.shape, pixel_size_a, model_pixel_size_a)
+    except InputError as exc:
+        raise file_error(path, str(exc)) from None
+    if shape != image.shape:
+        image = fourier_bin(image, model_pixel_size_a / pixel_size_a)
+    return image
 
 
 class MicrographFiles(Dataset):
-    """Micrographs read, binned to the network's pixel size and standardised.
+    """Micrographs read, resampled to the network's pixel size and standardised.
 
     Item ``i`` is a dict: ``index``, ``name``, ``path``; ``image`` ``(1, h, w)`` float32 (or
     None), ``original_shape`` ``(H, W)``, ``factor`` ``(H / h, W / w)``, ``pixel_size_a`` (the
-    micrograph's, or None), ``read_s`` (seconds to read and bin); ``skipped`` (True when the
+    micrograph's, or None), ``border`` (``(top, bottom, left, right)`` widths in original pixels
+    of a padding frame, :func:`~cryoparticle.data.borders.border_widths`, when ``drop_border``;
+    else None), ``read_s`` (seconds to read and bin); ``skipped`` (True when the
     outputs exist already and ``overwrite`` is false; nothing is read) and ``error`` (a
     one-line reason when the micrograph cannot be used, else None). Reading never raises.
     """
@@ -119,6 +169,7 @@ class MicrographFiles(Dataset):
         self.paths = list(paths)
         self.names = list(names)
         self.settings = settings
+        self._border: BorderWidths | None = None  # of the micrograph _load read last
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -128,11 +179,12 @@ class MicrographFiles(Dataset):
         record: dict[str, Any] = {"index": int(index), "name": name, "path": str(path),
                                   "image": None, "original_shape": None, "factor": (1.0, 1.0),
                                   "pixel_size_a": None, "read_s": 0.0, "skipped": False,
-                                  "error": None}
+                                  "error": None, "border": None}
         if not self.settings.overwrite and self.settings.is_done(name):
             record["skipped"] = True
             return record
         start = time.perf_counter()
+        self._border = None
         try:
             image, factor, pixel_size_a = self._load(path)
         except InputError as exc:
@@ -141,7 +193,8 @@ class MicrographFiles(Dataset):
             record["error"] = f"{path}: {type(exc).__name__}: {one_line(exc)}"
         else:
             record.update(image=torch.from_numpy(image)[None], factor=factor,
-                          pixel_size_a=pixel_size_a)
+                          pixel_size_a=pixel_size_a,
+                          border=None if self._border is None else astuple(self._border))
             record["original_shape"] = (round(image.shape[0] * factor[0]),
                                         round(image.shape[1] * factor[1]))
         record["read_s"] = time.perf_counter() - start
@@ -151,21 +204,18 @@ class MicrographFiles(Dataset):
         image, header_px = read_micrograph(path)
         px = self.settings.micrograph_pixel_size_a or header_px
         if px is None:
-            raise file_error(path, "has no pixel size in its header; set "
-                                   "micrograph_pixel_size_a (Å/px)")
+            raise file_error(path, "has no pixel size in its header; "
+                             + pixel_size_reason(self.settings))
         diameter_px = self.settings.particle_diameter_a / px
         if min(image.shape) < diameter_px:
             raise file_error(path, f"is {image.shape[0]}×{image.shape[1]} px, smaller than one "
                                    f"particle ({diameter_px:.0f} px across at {px:g} Å/px): "
                                    "nothing can be picked")
         target = self.settings.model_pixel_size_a
-        try:
-            shape, _ = bin_factor(image.shape, px, target)
-        except InputError as exc:
-            raise file_error(path, str(exc)) from None
         height, width = image.shape
-        if shape != image.shape:
-            image = fourier_bin(image, target / px)
+        self._border = (border_widths(image, margin_px=self.settings.border_margin_px)
+                        if self.settings.drop_border and min(image.shape) >= 8 else None)
+        image = resample_to_model(path, image, px, target)
         factor = (height / image.shape[0], width / image.shape[1])
         return self.settings.normalisation(image, target), factor, float(px)
 
@@ -179,5 +229,6 @@ def worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-__all__ = ["MICROGRAPH_SUFFIXES", "MicrographFiles", "check_pixel_sizes", "first_record",
-           "list_micrographs", "micrograph_names", "worker_init"]
+__all__ = ["MICROGRAPH_SUFFIXES", "MicrographFiles", "check_pixel_sizes", "check_resampling",
+           "first_record", "list_micrographs", "micrograph_names", "pixel_size_reason",
+           "resample_to_model", "worker_init"]

@@ -4,11 +4,16 @@ The flow, one micrograph at a time (``cryoparticle/conf/predict.yaml`` holds eve
 the settings are checked by :mod:`~cryoparticle.picking.settings`):
 
 1. **list** the input (a file, a folder, a glob or a list of them):
-   :func:`~cryoparticle.picking.inputs.list_micrographs`;
-2. **read and bin** in DataLoader workers (:class:`~cryoparticle.picking.inputs.MicrographFiles`):
-   the micrograph is read (MRC/MRCS single image, TIFF, PNG, JPEG), Fourier-binned to the
-   checkpoint's pixel size (the micrograph's own from ``micrograph_pixel_size_a`` or the MRC
-   header) and standardised as in training. A micrograph that cannot be used (corrupt,
+   :func:`~cryoparticle.picking.inputs.list_micrographs`; **load** ``ckpt_path``, or the
+   packaged general model when it is null or ``general``
+   (:func:`~cryoparticle.models.packaged.resolve_checkpoint`), with its facts
+   (:func:`load_picker`: ``inference_facts()`` and the export's, e.g. ``estimate_diameter``);
+2. **read and resample** in DataLoader workers
+   (:class:`~cryoparticle.picking.inputs.MicrographFiles`): the micrograph is read (MRC/MRCS
+   single image, TIFF, PNG, JPEG), its padding border detected (``drop_border``),
+   Fourier-binned to the checkpoint's pixel size (Fourier-padded when up to 2× coarser; the
+   micrograph's own from ``micrograph_pixel_size_a`` or the MRC header) and normalised as in
+   training. A micrograph that cannot be used (corrupt,
    truncated, a stack, NaN/Inf, constant, no pixel size, smaller than one particle) becomes an
    *error record*, not an exception, so the rest go on;
 3. **segment** (:class:`~cryoparticle.picking.module.PickingModule`, through
@@ -16,9 +21,11 @@ the settings are checked by :mod:`~cryoparticle.picking.settings`):
    overlapping tiles in batches, blended without seams
    (:func:`cryoparticle.data.tiling.predict_tiled`), the particle probability map;
 4. **extract and write** (:class:`~cryoparticle.picking.writers.PickWriter`, a
-   ``BasePredictionWriter``): :func:`~cryoparticle.picking.extract.extract_particles` on the
-   binned map, coordinates scaled back to the original micrograph (binned pixel ``i`` sits at
-   original ``i × factor``, the sampling grid of
+   ``BasePredictionWriter``): nothing on the padding border; the particle diameter given,
+   the checkpoint's, or estimated from the map (``estimate_diameter``);
+   :func:`~cryoparticle.picking.extract.extract_particles` on the binned map, coordinates
+   scaled back to the original micrograph (binned pixel ``i`` sits at original ``i × factor``,
+   the sampling grid of
    :func:`~cryoparticle.data.preprocess.fourier_bin`), every format written atomically,
    ``NAME.star`` last: it marks the micrograph done, so a rerun skips it;
 5. **combine and report**: ``particles.star`` (every finished micrograph, including those
@@ -48,6 +55,7 @@ from torch.utils.data import DataLoader
 
 from cryoparticle.errors import InputError, file_error, param_error
 from cryoparticle.io.checks import one_line
+from cryoparticle.models.packaged import export_facts, resolve_checkpoint
 from cryoparticle.picking.inputs import (
     MicrographFiles,
     check_pixel_sizes,
@@ -57,7 +65,7 @@ from cryoparticle.picking.inputs import (
     worker_init,
 )
 from cryoparticle.picking.module import PickingModule, post_hoc_crf, quiet_lightning
-from cryoparticle.picking.settings import build_settings, flag, plain, whole
+from cryoparticle.picking.settings import CHECKPOINT_ADVICE, build_settings, flag, plain, whole
 from cryoparticle.picking.writers import (
     SUMMARY_NAME,
     PickWriter,
@@ -65,6 +73,30 @@ from cryoparticle.picking.writers import (
     prepare_output_dir,
     print_summary,
 )
+
+
+def _optional(cfg: Mapping[str, Any], key: str) -> Any:
+    try:
+        value = cfg.get(key)
+    except Exception:  # noqa: BLE001 - omegaconf MissingMandatoryValue (???): not given
+        return None
+    return None if value is None or str(value).strip() == "" else str(value).strip()
+
+
+def load_picker(ckpt_path: Path) -> tuple[pl.LightningModule, dict[str, Any]]:
+    """The segmenter of ``ckpt_path`` and its facts: ``Segmenter.inference_facts()`` plus
+    ``export`` (:func:`~cryoparticle.models.packaged.export_facts`: e.g. the general model's
+    ``estimate_diameter``). A file that is not a Segmenter checkpoint of this version (another
+    network, an older layout) raises one-line :class:`InputError` saying what to do."""
+    from cryoparticle.models.segmenter import load_segmenter
+
+    if not ckpt_path.is_file():
+        raise file_error(ckpt_path, "checkpoint not found")
+    try:
+        segmenter = load_segmenter(ckpt_path)
+    except InputError as exc:
+        raise InputError(f"{one_line(exc)}; {CHECKPOINT_ADVICE}") from None
+    return segmenter, {**segmenter.inference_facts(), "export": export_facts(ckpt_path)}
 
 
 def run(cfg: Mapping[str, Any]) -> PredictSummary:
@@ -77,23 +109,20 @@ def run(cfg: Mapping[str, Any]) -> PredictSummary:
     """
     from hydra.utils import instantiate
 
-    from cryoparticle.models.segmenter import load_segmenter
-
     quiet_lightning()
-    for key in ("ckpt_path", "input", "output_dir"):
+    for key in ("input", "output_dir"):
         try:
             value = cfg.get(key)
         except Exception:  # noqa: BLE001 - omegaconf MissingMandatoryValue: the value is ???
             value = None
         if value is None or str(value).strip() == "":
-            raise param_error(key, value, "is required: python predict.py ckpt_path=CKPT "
-                                          "input=PATH output_dir=DIR")
-    ckpt_path = Path(str(cfg["ckpt_path"]))
+            raise param_error(key, value, "is required: python predict.py input=PATH "
+                                          "output_dir=DIR [ckpt_path=CKPT]")
+    ckpt_path = resolve_checkpoint(_optional(cfg, "ckpt_path"))
     paths = list_micrographs(cfg["input"])
-    segmenter = load_segmenter(ckpt_path)
+    segmenter, facts = load_picker(ckpt_path)
     crf_cfg = cfg.get("crf")
     crf = None
-    facts = dict(segmenter.inference_facts())
     if crf_cfg is not None:  # crf=...: replaces the checkpoint's own CRF (loaded as trained)
         crf = post_hoc_crf(crf_cfg, int(segmenter.hparams.network.get("num_classes", 2)))
         segmenter.crf = None

@@ -22,6 +22,9 @@ FORMAT_SUFFIXES: dict[str, str] = {"star": ".star", "box": ".box", "csv": ".csv"
                                    "topaz": ".txt"}
 PROBABILITY_SUFFIX = "_prob.mrc"
 MASK_SUFFIX = "_mask.png"
+#: Appended to the error of a checkpoint that cannot be used: what the user can do about it.
+CHECKPOINT_ADVICE = ("use a checkpoint trained by this version (python train.py), or omit "
+                     "ckpt_path to pick with the packaged general model")
 OVERLAY_SUFFIX = "_overlay.png"
 
 
@@ -105,6 +108,16 @@ class Settings:
     combined_star: str
     extraction: Extraction
     normalisation: Normalisation = Normalisation("standardise")
+    estimate_diameter: bool = False
+    diameter_range: tuple[float, float] = (0.4, 2.5)
+    drop_border: bool = True
+    border_margin_px: int = 40
+
+    def diameter_bounds_a(self) -> tuple[float, float]:
+        """``(min, max)`` particle diameter (Å) an estimate may take: ``diameter_range``
+        times :attr:`particle_diameter_a`."""
+        return (self.diameter_range[0] * self.particle_diameter_a,
+                self.diameter_range[1] * self.particle_diameter_a)
 
     def outputs(self, name: str) -> list[Path]:
         """Every file written for micrograph ``name``; the STAR file (the done marker) last."""
@@ -142,18 +155,41 @@ def flag(name: str, value: Any) -> bool:
     return value
 
 
+def _diameter_range(value: Any) -> tuple[float, float]:
+    value = plain(value)
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise param_error("diameter_range", value, "must be [min, max] fractions of the "
+                                                   "checkpoint's particle diameter")
+    low, high = (positive("diameter_range", v, optional=False) for v in value)
+    if not low <= 1.0 <= high:  # type: ignore[operator]
+        raise param_error("diameter_range", value, "must be [min, max] with min ≤ 1 ≤ max")
+    return float(low), float(high)  # type: ignore[arg-type]
+
+
 def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: Path
                    ) -> Settings:
-    """Check the config against the checkpoint's facts (``Segmenter.inference_facts()``)."""
+    """Check the config against the checkpoint's facts (``Segmenter.inference_facts()``, plus
+    ``export``: what :func:`~cryoparticle.models.packaged.export_checkpoint` stored under
+    ``checkpoint["cryoparticle"]["export"]``, e.g. ``estimate_diameter``).
+
+    The particle diameter: an explicit ``particle_diameter_a`` always wins (never estimated);
+    else the checkpoint's, estimated per micrograph when ``estimate_diameter`` is true, or
+    when it is null and the checkpoint's ``export.estimate_diameter`` is true.
+    """
     model_px = facts.get("pixel_size_a")
     if model_px is None or not math.isfinite(float(model_px)) or float(model_px) <= 0:
         raise file_error(ckpt_path, "checkpoint has no training pixel size (pixel_size_a); "
-                                    "it cannot be used for picking")
+                                    f"it cannot be used for picking: {CHECKPOINT_ADVICE}")
     try:
         normalisation = Normalisation.from_spec(facts.get("normalisation"))
     except InputError as exc:
-        raise file_error(ckpt_path, f"checkpoint's normalisation is unknown ({exc})") from None
+        raise file_error(ckpt_path, f"checkpoint's normalisation is unknown ({exc}): "
+                                    f"{CHECKPOINT_ADVICE}") from None
     diameter = positive("particle_diameter_a", cfg.get("particle_diameter_a"))
+    estimate = cfg.get("estimate_diameter")
+    if estimate is None:
+        estimate = bool((facts.get("export") or {}).get("estimate_diameter", False))
+    estimate = flag("estimate_diameter", estimate) and diameter is None
     if diameter is None:
         diameter = facts.get("particle_diameter_a")
         if diameter is None or not math.isfinite(float(diameter)) or float(diameter) <= 0:
@@ -189,8 +225,12 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
             **(facts.get("extraction") or {}),
             **{k: v for k, v in (plain(cfg.get("extraction")) or {}).items() if v is not None}}),
         normalisation=normalisation,
+        estimate_diameter=estimate,
+        diameter_range=_diameter_range(cfg.get("diameter_range", [0.4, 2.5])),
+        drop_border=flag("drop_border", cfg.get("drop_border", True)),
+        border_margin_px=whole("border_margin_px", cfg.get("border_margin_px", 40), 0),
     )
 
 
-__all__ = ["FORMAT_SUFFIXES", "MASK_SUFFIX", "OVERLAY_SUFFIX", "PROBABILITY_SUFFIX", "Extraction",
+__all__ = ["CHECKPOINT_ADVICE", "FORMAT_SUFFIXES", "MASK_SUFFIX", "OVERLAY_SUFFIX", "PROBABILITY_SUFFIX", "Extraction",
            "Settings", "build_settings", "flag", "plain", "positive", "whole"]

@@ -29,6 +29,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
+from cryoparticle.data.borders import BorderWidths, border_mask, drop_border_picks
 from cryoparticle.errors import InputError, file_error
 from cryoparticle.io.atomic import write_text_atomic
 from cryoparticle.io.checks import one_line
@@ -46,7 +47,7 @@ from cryoparticle.io.coords import (
 )
 from cryoparticle.io.jsonfile import jsonable
 from cryoparticle.io.mrc import write_mask_png, write_mrc
-from cryoparticle.picking.extract import extract_particles
+from cryoparticle.picking.extract import estimate_diameter_px, extract_particles
 from cryoparticle.picking.settings import (
     MASK_SUFFIX,
     OVERLAY_SUFFIX,
@@ -56,6 +57,20 @@ from cryoparticle.picking.settings import (
 from cryoparticle.viz import picks_figure, save_figure_png
 
 SUMMARY_NAME = "predict_summary.json"
+
+
+def picking_diameter_a(prob: np.ndarray, settings: Settings, binned_px: float) -> float:
+    """The particle diameter (Å) to pick ``prob`` (binned grid, ``binned_px`` Å/px) with:
+    ``settings.particle_diameter_a``, or, when ``settings.estimate_diameter``, the estimate
+    of :func:`~cryoparticle.picking.extract.estimate_diameter_px` within
+    :meth:`Settings.diameter_bounds_a` (that diameter when there is too little foreground)."""
+    if not settings.estimate_diameter:
+        return settings.particle_diameter_a
+    low, high = settings.diameter_bounds_a()
+    estimate = estimate_diameter_px(prob, settings.threshold,
+                                    min_diameter_px=max(low / binned_px, 1.0),
+                                    max_diameter_px=max(high / binned_px, 1.0))
+    return settings.particle_diameter_a if estimate is None else estimate * binned_px
 
 
 def prepare_output_dir(path: Path) -> None:
@@ -89,6 +104,8 @@ class Result:
     bin_factor: float | None = None
     pixel_size_a: float | None = None
     tile_size: int | None = None
+    particle_diameter_a: float | None = None   # the diameter picked with (Å)
+    diameter_estimated: bool = False           # estimated from the probability map
     read_s: float = 0.0
     segment_s: float = 0.0
     extract_s: float = 0.0
@@ -199,11 +216,20 @@ class PickWriter(BasePredictionWriter):
         factor_y, factor_x = (float(f) for f in record["factor"])
         pixel_size_a = float(record["pixel_size_a"])
         binned_px = pixel_size_a * factor_y
-        diameter_binned = s.particle_diameter_a / binned_px
         start = time.perf_counter()
         prob = prob_t.detach().to("cpu", torch.float32).numpy()
+        border = BorderWidths(*record["border"]) if record.get("border") else None
+        if s.drop_border and border is not None and border.any():
+            # No particle in the padding: its probability is zeroed on the binned grid (widths
+            # rounded up) before extraction, so a pick there can neither be made nor
+            # suppress a real neighbour.
+            prob = np.where(border_mask(prob.shape, border.scaled(factor_y)), 0.0, prob
+                            ).astype(np.float32)
+        diameter_a = picking_diameter_a(prob, s, binned_px)
+        result.particle_diameter_a = diameter_a
+        result.diameter_estimated = s.estimate_diameter
         ex = s.extraction
-        picks = extract_particles(prob, diameter_binned, threshold=s.threshold,
+        picks = extract_particles(prob, diameter_a / binned_px, threshold=s.threshold,
                                   min_size_fraction=ex.min_size_fraction,
                                   max_size_fraction=ex.max_size_fraction,
                                   min_distance_fraction=ex.min_distance_fraction,
@@ -213,14 +239,19 @@ class PickWriter(BasePredictionWriter):
         picks_orig = scale_coordinates(picks, factor_y)
         if factor_x != factor_y:
             picks_orig["x"] = picks["x"].to_numpy() * factor_x
+        if s.drop_border and border is not None and border.any():
+            keep = drop_border_picks(picks_orig.assign(row=np.arange(len(picks_orig))),
+                                     tuple(record["original_shape"]), border)["row"].to_numpy()
+            picks, picks_orig = (t.iloc[keep].reset_index(drop=True) for t in (picks, picks_orig))
         result.extract_s = time.perf_counter() - start
         result.n_particles = len(picks_orig)
 
         start = time.perf_counter()
         out = s.output_dir
-        diameter_orig = s.particle_diameter_a / pixel_size_a
+        diameter_orig = diameter_a / pixel_size_a
         title = (f"{name}: {len(picks)} particles, threshold {s.threshold:g}, "
-                 f"{binned_px:.3g} Å/px")
+                 f"{binned_px:.3g} Å/px, diameter {diameter_a:.0f} Å"
+                 + (" (estimated)" if s.estimate_diameter else ""))
         if s.write_probability:
             write_mrc(out / f"{name}{PROBABILITY_SUFFIX}", prob, binned_px)
         if s.write_mask:
@@ -332,5 +363,5 @@ def print_summary(summary: PredictSummary) -> None:
         print(f"failed: {one_line(Exception(failure))}", file=sys.stderr)
 
 
-__all__ = ["SUMMARY_NAME", "PickWriter", "PredictSummary", "Result", "prepare_output_dir",
-           "print_summary"]
+__all__ = ["SUMMARY_NAME", "PickWriter", "PredictSummary", "Result", "picking_diameter_a",
+           "prepare_output_dir", "print_summary"]

@@ -24,8 +24,8 @@ from PIL import Image
 
 from cryoparticle.config import compose, simulator_config
 from cryoparticle.errors import InputError
-from cryoparticle.models.segmenter import Segmenter
 from cryoparticle.io.mrc import write_mrc
+from cryoparticle.models.segmenter import Segmenter
 from cryoparticle.picking.inputs import list_micrographs, micrograph_names
 from cryoparticle.picking.module import fitted_tile
 from cryoparticle.picking.predict import run
@@ -526,6 +526,17 @@ def no_pixel_size_ckpt(ckpt, tmp_path) -> Path:
     return path
 
 
+@pytest.fixture
+def old_layout_ckpt(ckpt, tmp_path) -> Path:
+    """The checkpoint as an older version with other layer names would have written it."""
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    raw["state_dict"] = {k.replace("network.", "net.", 1): v
+                         for k, v in raw["state_dict"].items()}
+    path = tmp_path / "old_layout.ckpt"
+    torch.save(raw, path)
+    return path
+
+
 BAD_CASES = {
     # name: (arguments replacing the defaults, text expected in the error line)
     "not a checkpoint": ({"ckpt_path": "{tmp}/text.ckpt"}, "text.ckpt"),
@@ -535,7 +546,14 @@ BAD_CASES = {
     "missing input": ({"input": "{tmp}/nowhere.mrc"}, "no such file"),
     "unsupported input": ({"input": "{tmp}/text.ckpt"}, "unsupported micrograph format"),
     "output under a file": ({"output_dir": "{tmp}/text.ckpt/out"}, "output folder"),
-    "jpg without pixel size": ({"input": "{tmp}/mic.jpg"}, "micrograph_pixel_size_a"),
+    "jpg without pixel size": ({"input": "{tmp}/mic.jpg"},
+                               ("set micrograph_pixel_size_a (Å/px): the network was trained "
+                                f"at {MODEL_PX:g} Å/px")),
+    "pixel size over 2× coarser": ({"micrograph_pixel_size_a": "40"},
+                                   "at most 2× is resampled"),
+    "another network's weights": ({"ckpt_path": "{tmp}/weights.pt"},
+                                  "not a cryoparticle Segmenter checkpoint"),
+    "older checkpoint layout": ({"ckpt_path": "{old}"}, "cannot load it into a Segmenter"),
     "unknown format": ({"formats": "[star,pdf]"}, "formats"),
     "threshold out of range": ({"threshold": "1.5"}, "threshold"),
     "no output_dir": ({"output_dir": None}, "output_dir"),
@@ -545,8 +563,10 @@ BAD_CASES = {
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, ckpt, sims, no_pixel_size_ckpt,
-                                                         tmp_path, monkeypatch, capsys):
+                                                         old_layout_ckpt, tmp_path, monkeypatch,
+                                                         capsys):
     (tmp_path / "text.ckpt").write_text("not a checkpoint\n")
+    torch.save({"conv.weight": torch.zeros(4, 1, 3, 3)}, tmp_path / "weights.pt")
     (tmp_path / "empty_dir").mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50), np.uint8)).save(
         tmp_path / "mic.jpg")
@@ -557,11 +577,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, ckpt, sims, no_pi
         if value is None:
             args.pop(key)
         else:
-            args[key] = value.format(tmp=tmp_path, no_px=no_pixel_size_ckpt)
+            args[key] = value.format(tmp=tmp_path, no_px=no_pixel_size_ckpt,
+                                     old=old_layout_ckpt)
     code = call_main(monkeypatch, *(f"{k}={v}" for k, v in args.items()), "progress_bar=false")
     assert code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    if "ckpt_path" in changes:  # says what to do
+        assert "omit ckpt_path to pick with the packaged general model" in lines[0]
     assert not (tmp_path / "out").exists()
 
 
@@ -621,7 +644,9 @@ def test_fitted_tiles_cover_each_axis_with_as_few_tiles_and_pixels():
 
 def test_config_holds_every_parameter():
     cfg = compose("predict", ["ckpt_path=a", "input=b", "output_dir=c"])
-    for key, value in {"micrograph_pixel_size_a": None, "threshold": None,
+    for key, value in {"ckpt_path": "a", "estimate_diameter": None,
+                       "diameter_range": [0.4, 2.5], "drop_border": True,
+                       "micrograph_pixel_size_a": None, "threshold": None,
                        "particle_diameter_a": None, "box_size": None,
                        "formats": ["star", "box", "csv"], "write_probability": False,
                        "write_mask": False, "write_overlay": False, "overwrite": False,
@@ -632,7 +657,8 @@ def test_config_holds_every_parameter():
     assert {"accelerator", "devices", "strategy"} <= set(cfg.trainer)
     missing = compose("predict")
     from omegaconf import OmegaConf
-    assert all(OmegaConf.is_missing(missing, k) for k in ("ckpt_path", "input", "output_dir"))
+    assert all(OmegaConf.is_missing(missing, k) for k in ("input", "output_dir"))
+    assert missing.ckpt_path is None  # the packaged general model
 
 
 # ---------------------------------------------------------------- RELION reads our picks unchanged
@@ -754,3 +780,226 @@ def test_extraction_options_come_from_the_checkpoint_unless_given(tmp_path):
     with pytest.raises(InputError, match="extraction"):
         Segmenter(network={"name": "unet", "backbone": "resnet18"},
                   extraction={"min_size_fraction": -1.0})
+
+
+# ------------------------------------------ the packaged general model, diameters, borders, pixels
+
+EXAMPLE = ROOT / "examples" / "empiar10017_example.mrc"
+EXAMPLE_TRUTH = ROOT / "examples" / "truth" / "empiar10017_example.csv"
+
+
+@pytest.fixture
+def packaged_tiny(ckpt, tmp_path, monkeypatch) -> Path:
+    """The tiny checkpoint exported as the general model is (half precision, estimating the
+    diameter) and installed as the packaged ``general`` model."""
+    from cryoparticle.models import packaged
+
+    path = packaged.export_checkpoint(ckpt, tmp_path / "general.ckpt",
+                                      extra={"estimate_diameter": True})
+    monkeypatch.setitem(packaged.PACKAGED, "general", str(path.resolve()))
+    assert packaged.resolve_checkpoint(None) == path.resolve()
+    return path
+
+
+def test_readme_example_is_picked_with_the_packaged_model_without_ckpt_path(
+        packaged_tiny, tmp_path, monkeypatch, capsys):
+    """The README's first command: no ckpt_path, no pixel size (the MRC header's 3.54 Å/px),
+    STAR and overlay written; the diameter is estimated per micrograph (the export says so)
+    and reported."""
+    out = tmp_path / "picks"
+    code = call_main(monkeypatch, f"input={EXAMPLE}", f"output_dir={out}", "write_overlay=true",
+                     "progress_bar=false", "num_workers=0")
+    assert code == 0, capsys.readouterr().err
+    star = starfile.read(out / "empiar10017_example.star", always_dict=True)[""]
+    xy = star[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)
+    assert len(xy) and (xy >= 0).all() and (xy < 1024).all()
+    overlay = Image.open(out / "empiar10017_example_overlay.png")
+    assert overlay.size[0] >= 256 and overlay.mode in ("RGB", "RGBA")
+    summary = __import__("json").loads((out / "predict_summary.json").read_text())
+    record = summary["micrographs"][0]
+    assert record["pixel_size_a"] == pytest.approx(3.54)
+    assert record["diameter_estimated"] is True
+    assert 0.4 * DIAMETER_A <= record["particle_diameter_a"] <= 2.5 * DIAMETER_A
+    box = np.loadtxt(out / "empiar10017_example.box", ndmin=2)[:, 2]
+    assert (box == round(1.5 * record["particle_diameter_a"] / 3.54)).all()
+    assert len(pd.read_csv(EXAMPLE_TRUTH)) == 185  # the committed truth, CryoPPP columns
+
+
+def test_missing_packaged_model_is_one_line_exit_2(sims, tmp_path, monkeypatch, capsys):
+    from cryoparticle.models import packaged
+
+    monkeypatch.setitem(packaged.PACKAGED, "general", "no_such_model.ckpt")
+    for extra in ([], ["ckpt_path=general"]):
+        code = call_main(monkeypatch, f"input={sims[0] / 'wide.mrc'}",
+                         f"output_dir={tmp_path / 'out'}", "progress_bar=false", *extra)
+        assert code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "packaged 'general' model is missing" in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_general_model_picks_the_example(tmp_path):
+    """The real shipped weights on the README's example (skipped until they are committed)."""
+    from cryoparticle.models import packaged
+
+    try:
+        packaged.packaged_checkpoint("general")
+    except InputError:
+        pytest.skip("cryoparticle/models/weights/general.ckpt is not in this checkout")
+    out = tmp_path / "picks"
+    summary = run(compose("predict", [f"input={EXAMPLE}", f"output_dir={out}",
+                                      "progress_bar=false", "num_workers=0"]))
+    assert summary.exit_code == 0
+    star = starfile.read(out / "empiar10017_example.star", always_dict=True)[""]
+    truth = pd.read_csv(EXAMPLE_TRUTH)
+    precision, recall = match(star[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float),
+                              truth[["X-Coordinate", "Y-Coordinate"]].to_numpy(float),
+                              tol=truth["Diameter"].median() / 2)
+    assert 2 * precision * recall / max(precision + recall, 1e-9) >= 0.6, (precision, recall)
+
+
+def _settings(out: Path, *extra: str, estimate: bool | None = None):
+    """Settings of a checkpoint trained at 7.08 Å/px on 190 Å particles."""
+    from cryoparticle.picking.settings import build_settings
+
+    facts = {"pixel_size_a": 7.08, "particle_diameter_a": 190.0, "picking_threshold": 0.5,
+             "normalisation": None, "export": {} if estimate is None else
+             {"estimate_diameter": estimate}}
+    cfg = compose("predict", ["input=x", f"output_dir={out}", "formats=[star,box,csv]", *extra])
+    return build_settings(cfg, facts, Path("model.ckpt"))
+
+
+def _pick_map(settings, prob: np.ndarray, factor: float, border=None) -> tuple[pd.DataFrame,
+                                                                            dict]:
+    """:class:`PickWriter` on one probability map (binned grid, ``factor`` × coarser than the
+    7.08/factor Å/px micrograph): the CSV it wrote and its summary record."""
+    import pytorch_lightning as pl
+
+    from cryoparticle.picking.writers import PickWriter
+
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    shape = tuple(round(n * factor) for n in prob.shape)
+    record = {"index": 0, "name": "discs", "path": "discs.mrc", "image":
+              torch.zeros(1, *prob.shape), "original_shape": shape, "factor": (factor, factor),
+              "pixel_size_a": 7.08 / factor, "read_s": 0.0, "skipped": False, "error": None,
+              "border": border}
+    writer = PickWriter(settings, [Path("discs.mrc")], ["discs"])
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False)
+    writer.on_predict_start(trainer, None)
+    writer.write_on_batch_end(trainer, None, {"prob": torch.from_numpy(prob), "segment_s": 0.0,
+                                              "tile": 64}, None, record, 0)
+    writer.on_predict_end(trainer, None)
+    assert writer.summary.n_failed == 0, writer.summary.failures
+    return (pd.read_csv(settings.output_dir / "discs.csv"), writer.summary.micrographs[0])
+
+
+def _discs(shape: tuple[int, int], centres: np.ndarray, diameter: float) -> np.ndarray:
+    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    inside = np.zeros(shape, bool)
+    for x, y in centres:
+        inside |= np.hypot(cols - x, rows - y) <= diameter / 2
+    return np.where(inside, 0.95, 0.02).astype(np.float32)
+
+
+def _match_once(picks: np.ndarray, truth: np.ndarray, tol: float) -> None:
+    """Every true centre picked exactly once, nothing else."""
+    dist = np.hypot(*(picks[:, None, :] - truth[None, :, :]).transpose(2, 0, 1))
+    assert (dist.min(axis=0) <= tol).all(), "a particle was missed"
+    assert ((dist <= tol).sum(axis=0) == 1).all(), "a particle was picked twice"
+    assert len(picks) == len(truth)
+
+
+@pytest.mark.parametrize("estimate", [True, None])
+def test_estimated_diameter_drives_extraction_and_what_is_written(tmp_path, estimate):
+    """Discs 40 binned px across (283 Å at 7.08 Å/px, the checkpoint says 190 Å): with the
+    diameter estimated (asked for, or the checkpoint's export says so) every disc is picked
+    once, including two touching pairs, and the written diameter/BOX size are the discs'."""
+    rng = np.random.default_rng(5)
+    grid = np.array([(x, y) for y in (40, 110, 180) for x in (40, 110, 180, 250)], float)
+    centres = np.vstack([grid + rng.uniform(-4, 4, grid.shape),
+                         [[330, 50], [370, 50], [330, 160], [330, 200]]])  # touching pairs
+    prob = _discs((224, 400), centres, 40.0)
+    factor = 2.0  # the micrograph at 3.54 Å/px: everything written in its pixels
+    extra = ["estimate_diameter=true"] if estimate else []
+    settings = _settings(tmp_path / "est", *extra, estimate=True if estimate is None else None)
+    assert settings.estimate_diameter
+    csv_picks, record = _pick_map(settings, prob, factor)
+    assert record["diameter_estimated"] is True
+    assert record["particle_diameter_a"] == pytest.approx(40 * 7.08, rel=0.1)
+    assert csv_picks["Diameter"].between(0.9 * 80, 1.1 * 80).all()
+    box = np.loadtxt(settings.output_dir / "discs.box", ndmin=2)
+    assert np.allclose(box[:, 2], round(1.5 * record["particle_diameter_a"] / 3.54))
+    _match_once(csv_picks[["X-Coordinate", "Y-Coordinate"]].to_numpy(float), centres * factor,
+                tol=4.0)
+
+    # An explicit particle_diameter_a always wins: no estimate, the diameter written as given.
+    given = _settings(tmp_path / "given", "estimate_diameter=true", "particle_diameter_a=150",
+                      estimate=True)
+    assert not given.estimate_diameter
+    csv_given, record = _pick_map(given, prob, factor)
+    assert record["particle_diameter_a"] == 150.0 and record["diameter_estimated"] is False
+    assert (csv_given["Diameter"] == round(150 / 3.54)).all()
+
+
+def test_too_little_foreground_falls_back_to_the_checkpoint_diameter(tmp_path):
+    settings = _settings(tmp_path / "few", "estimate_diameter=true")
+    prob = _discs((128, 128), np.array([[40.0, 40.0], [90.0, 90.0]]), 30.0)  # 2 discs: < 5 peaks
+    csv_picks, record = _pick_map(settings, prob, 1.0)
+    assert record["particle_diameter_a"] == 190.0 and len(csv_picks) == 2
+    assert (csv_picks["Diameter"] == round(190 / 7.08)).all()
+
+
+def test_padding_of_replicated_rows_and_columns_gets_no_pick(sims, tmp_path):
+    """A micrograph padded like CryoSegNet's JPGs (30 replicated rows on top, 24 replicated
+    columns on the right): the reader finds the padding, and the writer picks nothing there
+    even where the probability map has particles; drop_border=false keeps them."""
+    from cryoparticle.io.mrc import read_micrograph
+    from cryoparticle.picking.inputs import MicrographFiles
+
+    image, px = read_micrograph(sims[0] / "wide.mrc")
+    padded = np.pad(image, ((30, 0), (0, 24)), mode="edge")
+    write_mrc(tmp_path / "padded.mrc", padded, px)
+    settings = _settings(tmp_path / "out", "border_margin_px=10")
+    record = MicrographFiles([tmp_path / "padded.mrc"], ["padded"], settings)[0]
+    assert record["error"] is None
+    assert record["border"] == (40, 0, 0, 34)  # top, bottom, left, right (+ the 10 px margin)
+    # Discs everywhere on the binned grid (factor 2), padding included.
+    height, width = padded.shape
+    centres = np.array([(x, y) for y in range(8, height // 2, 34)
+                        for x in range(8, width // 2, 34)], float)
+    prob = _discs((height // 2, width // 2), centres, 27.0)
+    kept, _ = _pick_map(settings, prob, 2.0, border=record["border"])
+    xy = kept[["X-Coordinate", "Y-Coordinate"]].to_numpy(float)
+    assert len(xy) and (xy[:, 1] >= 40 - 0.5).all() and (xy[:, 0] < width - 34 + 0.5).all()
+    everything, _ = _pick_map(_settings(tmp_path / "all", "drop_border=false"), prob, 2.0,
+                              border=record["border"])
+    inner = ((everything["Y-Coordinate"] >= 40) & (everything["X-Coordinate"] < width - 34))
+    assert (~inner).sum() > 0 and inner.sum() == len(xy)
+
+
+def test_coarser_micrograph_is_fourier_padded_and_picked_in_its_own_pixels(ckpt, sims,
+                                                                          tmp_path):
+    """The wide micrograph Fourier-binned 3× (21.24 Å/px, 1.5× coarser than the checkpoint's
+    14.16): predict upsamples it 1.5× and writes picks in the coarse micrograph's pixels,
+    x = column and y = row (a transposed table would not match)."""
+    from cryoparticle.data.preprocess import fourier_bin
+
+    image, px = __import__("cryoparticle.io.mrc", fromlist=["read_micrograph"]
+                           ).read_micrograph(sims[0] / "wide.mrc")
+    coarse = fourier_bin(image, 3.0)
+    assert coarse.shape == (85, 128)
+    write_mrc(tmp_path / "coarse.mrc", coarse, px * 3)
+    truth = sims[1]["wide"].to_numpy(float) * np.array([128 / 384, 85 / 256])
+    out = tmp_path / "out"
+    summary = run(config(ckpt, tmp_path / "coarse.mrc", out))
+    assert summary.exit_code == 0, summary.failures
+    record = summary.micrographs[0]
+    assert record["original_shape"] == (85, 128)
+    assert record["bin_factor"] == pytest.approx(1 / 1.5, rel=0.01)  # upsampled 1.5×
+    picks = starfile.read(out / "coarse.star", always_dict=True)[""][
+        ["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)
+    precision, recall = match(picks, truth, tol=TOLERANCE_PX / 3 + 0.5)
+    assert precision >= 0.8 and recall >= 0.8, (precision, recall, picks, truth)
+    assert (picks[:, 0] < 128).all() and (picks[:, 1] < 85).all()
+    assert match(picks[:, ::-1], truth, tol=TOLERANCE_PX / 3 + 0.5)[1] < 0.5
