@@ -101,7 +101,7 @@ def export_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
 @exit_on_input_error
 def main(argv: Sequence[str] | None = None) -> Path:
     """``python -m cryoparticle.models.packaged export SOURCE [TARGET] [--full-precision]
-    [--estimate-diameter]``: a shippable checkpoint (default target: the packaged general
+    [--estimate-diameter] [--core-fraction F]``: a shippable checkpoint (default target: the packaged general
     model's file in this checkout)."""
     parser = argparse.ArgumentParser(prog="python -m cryoparticle.models.packaged",
                                      description=main.__doc__)
@@ -113,12 +113,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
                         help="keep float32 weights (default: float16)")
     export.add_argument("--estimate-diameter", action="store_true",
                         help="predict.py estimates the particle diameter per micrograph")
+    export.add_argument("--core-fraction", type=float, default=None,
+                        help="the network marks this share of each diameter (core targets)")
     args = parser.parse_args(argv)
     target = args.target or Path(str(resources.files("cryoparticle.models") / "weights"
                                      / PACKAGED["general"]))
     out = export_checkpoint(args.source, target, half=not args.full_precision,
                             extra={"estimate_diameter": bool(args.estimate_diameter),
-                                   "source": args.source.name})
+                                   "source": args.source.name,
+                                   **({} if args.core_fraction is None
+                                      else {"core_fraction": args.core_fraction})})
     print(f"{out}: {out.stat().st_size / 1e6:.1f} MB", file=sys.stdout)
     return out
 

@@ -109,6 +109,9 @@ class Settings:
     extraction: Extraction
     normalisation: Normalisation = Normalisation("standardise")
     estimate_diameter: bool = False
+    #: the share of a particle's diameter the network marks (its training target's core
+    #: fraction; 1 for whole-disc or particle-shaped targets): estimates are divided by it
+    core_fraction: float = 1.0
     diameter_range: tuple[float, float] = (0.4, 2.5)
     drop_border: bool = True
     border_margin_px: int = 40
@@ -190,6 +193,9 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
     if estimate is None:
         estimate = bool((facts.get("export") or {}).get("estimate_diameter", False))
     estimate = flag("estimate_diameter", estimate) and diameter is None
+    core_fraction = positive("core_fraction", (facts.get("export") or {}).get("core_fraction"))
+    if core_fraction is not None and core_fraction > 1:
+        raise file_error(ckpt_path, f"export.core_fraction={core_fraction} must be ≤ 1")
     if diameter is None:
         diameter = facts.get("particle_diameter_a")
         if diameter is None or not math.isfinite(float(diameter)) or float(diameter) <= 0:
@@ -226,6 +232,7 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
             **{k: v for k, v in (plain(cfg.get("extraction")) or {}).items() if v is not None}}),
         normalisation=normalisation,
         estimate_diameter=estimate,
+        core_fraction=1.0 if core_fraction is None else float(core_fraction),
         diameter_range=_diameter_range(cfg.get("diameter_range", [0.4, 2.5])),
         drop_border=flag("drop_border", cfg.get("drop_border", True)),
         border_margin_px=whole("border_margin_px", cfg.get("border_margin_px", 40), 0),

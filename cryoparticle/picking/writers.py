@@ -62,15 +62,18 @@ SUMMARY_NAME = "predict_summary.json"
 def picking_diameter_a(prob: np.ndarray, settings: Settings, binned_px: float) -> float:
     """The particle diameter (Å) to pick ``prob`` (binned grid, ``binned_px`` Å/px) with:
     ``settings.particle_diameter_a``, or, when ``settings.estimate_diameter``, the estimate
-    of :func:`~cryoparticle.picking.extract.estimate_diameter_px` within
-    :meth:`Settings.diameter_bounds_a` (that diameter when there is too little foreground)."""
+    of :func:`~cryoparticle.picking.extract.estimate_diameter_px` (the size of the regions the
+    network marks, divided by ``settings.core_fraction``: a network trained on particle cores
+    marks that share of each diameter) within :meth:`Settings.diameter_bounds_a` (that
+    diameter when there is too little foreground)."""
     if not settings.estimate_diameter:
         return settings.particle_diameter_a
     low, high = settings.diameter_bounds_a()
+    core = settings.core_fraction
     estimate = estimate_diameter_px(prob, settings.threshold,
-                                    min_diameter_px=max(low / binned_px, 1.0),
-                                    max_diameter_px=max(high / binned_px, 1.0))
-    return settings.particle_diameter_a if estimate is None else estimate * binned_px
+                                    min_diameter_px=max(core * low / binned_px, 1.0),
+                                    max_diameter_px=max(core * high / binned_px, 1.0))
+    return settings.particle_diameter_a if estimate is None else estimate * binned_px / core
 
 
 def prepare_output_dir(path: Path) -> None:

@@ -1003,3 +1003,28 @@ def test_coarser_micrograph_is_fourier_padded_and_picked_in_its_own_pixels(ckpt,
     assert precision >= 0.8 and recall >= 0.8, (precision, recall, picks, truth)
     assert (picks[:, 0] < 128).all() and (picks[:, 1] < 85).all()
     assert match(picks[:, ::-1], truth, tol=TOLERANCE_PX / 3 + 0.5)[1] < 0.5
+
+
+def test_estimated_diameter_of_a_core_trained_network_is_the_whole_particle(tmp_path):
+    """A network trained on particle cores (export core_fraction 0.5) marks discs of half the
+    diameter: the estimate reports the whole particle's diameter."""
+    import pandas as pd
+
+    from cryoparticle.data.masks import disc_mask
+    from cryoparticle.picking.settings import build_settings
+    from cryoparticle.picking.writers import picking_diameter_a
+
+    facts = {"pixel_size_a": 7.08, "particle_diameter_a": 190.0, "picking_threshold": 0.5,
+             "normalisation": "per_micrograph_standardise",
+             "export": {"estimate_diameter": True, "core_fraction": 0.5}}
+    cfg = compose("predict", ["input=b", f"output_dir={tmp_path}"])
+    settings = build_settings(cfg, facts, tmp_path / "a.ckpt")
+    assert settings.estimate_diameter and settings.core_fraction == 0.5
+    xy = [(x, y) for x in range(20, 300, 40) for y in range(20, 300, 40)]
+    cores = disc_mask((320, 320), pd.DataFrame({"micrograph": "m", "x": [p[0] for p in xy],
+                                                "y": [p[1] for p in xy], "diameter": 15.0,
+                                                "score": 1.0})).astype(float)
+    assert picking_diameter_a(cores, settings, 7.08) == pytest.approx(30 * 7.08, rel=0.1)
+    facts["export"]["core_fraction"] = 2.0
+    with pytest.raises(InputError, match="core_fraction"):
+        build_settings(cfg, facts, tmp_path / "a.ckpt")
