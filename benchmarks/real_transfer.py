@@ -14,9 +14,11 @@ convention as ``data=general``. Truth = the disc centres recovered from the mask
 the diameter (Hungarian matching, :mod:`cryoparticle.picking.evaluate`), pooled over the
 micrographs of a dataset.
 
-For each picker: precision/recall/F1 at its own threshold (ours: the one stored in the
-checkpoint; Topaz: score 0, its documented default), the best F1 over all thresholds with that
-threshold, and the average precision. ``--micrographs test`` uses only the test micrographs of
+For each picker: precision/recall/F1 at its own threshold (ours: ``predict.py`` as a user runs
+it, with the threshold stored in the checkpoint; Topaz: score 0, its documented default), the
+best F1 over thresholds with that threshold (ours: extraction re-run on the probability maps
+predict wrote, thresholds 0.05–0.95; Topaz: over its scores), and the average precision of the
+picks ranked by score (ours: the picks at the stored threshold; Topaz: every candidate). ``--micrographs test`` uses only the test micrographs of
 ``data=general`` (never trained on); ``all`` uses every micrograph (for checkpoints that saw no
 real pixels). Writes ``benchmarks/results/<out>.json`` and ``.md``.
 """
@@ -45,22 +47,26 @@ from cryoparticle.picking.evaluate import (average_precision, best_f1_threshold,
                                            precision_recall_f1)
 
 #: name → (folder, pixel size Å/px of the files, disc diameter px of the files, mask scale,
-#: test micrograph of data=general)
+#: {split: micrograph} of data=general's explicit validation and test micrographs)
 DATASETS = {
-    "EMPIAR-10017": ("empiar-10017", 1.77, 108.0, 1, "Falcon_2012_06_12-15_41_22_0"),
-    "EMPIAR-10059": ("empiar-10059", 191.0 / 36.0, 36.0, 4, "stack_0255_2x_dfpt_10059"),
+    "EMPIAR-10017": ("empiar-10017", 1.77, 108.0, 1,
+                     {"test": "Falcon_2012_06_12-15_41_22_0",
+                      "val": "Falcon_2012_06_12-14_57_34_0"}),
+    "EMPIAR-10059": ("empiar-10059", 191.0 / 36.0, 36.0, 4,
+                     {"test": "stack_0255_2x_dfpt_10059", "val": "stack_0005_2x_dfpt_10059"}),
     "EMPIAR-10947": ("empiar-10947", 212.0 / 60.0, 60.0, 4,
-                     "FoilHole_15962087_Data_15972812_15972814_20211215_190400_EER_10947"),
+                     {"test": "FoilHole_15962087_Data_15972812_15972814_20211215_190400_EER_10947",
+                      "val": "FoilHole_15960851_Data_15972821_15972823_20211215_175446_EER_10947"}),
 }
 TOPAZ_PIXEL_SIZE_A = 7.08   # Topaz's pickers see micrographs binned to about the model scale
 
 
 def dataset_inputs(name: str, data_dir: Path, which: str, work: Path) -> dict[str, Any]:
     """MRC copies (pixel size in the header) of a dataset's micrographs, their truth, borders."""
-    folder, px, diameter, scale, test = DATASETS[name]
+    folder, px, diameter, scale, held_out = DATASETS[name]
     mics = sorted((data_dir / folder / "micrographs").glob("*.*"))
-    if which == "test":
-        mics = [m for m in mics if m.stem == test]
+    if which in held_out:
+        mics = [m for m in mics if m.stem == held_out[which]]
     out = work / folder
     out.mkdir(parents=True, exist_ok=True)
     paths, truths, borders = [], [], {}
@@ -96,10 +102,17 @@ def inside(picks: pd.DataFrame, borders: dict[str, np.ndarray]) -> pd.DataFrame:
     return picks[keep].reset_index(drop=True)
 
 
-def scores(picks: pd.DataFrame, truth: pd.DataFrame, radius: float, threshold: float
-           ) -> dict[str, Any]:
+def scores(picks: pd.DataFrame, truth: pd.DataFrame, radius: float, threshold: float,
+           sweep: dict[float, pd.DataFrame] | None = None) -> dict[str, Any]:
+    """At ``threshold``; best F1 over the score thresholds of ``picks`` (Topaz: its scores
+    rank candidates) or, with ``sweep``, over the extraction thresholds of ours."""
     at = precision_recall_f1(picks[picks["score"] >= threshold], truth, radius)
-    best_threshold, best_f1 = best_f1_threshold(picks, truth, radius)
+    if sweep is None:
+        best_threshold, best_f1 = best_f1_threshold(picks, truth, radius)
+    else:
+        f1 = {t: precision_recall_f1(p, truth, radius)["f1"] for t, p in sweep.items()}
+        best_threshold = max(f1, key=lambda t: (f1[t], -abs(t - threshold)))
+        best_f1 = f1[best_threshold]
     return {"threshold": threshold, "precision": at["precision"], "recall": at["recall"],
             "f1": at["f1"], "best_f1": best_f1, "best_threshold": best_threshold,
             "ap": average_precision(picks, truth, radius), "n_picks": int((picks["score"]
@@ -107,26 +120,52 @@ def scores(picks: pd.DataFrame, truth: pd.DataFrame, radius: float, threshold: f
             "n_truth": len(truth)}
 
 
-def run_ours(ckpt: str, data: dict[str, Any], out: Path) -> tuple[pd.DataFrame, float, float]:
-    """All candidates (threshold 0.05, scores = mean probability) and the stored threshold."""
+THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
+"""Thresholds of the sweep of our pickers (extraction re-run on the saved probability maps)."""
+
+
+def run_ours(ckpt: str, data: dict[str, Any], out: Path
+             ) -> tuple[pd.DataFrame, float, float, dict[float, pd.DataFrame]]:
+    """``predict.py`` as a user runs it (the stored threshold, diameter estimate, borders):
+    its picks, the threshold, seconds per micrograph; and the picks at every threshold of
+    :data:`THRESHOLDS`, extracted from the probability maps predict wrote with the same
+    diameter and extraction options (coordinates scaled to the original micrograph)."""
+    import json
+
+    from cryoparticle.io.coords import scale_coordinates
+    from cryoparticle.io.mrc import read_mrc
+    from cryoparticle.models.packaged import resolve_checkpoint
+    from cryoparticle.models.segmenter import load_segmenter
+    from cryoparticle.picking.extract import extract_particles
+
     if out.exists():
         shutil.rmtree(out)
     cmd = [sys.executable, str(ROOT / "predict.py"), f"input=[{','.join(map(str, data['paths']))}]",
-           f"output_dir={out}", "threshold=0.05", "progress_bar=false", "num_workers=0"]
-    cmd.append(f"ckpt_path={ckpt}")
+           f"output_dir={out}", f"ckpt_path={ckpt}", "write_probability=true",
+           "progress_bar=false", "num_workers=0"]
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"predict.py failed ({ckpt}):\n{result.stderr[-2000:]}")
-    from cryoparticle.models.packaged import resolve_checkpoint
-    from cryoparticle.models.segmenter import load_segmenter
-
-    stored = float(load_segmenter(resolve_checkpoint(None if ckpt == "general" else ckpt))
-                   .inference_facts()["picking_threshold"])
+    facts = load_segmenter(resolve_checkpoint(ckpt)).inference_facts()
+    options = dict(facts.get("extraction") or {})
+    summary = {m["name"]: m for m in json.loads((out / "predict_summary.json").read_text())
+               ["micrographs"]}
     picks = pd.concat([read_star(out / f"{p.stem}.star").assign(micrograph=p.stem)
                        for p in data["paths"]], ignore_index=True)
-    return picks, stored, wall / len(data["paths"])
+    sweep: dict[float, list[pd.DataFrame]] = {t: [] for t in THRESHOLDS}
+    for path in data["paths"]:
+        info = summary[path.stem]
+        prob, _ = read_mrc(out / f"{path.stem}_prob.mrc", mmap=False)
+        binned_px = float(info["pixel_size_a"]) * float(info["bin_factor"])
+        diameter = float(info["particle_diameter_a"]) / binned_px
+        for t in THRESHOLDS:
+            found = extract_particles(prob, diameter, threshold=float(t), micrograph=path.stem,
+                                      **options)
+            sweep[t].append(scale_coordinates(found, float(info["bin_factor"])))
+    tables = {t: pd.concat(v, ignore_index=True) for t, v in sweep.items()}
+    return picks, float(facts["picking_threshold"]), wall / len(data["paths"]), tables
 
 
 def run_topaz(topaz: Path, data: dict[str, Any], out: Path) -> tuple[pd.DataFrame, float]:
@@ -155,6 +194,12 @@ def run_topaz(topaz: Path, data: dict[str, Any], out: Path) -> tuple[pd.DataFram
     return read_topaz(picks_file, data["diameter_px"]), wall / len(data["paths"])
 
 
+def _in_radii(table: pd.DataFrame, radius: float, dataset: str) -> pd.DataFrame:
+    """Coordinates divided by the matching radius, micrographs prefixed by the dataset."""
+    return table.assign(x=table["x"] / radius, y=table["y"] / radius,
+                        micrograph=dataset + "/" + table["micrograph"].astype(str))
+
+
 def table(record: dict[str, Any]) -> str:
     lines = ["| dataset | picker | micrographs | threshold | P | R | F1 | best F1 (at) | AP |"
              " s / micrograph |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -173,7 +218,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ckpt", action="append", default=None, metavar="NAME=PATH",
                         help="a checkpoint to measure (repeatable; PATH 'general' = the "
                              "shipped model; default: general=general)")
-    parser.add_argument("--micrographs", choices=["all", "test"], default="all")
+    parser.add_argument("--micrographs", choices=["all", "test", "val"], default="all",
+                        help="all; or data=general's test (never trained on) or validation "
+                             "micrographs (with val: the threshold that maximises F1 pooled "
+                             "over the datasets, to store with export --threshold)")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--topaz", type=Path, default=None,
                         help="the topaz executable (pip install topaz-em); omitted: not run")
@@ -185,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ckpts = dict(item.split("=", 1) for item in (args.ckpt or ["general=general"]))
     record: dict[str, Any] = {"micrographs": args.micrographs, "results": {},
                               "checkpoints": ckpts, "matching": "Hungarian, radius d/2, pooled"}
+    pooled: dict[str, dict[str, pd.DataFrame]] = {}
+    truths: dict[str, pd.DataFrame] = {}
     for name in args.datasets:
         data = dataset_inputs(name, args.data_dir, args.micrographs, args.work / "inputs")
         truth = inside(data["truth"], data["borders"])
@@ -195,17 +245,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs["Topaz resnet16_u64 (shipped)"] = ("topaz", str(args.topaz))
         for picker, (kind, where) in runs.items():
             out = args.work / "picks" / name / picker.replace(" ", "_").replace(":", "")
+            sweep = None
             if kind == "ours":
-                picks, threshold, speed = run_ours(where, data, out)
+                picks, threshold, speed, sweep = run_ours(where, data, out)
+                sweep = {t: inside(p, data["borders"]) for t, p in sweep.items()}
             else:
                 (picks, speed), threshold = run_topaz(Path(where), data, out), 0.0
             picks = inside(picks, data["borders"])
-            result = scores(picks, truth, radius, threshold)
+            result = scores(picks, truth, radius, threshold, sweep)
+            # in units of each dataset's radius, for the threshold pooled over datasets
+            pooled.setdefault(name, {})[picker] = (
+                {t: _in_radii(p, radius, name) for t, p in sweep.items()} if sweep
+                else _in_radii(picks, radius, name))
+            truths[name] = _in_radii(truth, radius, name)
             result.update({"n_micrographs": len(data["paths"]), "s_per_micrograph": speed})
             record["results"][name][picker] = result
             print(f"{name:14s} {picker:32s} F1 {result['f1']:.3f} (P {result['precision']:.3f}"
                   f" R {result['recall']:.3f}) best {result['best_f1']:.3f} AP "
                   f"{result['ap']:.3f}", flush=True)
+    if args.micrographs == "val":  # the pooled best threshold of every picker
+        record["pooled_best_threshold"] = {}
+        for picker in next(iter(pooled.values())):
+            truth = pd.concat([truths[n] for n in pooled], ignore_index=True)
+            if isinstance(pooled[next(iter(pooled))][picker], dict):  # ours: the sweep
+                f1s = {t: precision_recall_f1(pd.concat([pooled[n][picker][t] for n in pooled],
+                                                        ignore_index=True), truth, 1.0)["f1"]
+                       for t in THRESHOLDS}
+                threshold = max(f1s, key=f1s.get)
+                f1 = f1s[threshold]
+            else:
+                picks = pd.concat([pooled[n][picker] for n in pooled], ignore_index=True)
+                threshold, f1 = best_f1_threshold(picks, truth, 1.0)
+            record["pooled_best_threshold"][picker] = {"threshold": threshold, "f1": f1}
+            print(f"{picker}: pooled best threshold {threshold:.3f} (F1 {f1:.3f})")
     markdown = table(record)
     print(markdown)
     results = ROOT / "benchmarks" / "results"

@@ -51,7 +51,8 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike[str] | None) -> Path:
 
 
 def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[str], *,
-                      half: bool = True, extra: dict[str, Any] | None = None) -> Path:
+                      half: bool = True, extra: dict[str, Any] | None = None,
+                      threshold: float | None = None) -> Path:
     """Write ``target``: ``source``'s weights (float16 when ``half``), hyperparameters and
     inference facts, without optimizer/scheduler/callback state; atomically.
 
@@ -73,6 +74,13 @@ def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
                               for k, v in checkpoint["state_dict"].items()}
     facts = dict(slim.get("cryoparticle") or {})
     facts["export"] = {"half": bool(half), **(extra or {})}
+    if threshold is not None:  # the picking threshold, wherever a loader reads it
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise param_error("threshold", threshold, "must be a probability in [0, 1]")
+        facts["export"]["trained_threshold"] = facts.get("picking_threshold")
+        facts["picking_threshold"] = float(threshold)
+        slim["hyper_parameters"] = {**slim.get("hyper_parameters", {}),
+                                    "picking_threshold": float(threshold)}
     slim["cryoparticle"] = facts
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -113,12 +121,17 @@ def main(argv: Sequence[str] | None = None) -> Path:
                         help="keep float32 weights (default: float16)")
     export.add_argument("--estimate-diameter", action="store_true",
                         help="predict.py estimates the particle diameter per micrograph")
+    export.add_argument("--threshold", type=float, default=None,
+                        help="the picking threshold to store (e.g. calibrated on real "
+                             "validation micrographs: benchmarks/real_transfer.py "
+                             "--micrographs val); default: the checkpoint's")
     export.add_argument("--core-fraction", type=float, default=None,
                         help="the network marks this share of each diameter (core targets)")
     args = parser.parse_args(argv)
     target = args.target or Path(str(resources.files("cryoparticle.models") / "weights"
                                      / PACKAGED["general"]))
     out = export_checkpoint(args.source, target, half=not args.full_precision,
+                            threshold=args.threshold,
                             extra={"estimate_diameter": bool(args.estimate_diameter),
                                    "source": args.source.name,
                                    **({} if args.core_fraction is None

@@ -52,6 +52,10 @@ def test_export_cli_and_bad_sources(trained, tmp_path, capsys):
     assert "MB" in capsys.readouterr().out
     raw = torch.load(target, map_location="cpu", weights_only=True)
     assert raw["cryoparticle"]["export"]["estimate_diameter"] is True
+    packaged.main(["export", str(trained), str(target), "--threshold", "0.35"])
+    assert load_segmenter(target).inference_facts()["picking_threshold"] == 0.35
+    with pytest.raises(InputError, match="threshold"):
+        packaged.export_checkpoint(trained, target, threshold=1.5)
     with pytest.raises(InputError, match="checkpoint not found"):
         packaged.export_checkpoint(tmp_path / "missing.ckpt", target)
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
