@@ -73,6 +73,13 @@ FINE_SPATIAL_CELLS_PER_SIGMA = 1.5
 FINE_BILATERAL_CELLS_PER_SIGMA = 2.5
 #: Largest max-abs error of the low-rank intensity kernel (its diagonal is 1).
 LOWRANK_TOLERANCE = 1e-3
+#: Images (all of a batch together) of more than this many pixels get the *nearest* slice of the
+#: bilateral grid by default at inference (without autograd; CRF-as-RNN training keeps the
+#: bilinear slice): each pixel reads back the cell it was splatted into, one
+#: ``index_select``; the blur makes up the slice's variance), smaller ones the bilinear slice
+#: (closer to the exact kernel on small grids). At 4096² the nearest slice makes 10 iterations
+#: ~30 % faster at 99.85 % label agreement with pydensecrf (bilinear: 99.89 %).
+NEAREST_SLICE_PIXELS = FINE_GRID_PIXELS
 #: Blur taps reach this many standard deviations.
 TRUNCATE = 4.0
 #: Pixels used to estimate the percentiles of a micrograph (a regular subsample).
@@ -320,17 +327,26 @@ class IntensityBilateral:
     ``levels``: ``(N, H, W)`` or ``(N, 1, H, W)`` integers in ``[0, 256)`` (see
     :func:`intensity_levels`); ``s_level`` in levels. ``rank``: ``None`` = automatic (exact
     intensity kernel when ``s_level`` is a tensor that requires grad or the grid is small, else
-    the low-rank factor); ``0`` = always exact; ``k > 0`` = that rank.
+    the low-rank factor); ``0`` = always exact; ``k > 0`` = that rank. ``slice_mode``:
+    ``"bilinear"`` or ``"nearest"``; ``None`` = nearest above :data:`NEAREST_SLICE_PIXELS`
+    pixels when autograd is off, else bilinear.
     """
 
     row_multiple = 1
 
     def __init__(self, levels: Tensor, sxy: Tensor | float, s_level: Tensor | float,
                  cell: int | None = None, rank: int | None = None,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, slice_mode: str | None = None) -> None:
         if levels.ndim == 4:
             levels = levels[:, 0]
         n, h, w = levels.shape
+        if slice_mode is None:  # training (autograd) keeps the bilinear slice, as measured
+            large = n * h * w > NEAREST_SLICE_PIXELS
+            slice_mode = "nearest" if large and not torch.is_grad_enabled() else "bilinear"
+        if slice_mode not in ("bilinear", "nearest"):
+            raise ValueError(f"slice_mode must be 'bilinear' or 'nearest', got {slice_mode!r}")
+        self.slice_mode = slice_mode
+        nearest = slice_mode == "nearest"
         device = levels.device
         self.shape = (n, h, w)
         s = self.cell = int(cell) if cell is not None else auto_cell(float(sxy))
@@ -349,16 +365,18 @@ class IntensityBilateral:
         # slicing: bilinear on an atlas of the 256 level planes stacked along the rows
         rows = LEVELS * gy
         self.index = torch.empty(n, h, w, dtype=index_dtype, device=device)
-        self.sample = torch.empty(n, h, w, 2, dtype=dtype, device=device)
+        self.sample = None if nearest else torch.empty(n, h, w, 2, dtype=dtype, device=device)
         xs = (cx * (2.0 / (gx - 1)) - 1.0).to(dtype).view(1, w)
         ys = (cy * (2.0 / (rows - 1)) - 1.0).to(dtype)
         for r0, r1 in bands(h, w, n):        # in bands: no whole-micrograph temporaries
             torch.add(rowpart[:, r0:r1], colpart, out=self.index[:, r0:r1])
             self.index[:, r0:r1].add_(lev[:, r0:r1], alpha=cells)
-            self.sample[:, r0:r1, :, 0] = xs
-            torch.add(ys[r0:r1].view(1, -1, 1), lev[:, r0:r1], alpha=2.0 * gy / (rows - 1),
-                      out=self.sample[:, r0:r1, :, 1])
-        extra = (_box_variance(s) + _tent_variance(s)) if s > 1 else 0.0
+            if self.sample is not None:
+                self.sample[:, r0:r1, :, 0] = xs
+                torch.add(ys[r0:r1].view(1, -1, 1), lev[:, r0:r1], alpha=2.0 * gy / (rows - 1),
+                          out=self.sample[:, r0:r1, :, 1])
+        slice_variance = _box_variance(s) if nearest else _tent_variance(s)
+        extra = (_box_variance(s) + slice_variance) if s > 1 else 0.0
         self.sigma_cells = _blur_sigma(sxy, s, extra)
         learn_level = isinstance(s_level, Tensor) and s_level.requires_grad
         if rank is None:
@@ -389,7 +407,8 @@ class IntensityBilateral:
         return grid.scatter_add_(0, index[:, None].expand(-1, c), src)
 
     def blur(self, grid: Tensor) -> Tensor:
-        """The blurred grid as an atlas ``(N, C, 256·rows, columns)`` for slicing."""
+        """The blurred grid for slicing: an atlas ``(N, C, 256·rows, columns)`` (bilinear slice)
+        or the cells in the splat layout ``(cells, C)`` (nearest slice)."""
         n = self.shape[0]
         gy, gx = self.gy, self.gx
         c = 1 if grid.ndim == 1 else grid.shape[1]
@@ -403,12 +422,22 @@ class IntensityBilateral:
         else:
             small = blur_axis(blur_axis(hist.view(LEVELS, n, gy, gx, c), 2, taps), 3, taps)
             fine = self.kernel.to(grid.dtype) @ small.reshape(LEVELS, -1)
+        if self.slice_mode == "nearest":
+            return fine.view(-1, c)
         fine = fine.view(LEVELS, n, gy, gx, c)
         if n == 1 and c == 1:
             return fine.view(1, 1, LEVELS * gy, gx)
         return fine.permute(1, 4, 0, 2, 3).reshape(n, c, LEVELS * gy, gx)
 
     def slice(self, atlas: Tensor, r0: int, r1: int) -> Tensor:
+        """Filtered values ``(N, C, r1 − r0, W)`` of rows ``r0:r1`` from :meth:`blur`'s result."""
+        if self.slice_mode == "nearest":
+            n, _, w = self.shape
+            c = atlas.shape[1]
+            index = self.index[:, r0:r1].reshape(-1)
+            if c == 1:  # 1-D: the fast path of index_select (a 2-D one copies row by row)
+                return atlas.view(-1).index_select(0, index).view(n, 1, r1 - r0, w)
+            return atlas.index_select(0, index).view(n, r1 - r0, w, c).permute(0, 3, 1, 2)
         return F.grid_sample(atlas, self.sample[:, r0:r1].to(atlas.dtype), mode="bilinear",
                              padding_mode="zeros", align_corners=True)
 

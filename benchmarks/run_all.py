@@ -1,0 +1,247 @@
+"""Run every benchmark that produces a README number, one after the other, and summarise them.
+
+    python benchmarks/run_all.py --quick|--full [--only crf_speed pick_speed ...]
+                                 [--results-dir DIR] [--data-dir DIR]
+                                 [--topaz PATH] [--aspire-python PATH] [--dry-run]
+
+``--quick``: settings whose total fits in about 30 minutes on a 2-core CPU (fewer repeats,
+sizes, networks and epochs than the README's tables; the JSON of each benchmark records its
+command, so quick numbers are never mistaken for full ones); results in
+``benchmarks/results/quick/`` unless ``--results-dir``. ``--full``: every script's own defaults
+(the README's settings; a GPU is used where the script can use one), results in
+``benchmarks/results/``. The peers stay optional: Topaz is compared when ``--topaz`` or a
+``topaz`` on the PATH exists, ASPIRE when ``--aspire-python`` is given; otherwise their
+comparisons are skipped (``--no-topaz`` / ``--no-aspire``). Benchmarks on real data
+(``crf_effect``, ``real_data_cv``) are skipped when ``--data-dir`` has no EMPIAR-10017 folder.
+
+Each benchmark runs as its own process (``python benchmarks/<name>.py ...``); a failing one is
+reported and the others still run. ``--dry-run`` prints the commands and runs nothing. The
+summary (name, status, minutes, results file, headline figure) is printed at the end and
+written to ``run_all.json`` in the results folder. Exit status: 1 if any benchmark failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from _common import DATA_DIR_HELP, DEFAULT_DATA_DIR, ROOT, write_results  # noqa: E402
+
+
+def _dig(record: dict[str, Any], *keys: Any) -> Any:
+    value: Any = record
+    for key in keys:
+        if isinstance(value, dict):
+            value = value.get(key)
+        elif isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
+            value = value[key]
+        else:
+            return None
+    return value
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _crf_speed(r: dict[str, Any]) -> str:
+    last = _dig(r, "sizes", -1) or {}
+    return (f"{last.get('size')}²: ours {_fmt(_dig(last, 'ours', 'seconds'), '.2f')} s, "
+            f"speed-up {_fmt(last.get('speedup'), '.1f')}×, "
+            f"agreement {_fmt(last.get('agreement'), '.4f')}")
+
+
+def _pick_speed(r: dict[str, Any]) -> str:
+    text = (f"ours {_fmt(_dig(r, 'ours', 's_per_micrograph_process'), '.2f')} s/micrograph, "
+            f"{_fmt(_dig(r, 'ours', 'particles_per_micrograph'), '.0f')} picks")
+    ratio = _dig(r, "ratio", "process_vs_extract")
+    return text + (f", {ratio:.2f}× topaz extract" if ratio is not None else "")
+
+
+def _simulate_speed(r: dict[str, Any]) -> str:
+    mps = _dig(r, "micrographs_4096", "micrographs_per_s")
+    cps = _dig(r, "crops_loader", "crops_per_s")
+    return f"4096²: {_fmt(mps, '.2f')} micrographs/s, loader {_fmt(cps, '.0f')} crops/s"
+
+
+def _train_throughput(r: dict[str, Any]) -> str:
+    nets = r.get("networks") or {}
+    steps = ", ".join(f"{name} {_fmt(_dig(v, 'crops_per_s'), '.0f')}" for name, v in nets.items())
+    return (f"crops/s: {steps}; pipeline {_fmt(_dig(r, 'pipeline', 'crops_per_s'), '.0f')}")
+
+
+def _keys(r: dict[str, Any]) -> str:
+    return ", ".join(k for k in r if k not in ("machine", "load_before", "load_after"))[:60]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark script: its arguments per mode and its headline figure."""
+
+    name: str
+    quick: list[str]
+    full: list[str] = field(default_factory=list)
+    #: Needs the EMPIAR-10017 data under ``--data-dir``.
+    real_data: bool = False
+    #: The JSON option of the script (``--json``) and further result files (``--markdown``).
+    outputs: tuple[str, ...] = ("--json",)
+    headline: Callable[[dict[str, Any]], str] = _keys
+
+
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark("simulate_speed", ["--repeats", "2", "--crops", "10", "--loader-crops", "32"],
+              headline=_simulate_speed),
+    Benchmark("crf_speed", ["--sizes", "1024", "4096", "--repeats", "3", "--threads", "1",
+                            "--workers", "2"],
+              ["--sizes", "1024", "2048", "4096", "--repeats", "3", "--threads", "1",
+               "--workers", "2", "--train-step", "--train-repeats", "3"],
+              headline=_crf_speed),
+    Benchmark("pick_speed", ["--n", "1"], headline=_pick_speed),
+    Benchmark("train_throughput", ["--networks", "unet", "deeplabv3", "--steps", "3",
+                                   "--pipeline-batches", "3"], headline=_train_throughput),
+    Benchmark("crf_effect", ["--networks", "unet", "--snrs", "0.1", "--n-test", "2",
+                             "--test-size", "512", "--n-real-test", "1", "--epochs", "1",
+                             "--real-epochs", "1", "--samples", "64", "--rnn-epochs", "1",
+                             "--feature-channels", "1"],
+              real_data=True, outputs=("--json", "--markdown")),
+    Benchmark("real_data_cv", ["--folds", "5", "--only-folds", "0", "--epochs", "1",
+                               "--samples", "32"],
+              real_data=True, outputs=("--json", "--markdown")),
+)
+NAMES = tuple(b.name for b in BENCHMARKS)
+
+
+def has_real_data(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds the EMPIAR-10017 micrographs the real-data benchmarks use."""
+    return any((data_dir / "empiar-10017" / "micrographs").glob("*.jpg"))
+
+
+def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
+            topaz: Path | None, aspire_python: Path | None) -> list[str]:
+    """The command line of one benchmark in ``mode`` (``quick`` or ``full``)."""
+    args = list(bench.quick if mode == "quick" else bench.full)
+    cmd = [sys.executable, str(HERE / f"{bench.name}.py"), *args]
+    suffix = {"--json": ".json", "--markdown": ".md"}
+    for option in bench.outputs:
+        cmd += [option, str(results_dir / f"{bench.name}{suffix[option]}")]
+    if bench.name == "pick_speed":
+        cmd += ["--data-dir", str(data_dir)]
+        cmd += ["--topaz", str(topaz)] if topaz is not None else ["--no-topaz"]
+    elif bench.name == "simulate_speed":
+        cmd += (["--aspire-python", str(aspire_python)] if aspire_python is not None
+                else ["--no-aspire"])
+    elif bench.name == "crf_effect":
+        cmd += ["--data-dir", str(data_dir)]
+    elif bench.name == "real_data_cv":
+        cmd += ["--shared", str(data_dir)]
+    elif bench.name == "train_throughput" and mode == "full":
+        import torch
+
+        cmd += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
+    return cmd
+
+
+def plan(args: argparse.Namespace) -> list[tuple[Benchmark, list[str] | None, str]]:
+    """``(benchmark, command or None, reason skipped)`` for each selected benchmark."""
+    mode = "quick" if args.quick else "full"
+    real = has_real_data(args.data_dir)
+    topaz = args.topaz
+    if topaz is None and shutil.which("topaz"):
+        topaz = Path(shutil.which("topaz"))  # type: ignore[arg-type]
+    if topaz is not None and not Path(topaz).exists():
+        topaz = None
+    rows = []
+    for bench in BENCHMARKS:
+        if args.only and bench.name not in args.only:
+            continue
+        if bench.real_data and not real:
+            rows.append((bench, None, f"no EMPIAR-10017 data under {args.data_dir}"))
+            continue
+        rows.append((bench, command(bench, mode, args.results_dir, args.data_dir, topaz,
+                                    args.aspire_python), ""))
+    return rows
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of the runs."""
+    header = ("benchmark", "status", "min", "results", "headline")
+    lines = [[r["name"], r["status"], _fmt(r.get("minutes"), ".1f"), r.get("json") or "",
+              r.get("headline") or r.get("reason") or ""] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    out = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--quick", action="store_true", help="≤ 30 min on a 2-core CPU")
+    mode.add_argument("--full", action="store_true", help="the README's settings (GPU)")
+    p.add_argument("--only", nargs="+", choices=NAMES, default=None, metavar="NAME",
+                   help=f"run only these ({', '.join(NAMES)})")
+    p.add_argument("--results-dir", type=Path, default=None,
+                   help="default: benchmarks/results/quick (--quick), benchmarks/results (--full)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
+    p.add_argument("--topaz", type=Path, default=None, help="topaz executable (optional peer)")
+    p.add_argument("--aspire-python", type=Path, default=None,
+                   help="python of a venv with ASPIRE (optional peer)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = p.parse_args(argv)
+    if args.results_dir is None:
+        args.results_dir = HERE / "results" / ("quick" if args.quick else "")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rows: list[dict[str, Any]] = []
+    for bench, cmd, reason in plan(args):
+        json_path = args.results_dir / f"{bench.name}.json"
+        if cmd is None:
+            print(f"skip {bench.name}: {reason}", flush=True)
+            rows.append({"name": bench.name, "status": "skipped", "reason": reason})
+            continue
+        shown = " ".join(cmd[1:]).replace(str(ROOT) + "/", "")
+        if args.dry_run:
+            print(f"{bench.name}: python {shown}", flush=True)
+            continue
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        print(f"== {bench.name}: python {shown}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.run(cmd, cwd=ROOT).returncode
+        row: dict[str, Any] = {"name": bench.name, "status": "ok" if rc == 0 else f"failed ({rc})",
+                               "minutes": (time.perf_counter() - t0) / 60, "command": shown,
+                               "json": str(json_path.relative_to(ROOT)
+                                           if json_path.is_relative_to(ROOT) else json_path)}
+        if rc == 0 and json_path.exists():
+            try:
+                row["headline"] = bench.headline(json.loads(json_path.read_text()))
+            except (ValueError, TypeError, KeyError) as err:
+                row["headline"] = f"(unreadable results: {err})"
+        rows.append(row)
+    if args.dry_run:
+        return 0
+    print()
+    print(summary_table(rows))
+    write_results(args.results_dir / "run_all.json",
+                  {"mode": "quick" if args.quick else "full", "runs": rows},
+                  {"DATA_DIR": args.data_dir})
+    return int(any(r["status"].startswith("failed") for r in rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""benchmarks/run_all.py: its argument handling and the commands it would run (--dry-run)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "run_all.py"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def commands(result: subprocess.CompletedProcess) -> dict[str, str]:
+    lines = [ln for ln in result.stdout.splitlines() if ": python " in ln]
+    return dict(ln.split(": python ", 1) for ln in lines)
+
+
+def test_a_mode_is_required_and_modes_exclude_each_other():
+    assert run().returncode == 2
+    both = run("--quick", "--full", "--dry-run")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    unknown = run("--quick", "--only", "nonsense", "--dry-run")
+    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+
+
+def test_quick_dry_run_lists_every_readme_benchmark_without_real_data_or_peers(tmp_path):
+    result = run("--quick", "--dry-run", "--data-dir", str(tmp_path), "--results-dir",
+                 str(tmp_path / "res"))
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result)
+    # every script of benchmarks/ that writes README numbers, except the real-data ones
+    assert set(cmds) == {"simulate_speed", "crf_speed", "pick_speed", "train_throughput"}
+    assert "skip crf_effect: no EMPIAR-10017 data" in result.stdout
+    assert "skip real_data_cv: no EMPIAR-10017 data" in result.stdout
+    for name, cmd in cmds.items():
+        assert cmd.startswith(f"benchmarks/{name}.py "), cmd
+        assert f"--json {tmp_path / 'res' / name}.json" in cmd
+    assert "--no-aspire" in cmds["simulate_speed"]
+    assert "--no-topaz" in cmds["pick_speed"] or "--topaz " in cmds["pick_speed"]
+    assert "--sizes 1024 4096 --repeats 3" in cmds["crf_speed"]
+    assert not (tmp_path / "res").exists()          # a dry run writes nothing
+
+
+def test_only_selects_and_peers_and_real_data_are_passed_on(tmp_path):
+    mics = tmp_path / "data" / "empiar-10017" / "micrographs"
+    mics.mkdir(parents=True)
+    (mics / "a.jpg").write_bytes(b"\xff\xd8")
+    aspire = tmp_path / "aspire_python"
+    result = run("--full", "--dry-run", "--only", "simulate_speed", "crf_effect",
+                 "--data-dir", str(tmp_path / "data"), "--aspire-python", str(aspire))
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result)
+    assert set(cmds) == {"simulate_speed", "crf_effect"}
+    assert f"--aspire-python {aspire}" in cmds["simulate_speed"]
+    assert f"--data-dir {tmp_path / 'data'}" in cmds["crf_effect"]
+    assert "benchmarks/results/crf_effect.md" in cmds["crf_effect"]   # --full: the README's
+
+
+def test_every_option_given_to_a_script_is_one_it_declares(tmp_path):
+    """The options run_all passes (both modes) are declared by the script's argparse."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    aspire = tmp_path / "python"
+    for bench in run_all.BENCHMARKS:
+        source = (SCRIPT.parent / f"{bench.name}.py").read_text()
+        for mode in ("quick", "full"):
+            cmd = run_all.command(bench, mode, tmp_path, tmp_path, None, aspire)
+            options = {a for a in cmd[2:] if a.startswith("--")}
+            missing = [o for o in options if f'"{o}"' not in source]
+            assert not missing, f"{bench.name} does not declare {missing}"
