@@ -87,6 +87,7 @@ def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
     os.close(fd)
     try:
         torch.save(slim, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shipped model from other users
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
