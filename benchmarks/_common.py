@@ -15,7 +15,9 @@ absolute path by its file name only.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,4 +67,28 @@ def write_results(path: Path, record: Any, folders: dict[str, Path | str | None]
     write_json(path, portable(record, folders))
 
 
-__all__ = ["DATA_DIR_HELP", "DEFAULT_DATA_DIR", "ROOT", "portable", "write_results"]
+def train_run(run_dir: Path, overrides: list[str], log: Path | None = None
+              ) -> tuple[Path, float]:
+    """Run ``train.py`` into ``run_dir`` (its output to ``log``, default ``run_dir/train.log``)
+    unless a finished run is there (``run_dir/DONE``); (best checkpoint, training seconds)."""
+    done = run_dir / "DONE"
+    log = log or run_dir / "train.log"
+    if not done.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
+               "print_config=false", "test=false", "logger=csv", *overrides]
+        print("  $", " ".join(cmd[1:]), flush=True)
+        start = time.perf_counter()
+        with open(log, "w") as out:
+            result = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        if result.returncode:
+            sys.exit(f"training failed (exit {result.returncode}); see {log}")
+        done.write_text(f"{time.perf_counter() - start:.1f}\n")
+    found = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"))
+    if not found:
+        sys.exit(f"training wrote no best checkpoint in {run_dir}")
+    return found[-1], float(done.read_text())
+
+
+__all__ = ["DATA_DIR_HELP", "DEFAULT_DATA_DIR", "ROOT", "portable", "train_run",
+           "write_results"]

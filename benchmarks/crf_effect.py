@@ -51,7 +51,6 @@ import itertools
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -65,7 +64,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 import torch  # noqa: E402
 
-from _common import DATA_DIR_HELP, DEFAULT_DATA_DIR, write_results  # noqa: E402
+from _common import DATA_DIR_HELP, DEFAULT_DATA_DIR, train_run, write_results  # noqa: E402
 
 from cryoparticle.config import crf_params  # noqa: E402
 
@@ -81,23 +80,6 @@ VARIANTS = ["none", "dense", "meanfield", "meanfield*", "rnn", "rnn+feat"]
 # ------------------------------------------------------------------------------- training
 
 
-def train(run_dir: Path, overrides: list[str], log: Path) -> Path:
-    """Run ``train.py`` into ``run_dir`` unless a finished run is there; the best checkpoint."""
-    done = run_dir / "DONE"
-    if not done.is_file():
-        cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
-               "print_config=false", "test=false", "logger=csv", *overrides]
-        print("  $", " ".join(cmd[1:]), flush=True)
-        start = time.perf_counter()
-        with open(log, "w") as out:
-            result = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        if result.returncode:
-            sys.exit(f"training failed (exit {result.returncode}); see {log}")
-        done.write_text(f"{time.perf_counter() - start:.1f}\n")
-    found = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"))
-    if not found:
-        sys.exit(f"training wrote no best checkpoint in {run_dir}")
-    return found[-1]
 
 
 def train_domain(args: argparse.Namespace, work: Path, data: list[str], epochs: int,
@@ -111,15 +93,15 @@ def train_domain(args: argparse.Namespace, work: Path, data: list[str], epochs: 
         for d in dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         common = [f"model={net}", f"seed={args.seed}", *data]
-        base = train(dirs["base"], [*common, f"trainer.max_epochs={epochs}"],
-                     folder / "base.log")
+        base, _ = train_run(dirs["base"], [*common, f"trainer.max_epochs={epochs}"],
+                            folder / "base.log")
         rnn_common = [*common, "crf=rnn", f"model.finetune_from={base}",
                       "model.freeze_network=true", "model.optimizer.lr=0.01",
                       f"trainer.max_epochs={rnn_epochs}"]
-        rnn = train(dirs["rnn"], rnn_common, folder / "rnn.log")
-        feat = train(dirs["rnn_feat"],
-                     [*rnn_common, f"crf.feature_channels={args.feature_channels}"],
-                     folder / "rnn_feat.log")
+        rnn, _ = train_run(dirs["rnn"], rnn_common, folder / "rnn.log")
+        feat, _ = train_run(dirs["rnn_feat"],
+                            [*rnn_common, f"crf.feature_channels={args.feature_channels}"],
+                            folder / "rnn_feat.log")
         runs[net] = {"base": base, "rnn": rnn, "rnn+feat": feat,
                      "train_s": {k: float((dirs[d] / "DONE").read_text()) for k, d in
                                  (("base", "base"), ("rnn", "rnn"), ("rnn+feat", "rnn_feat"))}}

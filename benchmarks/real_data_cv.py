@@ -1,6 +1,6 @@
 """Cross-validation of real-data pickers on the 10 shared EMPIAR-10017 micrographs.
 
-    python benchmarks/real_data_cv.py [--shared ../shared/data] [--folds 5] [--only-folds 0 1]
+    python benchmarks/real_data_cv.py [--data-dir ../shared/data] [--folds 5] [--only-folds 0 1]
                                       [--networks unet fcn deeplabv3] [--targets disc refined ring]
                                       [--epochs 12] [--samples 320] [--seed 12345]
                                       [--work-dir benchmarks/work/real_data_cv]
@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +44,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 import torch  # noqa: E402
 
-DEFAULT_SHARED = ROOT.parent / "shared" / "data"
+from _common import DATA_DIR_HELP, DEFAULT_DATA_DIR, train_run  # noqa: E402
+
 TARGETS = {"disc": ["data.target.kind=disc", "data.target.ring_px=0"],
            "refined": ["data.target.kind=refined", "data.target.ring_px=0"],
            "ring": ["data.target.kind=disc", "data.target.ring_px=2"],
@@ -69,24 +68,6 @@ def folds(names: list[str], n_folds: int) -> list[dict[str, list[str]]]:
     return out
 
 
-def train(run_dir: Path, overrides: list[str]) -> tuple[Path, float]:
-    """``train.py`` into ``run_dir`` unless finished there; (best checkpoint, seconds)."""
-    done = run_dir / "DONE"
-    if not done.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
-               "print_config=false", "test=false", "logger=csv", *overrides]
-        print("  $", " ".join(cmd[1:]), flush=True)
-        start = time.perf_counter()
-        with open(run_dir / "train.log", "w") as log:
-            result = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        if result.returncode:
-            sys.exit(f"training failed (exit {result.returncode}); see {run_dir / 'train.log'}")
-        done.write_text(f"{time.perf_counter() - start:.1f}\n")
-    found = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"))
-    if not found:
-        sys.exit(f"training wrote no best checkpoint in {run_dir}")
-    return found[-1], float(done.read_text())
 
 
 def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str]) -> dict[str, Any]:
@@ -157,7 +138,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--data-dir", "--shared", dest="data_dir", type=Path,
+                        default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only-folds", type=int, nargs="+", default=None)
     parser.add_argument("--networks", nargs="+", default=["unet"])
@@ -176,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from cryoparticle.io.atomic import write_text_atomic
 
-    dataset = (args.shared / "empiar-10017").resolve()
+    dataset = (args.data_dir / "empiar-10017").resolve()
     names = sorted(p.stem for p in (dataset / "micrographs").glob("*.jpg"))
     if not names:
         sys.exit(f"{dataset}: no micrographs")
@@ -196,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              f"trainer.max_epochs={args.epochs}",
                              f"data.train_samples_per_epoch={args.samples}",
                              *TARGETS[target], *args.overrides]
-                ckpt, train_s = train(run_dir, overrides)
+                ckpt, train_s = train_run(run_dir, overrides)
                 result = evaluate_fold(ckpt, dataset, fold["test"])
                 results.append(result)
                 seconds.append(train_s)

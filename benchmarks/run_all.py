@@ -142,10 +142,8 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
     elif bench.name == "simulate_speed":
         cmd += (["--aspire-python", str(aspire_python)] if aspire_python is not None
                 else ["--no-aspire"])
-    elif bench.name == "crf_effect":
+    elif bench.name in ("crf_effect", "real_data_cv"):
         cmd += ["--data-dir", str(data_dir)]
-    elif bench.name == "real_data_cv":
-        cmd += ["--shared", str(data_dir)]
     elif bench.name == "train_throughput" and mode == "full":
         import torch
 

@@ -14,7 +14,6 @@ The pipeline keeps up when its crops/s exceed the training step's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
