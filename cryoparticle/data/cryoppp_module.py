@@ -47,7 +47,7 @@ from cryoparticle.data.augment import Augment
 from cryoparticle.data.borders import BorderWidths, border_mask, border_widths
 from cryoparticle.data.cryoppp import dataset_info, empiar_number
 from cryoparticle.data.datamodules import _CropDataModule
-from cryoparticle.data.datasets import MicrographDataset, RandomCropDataset, _read_particles
+from cryoparticle.data.datasets import _read_particles
 from cryoparticle.data.layouts import find_labelled_micrographs
 from cryoparticle.data.masks import TARGETS, centres_from_mask, disc_mask, target_mask
 from cryoparticle.data.preprocess import bin_factor, bin_mask, fourier_bin, standardise
@@ -155,8 +155,8 @@ class CryoPPPDataModule(_CropDataModule):
                  scale_range: Sequence[float] | None = None) -> None:
         super().__init__(crop_size=crop_size, train_samples_per_epoch=train_samples_per_epoch,
                          batch_size=batch_size, num_workers=num_workers, seed=seed,
-                         augment=augment, normalisation=normalisation)
-        self.scale_range = None if scale_range is None else [float(v) for v in scale_range]
+                         augment=augment, normalisation=normalisation,
+                         scale_range=scale_range)
         datasets = _plain(datasets)
         if isinstance(datasets, (str, Mapping)) or not datasets:
             raise param_error("datasets", datasets, "give a list of {root, empiar_id, ...}")
@@ -367,27 +367,13 @@ class CryoPPPDataModule(_CropDataModule):
                                     "bin_factor": float(factor), "source_pixel_size_a": source_px,
                                     "border_px": widths.__dict__, "key": key})
 
-    def _micrographs(self, split: str) -> list[Micrograph]:
+    def _split(self, split: str) -> list[Micrograph]:
         keys = self.splits[split]
         if not keys:
             raise param_error("split", split, f"no {split} micrograph (see split.fractions)")
         micrographs = [self.load(key, train=split == "train") for key in keys]
         self.write_split()  # once every micrograph of the stage could be read
         return micrographs
-
-    def _setup_train(self) -> None:
-        if self.train_dataset is None:
-            self.train_dataset = RandomCropDataset(self._micrographs("train"),
-                                                   self.train_samples_per_epoch, self.crop_size,
-                                                   self.seed, self.augment, self.scale_range)
-
-    def _setup_val(self) -> None:
-        if self.val_dataset is None:
-            self.val_dataset = MicrographDataset(self._micrographs("val"))
-
-    def _setup_test(self) -> None:
-        if self.test_dataset is None:
-            self.test_dataset = MicrographDataset(self._micrographs("test"))
 
 
 __all__ = ["CryoPPPDataModule", "DatasetSpec"]

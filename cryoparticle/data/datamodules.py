@@ -87,15 +87,22 @@ def build_normalisation(value: Mapping[str, Any] | str | Normalisation | None
 
 
 class _CropDataModule(pl.LightningDataModule):
-    """Shared loaders: random training crops, whole micrographs for evaluation."""
+    """Shared loaders: random training crops, whole micrographs for evaluation.
+
+    A module of micrographs held in memory implements :meth:`_split` (the micrographs of
+    ``train``, ``val`` or ``test``); the training set is then their random crops (zoomed by
+    ``scale_range`` when given), validation and test the whole micrographs.
+    """
 
     pixel_size_a: float
     particle_diameter_a: float
 
     def __init__(self, *, crop_size: int, train_samples_per_epoch: int, batch_size: int,
                  num_workers: int, seed: int, augment: Augment | Mapping[str, Any] | None,
-                 normalisation: Mapping[str, Any] | str | Normalisation | None = None) -> None:
+                 normalisation: Mapping[str, Any] | str | Normalisation | None = None,
+                 scale_range: Sequence[float] | None = None) -> None:
         super().__init__()
+        self.scale_range = None if scale_range is None else [float(v) for v in scale_range]
         self.crop_size = _whole("crop_size", crop_size, 16)
         self.train_samples_per_epoch = _whole("train_samples_per_epoch",
                                               train_samples_per_epoch, 1)
@@ -133,14 +140,22 @@ class _CropDataModule(pl.LightningDataModule):
         if stage in (None, "test", "predict"):
             self._setup_test()
 
-    def _setup_train(self) -> None:
+    def _split(self, split: str) -> list[Micrograph]:
         raise NotImplementedError
+
+    def _setup_train(self) -> None:
+        if self.train_dataset is None:
+            self.train_dataset = RandomCropDataset(self._split("train"),
+                                                   self.train_samples_per_epoch, self.crop_size,
+                                                   self.seed, self.augment, self.scale_range)
 
     def _setup_val(self) -> None:
-        raise NotImplementedError
+        if self.val_dataset is None:
+            self.val_dataset = MicrographDataset(self._split("val"))
 
     def _setup_test(self) -> None:
-        raise NotImplementedError
+        if self.test_dataset is None:
+            self.test_dataset = MicrographDataset(self._split("test"))
 
     # ------------------------------------------------------------------ loaders
 
@@ -310,9 +325,9 @@ class FolderDataModule(_CropDataModule):
                  normalisation: Mapping[str, Any] | str | None = None) -> None:
         super().__init__(crop_size=crop_size, train_samples_per_epoch=train_samples_per_epoch,
                          batch_size=batch_size, num_workers=num_workers, seed=seed,
-                         augment=augment, normalisation=normalisation)
+                         augment=augment, normalisation=normalisation,
+                         scale_range=scale_range)
         self.labels = labels
-        self.scale_range = None if scale_range is None else [float(v) for v in scale_range]
         self.root = Path(root)
         if not self.root.is_dir():
             raise file_error(self.root, "no such folder (the dataset root)")
@@ -347,20 +362,6 @@ class FolderDataModule(_CropDataModule):
         if math.isnan(self.pixel_size_a):
             self.pixel_size_a = micrographs[0].pixel_size_a
         return micrographs
-
-    def _setup_train(self) -> None:
-        if self.train_dataset is None:
-            self.train_dataset = RandomCropDataset(self._split("train"),
-                                                   self.train_samples_per_epoch, self.crop_size,
-                                                   self.seed, self.augment, self.scale_range)
-
-    def _setup_val(self) -> None:
-        if self.val_dataset is None:
-            self.val_dataset = MicrographDataset(self._split("val"))
-
-    def _setup_test(self) -> None:
-        if self.test_dataset is None:
-            self.test_dataset = MicrographDataset(self._split("test"))
 
 
 __all__ = ["FolderDataModule", "SyntheticDataModule", "build_augment", "build_normalisation",
