@@ -53,7 +53,7 @@ def check_positive(name: str, value: Any, *, optional: bool = False) -> float | 
         v = float(value)
     except (TypeError, ValueError):
         v = math.nan
-    if not (math.isfinite(v) and v > 0):
+    if isinstance(value, bool) or not (math.isfinite(v) and v > 0):
         raise param_error(name, value, "must be a positive number" + (" or null" if optional
                                                                       else ""))
     return v

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cryoparticle.data.preprocess import Normalisation
-from cryoparticle.errors import InputError, file_error, param_error
+from cryoparticle.errors import InputError, check_positive, file_error, param_error
 
 #: Coordinate formats and the file each writes (``NAME`` + suffix).
 FORMAT_SUFFIXES: dict[str, str] = {"star": ".star", "box": ".box", "csv": ".csv",
@@ -34,19 +34,6 @@ def plain(value: Any) -> Any:
     if isinstance(value, Container):
         return OmegaConf.to_container(value, resolve=True)
     return value
-
-
-def positive(name: str, value: Any, *, optional: bool = True) -> float | None:
-    if value is None and optional:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
-        raise param_error(name, value, "must be a positive number" + (" or null" if optional
-                                                                      else ""))
-    return number
 
 
 def whole(name: str, value: Any, minimum: int, *, optional: bool = False) -> int | None:
@@ -163,7 +150,7 @@ def _diameter_range(value: Any) -> tuple[float, float]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise param_error("diameter_range", value, "must be [min, max] fractions of the "
                                                    "checkpoint's particle diameter")
-    low, high = (positive("diameter_range", v, optional=False) for v in value)
+    low, high = (check_positive("diameter_range", v) for v in value)
     if not low <= 1.0 <= high:  # type: ignore[operator]
         raise param_error("diameter_range", value, "must be [min, max] with min ≤ 1 ≤ max")
     return float(low), float(high)  # type: ignore[arg-type]
@@ -188,12 +175,14 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
     except InputError as exc:
         raise file_error(ckpt_path, f"checkpoint's normalisation is unknown ({exc}): "
                                     f"{CHECKPOINT_ADVICE}") from None
-    diameter = positive("particle_diameter_a", cfg.get("particle_diameter_a"))
+    diameter = check_positive("particle_diameter_a", cfg.get("particle_diameter_a"),
+                              optional=True)
     estimate = cfg.get("estimate_diameter")
     if estimate is None:
         estimate = bool((facts.get("export") or {}).get("estimate_diameter", False))
     estimate = flag("estimate_diameter", estimate) and diameter is None
-    core_fraction = positive("core_fraction", (facts.get("export") or {}).get("core_fraction"))
+    core_fraction = check_positive("core_fraction",
+                                   (facts.get("export") or {}).get("core_fraction"), optional=True)
     if core_fraction is not None and core_fraction > 1:
         raise file_error(ckpt_path, f"export.core_fraction={core_fraction} must be ≤ 1")
     if diameter is None:
@@ -216,8 +205,9 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
     return Settings(
         output_dir=Path(str(cfg["output_dir"])),
         model_pixel_size_a=float(model_px),
-        micrograph_pixel_size_a=positive("micrograph_pixel_size_a",
-                                          cfg.get("micrograph_pixel_size_a")),
+        micrograph_pixel_size_a=check_positive("micrograph_pixel_size_a",
+                                                cfg.get("micrograph_pixel_size_a"),
+                                                optional=True),
         particle_diameter_a=float(diameter),
         threshold=threshold_value,
         box_size=whole("box_size", cfg.get("box_size"), 1, optional=True),
@@ -239,5 +229,6 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
     )
 
 
-__all__ = ["CHECKPOINT_ADVICE", "FORMAT_SUFFIXES", "MASK_SUFFIX", "OVERLAY_SUFFIX", "PROBABILITY_SUFFIX", "Extraction",
-           "Settings", "build_settings", "flag", "plain", "positive", "whole"]
+__all__ = ["CHECKPOINT_ADVICE", "FORMAT_SUFFIXES", "MASK_SUFFIX", "OVERLAY_SUFFIX",
+           "PROBABILITY_SUFFIX", "Extraction", "Settings", "build_settings", "flag", "plain",
+           "whole"]
