@@ -94,11 +94,11 @@ def dataset_inputs(name: str, data_dir: Path, which: str, work: Path) -> dict[st
 def inside(picks: pd.DataFrame, borders: dict[str, np.ndarray]) -> pd.DataFrame:
     """Picks (or truth) not on a micrograph's border artefact."""
     keep = np.ones(len(picks), bool)
-    for i, (mic, x, y) in enumerate(picks[["micrograph", "x", "y"]].itertuples(index=False)):
+    for mic, rows in picks.groupby("micrograph").indices.items():
         border = borders[mic]
-        row = min(max(int(round(y)), 0), border.shape[0] - 1)
-        col = min(max(int(round(x)), 0), border.shape[1] - 1)
-        keep[i] = not border[row, col]
+        r = np.clip(np.round(picks["y"].to_numpy()[rows]).astype(int), 0, border.shape[0] - 1)
+        c = np.clip(np.round(picks["x"].to_numpy()[rows]).astype(int), 0, border.shape[1] - 1)
+        keep[rows] = ~border[r, c]
     return picks[keep].reset_index(drop=True)
 
 

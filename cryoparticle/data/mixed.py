@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from cryoparticle.config import instantiate
 from cryoparticle.data.datamodules import _CropDataModule
-from cryoparticle.data.datasets import MicrographDataset, item_generator
+from cryoparticle.data.datasets import item_generator
 from cryoparticle.errors import param_error
 
 
@@ -87,23 +87,6 @@ class _Prefixed(Dataset):
         item = dict(self.dataset[index])
         item["name"] = f"{self.prefix}/{item['name']}"
         return item
-
-
-class _Concat(MicrographDataset):
-    """Whole micrographs of several sources, one after another."""
-
-    def __init__(self, parts: Sequence[Dataset]) -> None:  # noqa: D107 - no super: no records
-        self.parts = list(parts)
-        self._offsets = np.cumsum([0] + [len(p) for p in self.parts])  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        return int(self._offsets[-1])
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        k = int(np.searchsorted(self._offsets, index, side="right")) - 1
-        return self.parts[k][index - int(self._offsets[k])]
 
 
 def _plain(cfg: Any) -> Any:
@@ -181,13 +164,13 @@ class MixedDataModule(_CropDataModule):
             [self.children[n].train_dataset for n in names],  # type: ignore[misc]
             [self.weights[n] for n in names], self.train_samples_per_epoch, self.seed)
 
-    def _whole(self, split: str) -> MicrographDataset:
+    def _whole(self, split: str) -> ConcatDataset:
         parts = []
         for n in self.eval_sources:
             child = self.children[n]
             getattr(child, f"_setup_{split}")()
             parts.append(_Prefixed(getattr(child, f"{split}_dataset"), n))
-        return _Concat(parts)
+        return ConcatDataset(parts)
 
     def _setup_val(self) -> None:
         if self.val_dataset is None:
