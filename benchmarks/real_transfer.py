@@ -18,9 +18,10 @@ For each picker: precision/recall/F1 at its own threshold (ours: ``predict.py`` 
 it, with the threshold stored in the checkpoint; Topaz: score 0, its documented default), the
 best F1 over thresholds with that threshold (ours: extraction re-run on the probability maps
 predict wrote, thresholds 0.05–0.95; Topaz: over its scores), and the average precision of the
-picks ranked by score (ours: the picks at the stored threshold; Topaz: every candidate). ``--micrographs test`` uses only the test micrographs of
-``data=general`` (never trained on); ``all`` uses every micrograph (for checkpoints that saw no
-real pixels). Writes ``benchmarks/results/<out>.json`` and ``.md``.
+picks ranked by score (ours: the picks at the stored threshold; Topaz: every candidate).
+``--micrographs test`` uses only the test micrographs of ``data=general`` (never trained on),
+``val`` its validation micrographs (and prints the threshold best pooled over the datasets);
+``all`` uses every micrograph (for checkpoints that saw no real pixels). Writes ``benchmarks/results/<out>.json`` and ``.md``.
 """
 
 from __future__ import annotations
