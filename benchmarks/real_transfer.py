@@ -21,7 +21,8 @@ predict wrote, thresholds 0.05–0.95; Topaz: over its scores), and the average 
 picks ranked by score (ours: the picks at the stored threshold; Topaz: every candidate).
 ``--micrographs test`` uses only the test micrographs of ``data=general`` (never trained on),
 ``val`` its validation micrographs (and prints the threshold best pooled over the datasets);
-``all`` uses every micrograph (for checkpoints that saw no real pixels). Writes ``benchmarks/results/<out>.json`` and ``.md``.
+``all`` uses every micrograph (for checkpoints that saw no real pixels). Writes
+``benchmarks/results/<out>.json`` and ``.md``.
 """
 
 from __future__ import annotations
