@@ -3,6 +3,7 @@
     python benchmarks/real_data_cv.py [--data-dir ../shared/data] [--folds 5] [--only-folds 0 1]
                                       [--networks unet fcn deeplabv3] [--targets disc refined ring]
                                       [--epochs 12] [--samples 320] [--seed 12345]
+                                      [--init scratch | --init NAME=CKPT] [--topaz TOPAZ]
                                       [--work-dir benchmarks/work/real_data_cv]
                                       [--json benchmarks/results/real_data_cv.json]
                                       [--markdown benchmarks/results/real_data_cv.md]
@@ -25,12 +26,18 @@ one, else centres recovered from its disc mask (:func:`~cryoparticle.data.masks.
 all folds (:mod:`cryoparticle.picking.evaluate`, match radius half a diameter): pick precision,
 recall and F1 at the stored threshold; AP of the picks extracted at threshold 0.05 ranked by
 score; pixel IoU of ``P ≥ 0.5`` against the disc masks (border ignored).
+
+``--init NAME=CKPT`` fine-tunes every run from a checkpoint's network (``model.finetune_from``),
+e.g. a simulation-only one (no real pixel seen: an honest start for a cross-validation on real
+micrographs; the shipped general model has seen 8 of these 10); runs go to
+``<work>/<NAME>/...``. ``--topaz`` adds Topaz's shipped general picker (``resnet16_u64``, run once
+on all 10 micrographs as :mod:`real_transfer` runs it) scored on every fold's test micrographs
+with the same truth, border and matching: at its default threshold 0, best F1 and AP in the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -44,7 +51,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 import torch  # noqa: E402
 
-from _common import DATA_DIR_HELP, DEFAULT_DATA_DIR, train_run  # noqa: E402
+from _common import DATA_DIR_HELP, DEFAULT_DATA_DIR, train_run, write_results  # noqa: E402
 
 TARGETS = {"disc": ["data.target.kind=disc", "data.target.ring_px=0"],
            "refined": ["data.target.kind=refined", "data.target.ring_px=0"],
@@ -70,8 +77,12 @@ def folds(names: list[str], n_folds: int) -> list[dict[str, list[str]]]:
 
 
 
-def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str]) -> dict[str, Any]:
-    """Picks, truth and pixel counts of one checkpoint on its test micrographs."""
+def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str],
+                  topaz: Any = None) -> dict[str, Any]:
+    """Picks, truth and pixel counts of one checkpoint on its test micrographs; with ``topaz``
+    (picks in pixels of the original micrographs, with scores), also Topaz's picks there in the
+    same frame, border and truth (``"topaz"``; its threshold-0 subset: ``"topaz_default"``);
+    ``topaz`` is a ``pandas.DataFrame``."""
     import pandas as pd
 
     from cryoparticle.data.borders import drop_border_picks, BorderWidths
@@ -83,12 +94,22 @@ def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str]) -> dict[str, 
     hp = model.hparams
     data = CryoPPPDataModule([{"root": dataset_root, "empiar_id": 10017}],
                              pixel_size_a=float(hp.pixel_size_a),
+                             normalisation=hp.normalisation,   # as the checkpoint was trained
                              split={"test": test}, split_file=None)
     diameter = float(hp.particle_diameter_a) / float(hp.pixel_size_a)
     threshold = float(hp.picking_threshold)
-    picks, low, truth, inter, union = [], [], [], 0, 0
+    picks, low, truth, inter, union, peer = [], [], [], 0, 0, []
     for name in test:
         mic = data.load(f"empiar-10017/{name}", train=False)
+        if topaz is not None:  # original → binned pixels, as the truth
+            from PIL import Image
+
+            with Image.open(mic.metadata["image_path"]) as original:
+                scale = mic.image.shape[-1] / original.size[0]
+            theirs = topaz[topaz["micrograph"] == name]
+            theirs = theirs.assign(x=theirs["x"] * scale, y=theirs["y"] * scale)
+            peer.append(drop_border_picks(theirs, mic.image.shape[-2:],
+                                          BorderWidths(**mic.metadata["border_px"])))
         with torch.inference_mode():
             logits = model.predict_logits(torch.from_numpy(mic.image)[None])
         prob = logits.float().softmax(0)[1].numpy()
@@ -101,7 +122,13 @@ def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str]) -> dict[str, 
         pred, true = prob >= 0.5, mic.mask == 1
         inter += int((pred & true & valid).sum())
         union += int(((pred | true) & valid).sum())
-    return {"picks": pd.concat(picks, ignore_index=True), "low": pd.concat(low, ignore_index=True),
+    if peer:
+        every = pd.concat(peer, ignore_index=True)
+        extra = {"topaz": every, "topaz_default": every[every["score"] >= 0]}
+    else:
+        extra = {}
+    return {**extra, "picks": pd.concat(picks, ignore_index=True),
+            "low": pd.concat(low, ignore_index=True),
             "truth": pd.concat(truth, ignore_index=True), "intersection": inter, "union": union,
             "threshold": threshold, "diameter_px": diameter}
 
@@ -124,15 +151,36 @@ def pooled(results: list[dict[str, Any]]) -> dict[str, float]:
             "thresholds": [r["threshold"] for r in results]}
 
 
+def pooled_topaz(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Topaz's picks pooled over the folds' test micrographs: at its default threshold 0, its
+    best F1 over its scores, and the AP of every candidate."""
+    import pandas as pd
+
+    from cryoparticle.picking.evaluate import (average_precision, best_f1_threshold,
+                                               precision_recall_f1)
+
+    every = pd.concat([r["topaz"] for r in results], ignore_index=True)
+    default = pd.concat([r["topaz_default"] for r in results], ignore_index=True)
+    truth = pd.concat([r["truth"] for r in results], ignore_index=True)
+    radius = results[0]["diameter_px"] / 2
+    prf = precision_recall_f1(default, truth, radius)
+    best_threshold, best = best_f1_threshold(every, truth, radius)
+    return {"precision": prf["precision"], "recall": prf["recall"], "pick_f1": prf["f1"],
+            "best_f1": best, "best_threshold": best_threshold,
+            "ap": average_precision(every, truth, radius), "pixel_iou": float("nan"),
+            "n_truth": int(len(truth)), "n_picks": int(len(default)), "thresholds": [0.0]}
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| network | target | folds | pick P | pick R | pick F1 | AP | pixel IoU | "
-             "train min/fold |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| picker | start | target | folds | pick P | pick R | pick F1 | AP | pixel IoU | "
+             "train min/fold |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["metrics"]
-        lines.append(f"| {r['network']} | {r['target']} | {len(r['folds'])} | "
-                     f"{m['precision']:.3f} | {m['recall']:.3f} | {m['pick_f1']:.3f} | "
-                     f"{m['ap']:.3f} | {m['pixel_iou']:.3f} | "
-                     f"{np.mean(r['train_s']) / 60:.1f} |")
+        minutes = f"{np.mean(r['train_s']) / 60:.1f}" if r["train_s"] else "–"
+        iou = "–" if np.isnan(m["pixel_iou"]) else f"{m['pixel_iou']:.3f}"
+        lines.append(f"| {r['network']} | {r.get('init', 'scratch')} | {r['target']} | "
+                     f"{len(r['folds'])} | {m['precision']:.3f} | {m['recall']:.3f} | "
+                     f"**{m['pick_f1']:.3f}** | {m['ap']:.3f} | {iou} | {minutes} |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,6 +195,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--samples", type=int, default=320)
     parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--init", default="scratch", metavar="scratch|NAME=CKPT",
+                        help="the networks' starting weights: scratch, or a checkpoint to "
+                             "fine-tune (model.finetune_from), e.g. sim-only=PATH; it names "
+                             "the runs' folder and the table's 'start' column")
+    parser.add_argument("--topaz", type=Path, default=None,
+                        help="the topaz executable (pip install topaz-em): its shipped general "
+                             "picker on the same test micrographs, same truth and matching")
     parser.add_argument("--work-dir", type=Path,
                         default=ROOT / "benchmarks" / "work" / "real_data_cv")
     parser.add_argument("--json", type=Path,
@@ -164,39 +219,58 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit(f"{dataset}: no micrographs")
     all_folds = folds(names, args.folds)
     chosen = args.only_folds if args.only_folds is not None else list(range(args.folds))
-    rows = []
+    init, init_overrides = "scratch", []
+    if args.init != "scratch":
+        init, _, path = args.init.partition("=")
+        if not path or not Path(path).is_file():
+            sys.exit(f"--init {args.init}: expected NAME=CKPT of an existing checkpoint")
+        init_overrides = [f"model.finetune_from={Path(path).resolve()}"]
+    topaz = None
+    if args.topaz is not None:  # once, on every micrograph (the folds' test sets cover them)
+        from real_transfer import dataset_inputs, run_topaz
+
+        inputs = dataset_inputs("EMPIAR-10017", args.data_dir, "all",
+                                args.work_dir / "topaz" / "inputs")
+        topaz, _ = run_topaz(args.topaz, inputs, args.work_dir / "topaz" / "picks")
+    rows, peer = [], []
     for net in args.networks:
         for target in args.targets:
             results, seconds = [], []
             for k in chosen:
                 fold = all_folds[k]
-                run_dir = args.work_dir.resolve() / net / target / f"fold{k}"
+                run_dir = args.work_dir.resolve() / init / net / target / f"fold{k}"
                 overrides = ["experiment=empiar10017", f"model={net}", f"seed={args.seed}",
                              f"data.datasets.0.root={dataset}",
                              f"data.split.test=[{','.join(fold['test'])}]",
                              f"data.split.val=[{','.join(fold['val'])}]",
                              f"trainer.max_epochs={args.epochs}",
                              f"data.train_samples_per_epoch={args.samples}",
-                             *TARGETS[target], *args.overrides]
+                             *TARGETS[target], *init_overrides, *args.overrides]
                 ckpt, train_s = train_run(run_dir, overrides)
-                result = evaluate_fold(ckpt, dataset, fold["test"])
+                result = evaluate_fold(ckpt, dataset, fold["test"], topaz)
                 results.append(result)
                 seconds.append(train_s)
                 print(f"  {net}/{target} fold {k}: {pooled([result])}", flush=True)
             metrics = pooled(results)
-            rows.append({"network": net, "target": target, "folds": chosen, "metrics": metrics,
+            if topaz is not None and not peer:
+                peer.append({"network": "Topaz resnet16_u64 (shipped)", "init": "shipped",
+                             "target": "–", "folds": chosen, "metrics": pooled_topaz(results),
+                             "train_s": [], "splits": [all_folds[k] for k in chosen]})
+            rows.append({"network": net, "init": init, "target": target, "folds": chosen,
+                         "metrics": metrics,
                          "train_s": seconds,
                          "splits": [all_folds[k] for k in chosen]})
             print(f"{net}/{target}: {metrics}", flush=True)
     report = {"dataset": "EMPIAR-10017 (10 CryoSegNet JPGs, CryoPPP picks)",
               "n_folds": args.folds, "epochs": args.epochs, "samples": args.samples,
-              "seed": args.seed, "extra_overrides": args.overrides,
+              "seed": args.seed, "init": args.init.partition("=")[0],
+              "extra_overrides": args.overrides,
               "machine": {"cpu_count": __import__("os").cpu_count(),
                           "python": platform.python_version(), "torch": torch.__version__},
-              "rows": rows}
-    write_text_atomic(args.json, json.dumps(report, indent=2, default=float) + "\n")
-    write_text_atomic(args.markdown, markdown(rows))
-    print(markdown(rows))
+              "rows": rows + peer}
+    write_results(args.json, report, {"DATA_DIR": args.data_dir, "WORK_DIR": args.work_dir})
+    write_text_atomic(args.markdown, markdown(rows + peer))
+    print(markdown(rows + peer))
     return report
 
 

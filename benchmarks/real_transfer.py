@@ -2,7 +2,8 @@
 general model, a simulation-only one, ...) and Topaz's shipped general model, side by side.
 
     python benchmarks/real_transfer.py [--data-dir DIR] [--ckpt general=general]
-        [--ckpt sim-only=PATH] [--micrographs all|test] [--topaz PATH_TO_topaz] [--out NAME]
+        [--ckpt sim-only=PATH] [--micrographs all|test|val] [--topaz PATH_TO_topaz] [--out NAME]
+        [--predict KEY=VALUE ...]      # extra predict.py overrides for ours, e.g. tta=flips
 
 Datasets (``--data-dir``, see ``benchmarks/_common.py``): EMPIAR-10017 (10 denoised 4096²
 JPGs, 1.77 Å/px, CryoPPP discs of 108 px, striped border excluded), EMPIAR-10059 and
@@ -126,7 +127,7 @@ THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 """Thresholds of the sweep of our pickers (extraction re-run on the saved probability maps)."""
 
 
-def run_ours(ckpt: str, data: dict[str, Any], out: Path
+def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | None = None
              ) -> tuple[pd.DataFrame, float, float, dict[float, pd.DataFrame]]:
     """``predict.py`` as a user runs it (the stored threshold, diameter estimate, borders):
     its picks, the threshold, seconds per micrograph; and the picks at every threshold of
@@ -144,7 +145,7 @@ def run_ours(ckpt: str, data: dict[str, Any], out: Path
         shutil.rmtree(out)
     cmd = [sys.executable, str(ROOT / "predict.py"), f"input=[{','.join(map(str, data['paths']))}]",
            f"output_dir={out}", f"ckpt_path={ckpt}", "write_probability=true",
-           "progress_bar=false", "num_workers=0"]
+           "progress_bar=false", "num_workers=0", *(overrides or [])]
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -229,12 +230,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="the topaz executable (pip install topaz-em); omitted: not run")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "transfer")
     parser.add_argument("--out", default="real_transfer")
+    parser.add_argument("--predict", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="extra predict.py overrides for our pickers, e.g. tta=flips")
     args = parser.parse_args(argv)
     if not (args.data_dir / "empiar-10017").is_dir():
         sys.exit(f"{args.data_dir}: no empiar-10017/ here; give --data-dir")
     ckpts = dict(item.split("=", 1) for item in (args.ckpt or ["general=general"]))
     record: dict[str, Any] = {"micrographs": args.micrographs, "results": {},
-                              "checkpoints": ckpts, "matching": "Hungarian, radius d/2, pooled"}
+                              "checkpoints": ckpts, "predict_overrides": args.predict,
+                              "matching": "Hungarian, radius d/2, pooled"}
     pooled: dict[str, dict[str, pd.DataFrame]] = {}
     truths: dict[str, pd.DataFrame] = {}
     for name in args.datasets:
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out = args.work / "picks" / name / picker.replace(" ", "_").replace(":", "")
             sweep = None
             if kind == "ours":
-                picks, threshold, speed, sweep = run_ours(where, data, out)
+                picks, threshold, speed, sweep = run_ours(where, data, out, args.predict)
                 sweep = {t: inside(p, data["borders"]) for t, p in sweep.items()}
             else:
                 (picks, speed), threshold = run_topaz(Path(where), data, out), 0.0

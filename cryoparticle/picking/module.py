@@ -81,6 +81,27 @@ def fitted_tile(shape: Sequence[int], tile: int, overlap: int, multiple: int = 3
 #: Tiles per forward pass when ``tile_batch_size`` is null: as many as make this many pixels.
 TILE_BATCH_PIXELS = 2**20
 
+#: Test-time augmentation: the symmetries of the square a micrograph is segmented under, as
+#: ``(quarter turns, mirrored)``; the logits are mapped back and averaged. Particles have no
+#: preferred in-plane orientation, so every view is as valid as the original.
+TTA_TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    "flips": ((0, False), (0, True), (2, False), (2, True)),   # identity, x/y mirrors, 180°
+    "dihedral": tuple((k, m) for k in range(4) for m in (False, True)),
+}
+
+
+def _view(image: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """``image`` (…, h, w) turned by ``turns`` quarter turns, then mirrored left–right."""
+    out = torch.rot90(image, turns, dims=(-2, -1)) if turns else image
+    return out.flip(-1) if mirrored else out
+
+
+def _unview(image: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """The inverse of :func:`_view`."""
+    out = image.flip(-1) if mirrored else image
+    return torch.rot90(out, -turns, dims=(-2, -1)) if turns else out
+
 
 class PickingModule(pl.LightningModule):
     """``Trainer.predict`` wrapper of a :class:`~cryoparticle.models.segmenter.Segmenter`:
@@ -94,12 +115,18 @@ class PickingModule(pl.LightningModule):
     ``tile_overlap`` pixels, tiles shrunk per micrograph by :func:`fitted_tile` when
     ``fit_tiles``; ``tile_batch_size`` tiles per forward pass (None: about
     :data:`TILE_BATCH_PIXELS` pixels per pass, which bounds the memory of a pass).
+    ``tta``: test-time augmentation, a key of :data:`TTA_TRANSFORMS` (``none``; ``flips``: 4
+    views, 4× the network time; ``dihedral``: 8 views); the views' logits are averaged before
+    the post-hoc CRF and the softmax.
     """
 
     def __init__(self, segmenter: pl.LightningModule, tile_size: int, tile_overlap: int,
                  tile_batch_size: int | None = None, fit_tiles: bool = True,
-                 crf: torch.nn.Module | None = None) -> None:
+                 crf: torch.nn.Module | None = None, tta: str = "none") -> None:
         super().__init__()
+        if tta not in TTA_TRANSFORMS:
+            raise param_error("tta", tta, f"must be one of {', '.join(TTA_TRANSFORMS)}")
+        self.tta = tta
         self.segmenter = segmenter
         self.crf = crf
         self.tile_size, self.tile_overlap = int(tile_size), int(tile_overlap)
@@ -123,18 +150,23 @@ class PickingModule(pl.LightningModule):
         """Particle probability ``(h, w)`` of one binned, standardised micrograph ``(1, h, w)``.
 
         A micrograph that fits in one tile is segmented whole (no padding to a square tile)."""
-        from cryoparticle.data.tiling import predict_tiled
-
         image = image.to(self.device, torch.float32)
-        height, width = image.shape[-2:]
-        if height <= self.tile_size and width <= self.tile_size:
-            logits = self.segmenter(image[None])[0].float()
-        else:
-            tile, batch = self.tiling(image.shape[-2:])
-            logits = predict_tiled(self.segmenter, image, tile, self.tile_overlap, batch)
+        views = TTA_TRANSFORMS[self.tta]
+        logits = sum(_unview(self._segment(_view(image, turns, mirrored)), turns, mirrored)
+                     for turns, mirrored in views) / len(views)
         if self.crf is not None:  # post-hoc CRF on the whole micrograph
             logits = self.crf(logits[None], image[None])[0]
         return logits.softmax(dim=0)[1]
+
+    def _segment(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``(K, h, w)`` of one micrograph ``(1, h, w)``: whole or tile by tile."""
+        from cryoparticle.data.tiling import predict_tiled
+
+        height, width = image.shape[-2:]
+        if height <= self.tile_size and width <= self.tile_size:
+            return self.segmenter(image[None])[0].float()
+        tile, batch = self.tiling(image.shape[-2:])
+        return predict_tiled(self.segmenter, image, tile, self.tile_overlap, batch)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int,
                      dataloader_idx: int = 0) -> dict[str, Any]:
@@ -154,5 +186,5 @@ class PickingModule(pl.LightningModule):
                 "tile": self.tiling(batch["image"].shape[-2:])[0]}
 
 
-__all__ = ["TILE_BATCH_PIXELS", "PickingModule", "fitted_tile", "post_hoc_crf",
-           "quiet_lightning"]
+__all__ = ["TILE_BATCH_PIXELS", "TTA_TRANSFORMS", "PickingModule", "fitted_tile",
+           "post_hoc_crf", "quiet_lightning"]

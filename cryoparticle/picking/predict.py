@@ -166,7 +166,8 @@ def run(cfg: Mapping[str, Any]) -> PredictSummary:
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers,
                         collate_fn=first_record, worker_init_fn=worker_init,
                         persistent_workers=False)
-    module = PickingModule(segmenter, tile, overlap, tile_batch, fit_tiles, crf=crf)
+    module = PickingModule(segmenter, tile, overlap, tile_batch, fit_tiles, crf=crf,
+                           tta=str(cfg.get("tta") or "none"))
     trainer.predict(module, dataloaders=loader, return_predictions=False)
 
     summary = writer.summary

@@ -361,6 +361,59 @@ def test_tiled_inference_equals_whole_image_inference(ckpt, sims, tmp_path):
         assert len(ref) >= 4 and match(xy, ref, tol=2.0) == (1.0, 1.0), (label, xy, ref)
 
 
+def test_test_time_augmentation_averages_the_views_and_makes_picking_equivariant(ckpt, sims,
+                                                                                  tmp_path):
+    """``tta=dihedral``: the probability is the softmax of the network's logits averaged over
+    the 8 turned/mirrored views mapped back (numpy reference), so turning the micrograph turns
+    the probability map exactly — which the plain network does not; predict.py's ``tta=flips``
+    writes the 4-view average; an unknown ``tta`` is refused."""
+    from cryoparticle.data.preprocess import bin_to_pixel_size, standardise
+    from cryoparticle.io.mrc import read_micrograph
+    from cryoparticle.models.segmenter import load_segmenter
+    from cryoparticle.picking.module import PickingModule
+
+    seg = load_segmenter(ckpt).eval()
+    image, pixel_size_a = read_micrograph(sims[0] / "wide.mrc")
+    binned = standardise(bin_to_pixel_size(image, pixel_size_a, MODEL_PX)[0])   # 128 × 192
+
+    def network_logits(img: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return seg(torch.from_numpy(np.ascontiguousarray(img))[None, None])[0].numpy()
+
+    views = []
+    for turns in range(4):
+        for mirrored in (False, True):
+            view = np.rot90(binned, turns)
+            view = np.fliplr(view) if mirrored else view
+            out = network_logits(view)
+            out = out[:, :, ::-1] if mirrored else out
+            views.append(np.rot90(out, -turns, axes=(1, 2)))
+    mean = np.mean(views, axis=0)
+    expected = (np.exp(mean) / np.exp(mean).sum(0))[1]
+
+    def picker(tta: str, img: np.ndarray) -> np.ndarray:
+        module = PickingModule(seg, 256, 16, tta=tta).eval()
+        with torch.no_grad():
+            return module(torch.from_numpy(np.ascontiguousarray(img))[None]).numpy()
+
+    dihedral = picker("dihedral", binned)
+    np.testing.assert_allclose(dihedral, expected, atol=1e-5)
+    np.testing.assert_allclose(picker("dihedral", np.rot90(binned)), np.rot90(dihedral),
+                               atol=1e-5)
+    plain = picker("none", binned)
+    assert np.abs(picker("none", np.rot90(binned)) - np.rot90(plain)).max() > 1e-3
+
+    out = tmp_path / "flips"
+    summary = run(config(ckpt, sims[0] / "wide.mrc", out, "tta=flips", "tile_size=256",
+                         "write_probability=true"))
+    assert summary.exit_code == 0
+    flips = np.mean([views[0], views[1], views[4], views[5]], axis=0)  # 0°, mirror, 180°, both
+    np.testing.assert_allclose(mrcfile.read(out / "wide_prob.mrc"),
+                               (np.exp(flips) / np.exp(flips).sum(0))[1], atol=1e-5)
+    with pytest.raises(InputError, match="tta"):
+        PickingModule(seg, 256, 16, tta="rot45")
+
+
 def test_post_hoc_crf_runs_on_the_whole_micrograph(ckpt, sims, tmp_path):
     """``crf=meanfield`` (and ``crf=dense``): the CRF of conf/crf/*.yaml applied to the whole
     micrograph's logits, computed here independently; picks at threshold 0.5."""
