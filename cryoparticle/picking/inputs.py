@@ -103,9 +103,10 @@ def micrograph_names(paths: Sequence[Path], combined_star: str) -> list[str]:
 
 def pixel_size_reason(settings: Settings) -> str:
     """What to do about an unknown pixel size, and why it matters."""
-    return (f"set micrograph_pixel_size_a (Å/px): the network was trained at "
-            f"{settings.model_pixel_size_a:g} Å/px and micrographs are resampled to it so that "
-            "particles appear at the size it learnt")
+    return (f"set micrograph_pixel_size_a (Å/px), or particle_diameter_px (the particles' "
+            f"diameter in pixels): the network was trained at {settings.model_pixel_size_a:g} "
+            "Å/px and micrographs are resampled to it so that particles appear at the size it "
+            "learnt")
 
 
 def check_pixel_sizes(paths: Sequence[Path], settings: Settings) -> None:

@@ -165,6 +165,9 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
     The particle diameter: an explicit ``particle_diameter_a`` always wins (never estimated);
     else the checkpoint's, estimated per micrograph when ``estimate_diameter`` is true, or
     when it is null and the checkpoint's ``export.estimate_diameter`` is true.
+    ``particle_diameter_px`` (pixels of the input micrographs): with ``micrograph_pixel_size_a``
+    it gives the diameter in Å (as an explicit one); without, it gives the pixel size — the
+    diameter (given or the checkpoint's) over it — for micrographs whose pixel size is unknown.
     """
     model_px = facts.get("pixel_size_a")
     if model_px is None or not math.isfinite(float(model_px)) or float(model_px) <= 0:
@@ -185,11 +188,25 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
                                    (facts.get("export") or {}).get("core_fraction"), optional=True)
     if core_fraction is not None and core_fraction > 1:
         raise file_error(ckpt_path, f"export.core_fraction={core_fraction} must be ≤ 1")
+    pixel_size_a = check_positive("micrograph_pixel_size_a", cfg.get("micrograph_pixel_size_a"),
+                                  optional=True)
+    diameter_px = check_positive("particle_diameter_px", cfg.get("particle_diameter_px"),
+                                 optional=True)
+    if diameter_px is not None and pixel_size_a is not None:  # both known: the diameter in Å
+        from_px = diameter_px * pixel_size_a
+        if diameter is not None and abs(diameter - from_px) > 0.01 * from_px:
+            raise param_error("particle_diameter_px", diameter_px,
+                              f"× micrograph_pixel_size_a={pixel_size_a:g} Å/px is {from_px:g} Å, "
+                              f"not particle_diameter_a={diameter:g} Å: give two of the three")
+        diameter, estimate = from_px, False
     if diameter is None:
         diameter = facts.get("particle_diameter_a")
         if diameter is None or not math.isfinite(float(diameter)) or float(diameter) <= 0:
             raise param_error("particle_diameter_a", None, "the checkpoint carries no particle "
                               "diameter: give particle_diameter_a (Å)")
+    if diameter_px is not None and pixel_size_a is None:
+        # no pixel size: the one at which the particles are as large as the network expects
+        pixel_size_a = float(diameter) / diameter_px
     threshold = cfg.get("threshold")
     if threshold is None:
         threshold = facts.get("picking_threshold", 0.5)
@@ -205,9 +222,7 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
     return Settings(
         output_dir=Path(str(cfg["output_dir"])),
         model_pixel_size_a=float(model_px),
-        micrograph_pixel_size_a=check_positive("micrograph_pixel_size_a",
-                                                cfg.get("micrograph_pixel_size_a"),
-                                                optional=True),
+        micrograph_pixel_size_a=pixel_size_a,
         particle_diameter_a=float(diameter),
         threshold=threshold_value,
         box_size=whole("box_size", cfg.get("box_size"), 1, optional=True),

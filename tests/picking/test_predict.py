@@ -414,6 +414,32 @@ def test_test_time_augmentation_averages_the_views_and_makes_picking_equivariant
         PickingModule(seg, 256, 16, tta="rot45")
 
 
+def test_particle_diameter_px_stands_in_for_an_unknown_pixel_size(ckpt, sims, tmp_path):
+    """A TIFF (no pixel size) picked with ``particle_diameter_px`` (the diameter in its pixels)
+    is resampled as if its pixel size were the checkpoint's diameter over it: the same picks as
+    the MRC copy with its header's 7.08 Å/px; with a pixel size too, the two give the diameter
+    in Å that is written."""
+    import tifffile
+
+    image = mrcfile.read(sims[0] / "wide.mrc")
+    tifffile.imwrite(tmp_path / "wide.tif", image)
+    xy = {}
+    for label, mic, extra in (("mrc", sims[0] / "wide.mrc", []),
+                              ("tif", tmp_path / "wide.tif",
+                               [f"particle_diameter_px={DIAMETER_A / 7.08}"])):
+        out = tmp_path / label
+        assert run(config(ckpt, mic, out, *extra)).exit_code == 0
+        xy[label] = starfile.read(out / "wide.star", always_dict=True)[""][
+            ["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)
+    assert len(xy["mrc"]) >= 4
+    np.testing.assert_allclose(xy["tif"], xy["mrc"], atol=1e-3)
+    out = tmp_path / "both"
+    summary = run(config(ckpt, tmp_path / "wide.tif", out, "micrograph_pixel_size_a=7.08",
+                         "particle_diameter_px=30"))
+    assert summary.exit_code == 0
+    assert summary.micrographs[0]["particle_diameter_a"] == pytest.approx(30 * 7.08)
+
+
 def test_post_hoc_crf_runs_on_the_whole_micrograph(ckpt, sims, tmp_path):
     """``crf=meanfield`` (and ``crf=dense``): the CRF of conf/crf/*.yaml applied to the whole
     micrograph's logits, computed here independently; picks at threshold 0.5."""
@@ -600,8 +626,11 @@ BAD_CASES = {
     "unsupported input": ({"input": "{tmp}/text.ckpt"}, "unsupported micrograph format"),
     "output under a file": ({"output_dir": "{tmp}/text.ckpt/out"}, "output folder"),
     "jpg without pixel size": ({"input": "{tmp}/mic.jpg"},
-                               ("set micrograph_pixel_size_a (Å/px): the network was trained "
+                               ("set micrograph_pixel_size_a (Å/px), or particle_diameter_px "
+                                "(the particles' diameter in pixels): the network was trained "
                                 f"at {MODEL_PX:g} Å/px")),
+    "three inconsistent sizes": ({"micrograph_pixel_size_a": "7.08", "particle_diameter_px": "20",
+                                  "particle_diameter_a": "190"}, "give two of the three"),
     "pixel size over 2× coarser": ({"micrograph_pixel_size_a": "40"},
                                    "at most 2× is resampled"),
     "another network's weights": ({"ckpt_path": "{tmp}/weights.pt"},
