@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -229,9 +230,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.topaz is not None:  # once, on every micrograph (the folds' test sets cover them)
         from real_transfer import dataset_inputs, run_topaz
 
+        from cryoparticle.io.coords import read_topaz
+
         inputs = dataset_inputs("EMPIAR-10017", args.data_dir, "all",
                                 args.work_dir / "topaz" / "inputs")
-        topaz, _ = run_topaz(args.topaz, inputs, args.work_dir / "topaz" / "picks")
+        done = args.work_dir / "topaz" / "picks_all.txt"   # a rerun reuses Topaz's picks
+        if done.is_file():
+            topaz = read_topaz(done, inputs["diameter_px"])
+        else:
+            topaz, _ = run_topaz(args.topaz, inputs, args.work_dir / "topaz" / "picks")
+            shutil.copyfile(args.work_dir / "topaz" / "picks" / "picks.txt", done)
     rows, peer = [], []
     for net in args.networks:
         for target in args.targets:

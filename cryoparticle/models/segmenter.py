@@ -497,8 +497,12 @@ class Segmenter(pl.LightningModule):
 
 def load_network_weights(network: nn.Module, path: str | Path) -> None:
     """Load a trained network's weights into ``network`` (``finetune_from``): a Segmenter
-    checkpoint (its ``network.*`` entries) or a ``state_dict`` of the network itself. A missing
+    checkpoint (its ``network.*`` entries), ``general`` (the packaged general model) or a
+    ``state_dict`` of the network itself. A missing
     file, another architecture or an unreadable file raise :class:`InputError` naming it."""
+    from cryoparticle.models.packaged import resolve_checkpoint
+
+    path = resolve_checkpoint(path)   # a packaged name (general) → its file
     stored = read_state_dict(path, "finetune_from")
     prefix = "network."
     state = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)} or stored

@@ -86,3 +86,27 @@ def test_the_shipped_general_model_loads():
     facts = seg.inference_facts()
     assert facts["pixel_size_a"] == pytest.approx(7.08)
     assert "robust" in facts["normalisation"]
+
+
+def test_training_starts_from_the_general_model_with_model_finetune_from():
+    """``train.py model.finetune_from=general`` (any model config, no CRF needed): the network
+    starts from the packaged weights (float16 → float32), every tensor equal; another
+    architecture is a one-line error naming the file."""
+    from hydra.utils import instantiate
+
+    from cryoparticle.config import compose
+
+    try:
+        shipped = load_segmenter(packaged.packaged_checkpoint("general")).network.state_dict()
+    except InputError:
+        pytest.skip("the general model is not in this checkout (cryoparticle/models/weights/)")
+    model = instantiate(compose("train", ["model.finetune_from=general"]).model)
+    state = model.network.state_dict()
+    assert state.keys() == shipped.keys()
+    for key, value in shipped.items():
+        assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+    assert compose("train").model.finetune_from is None
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(InstantiationException, match="general.ckpt: finetune_from: holds another"):
+        instantiate(compose("train", ["model=deeplabv3", "model.finetune_from=general"]).model)
