@@ -55,6 +55,7 @@ from cryoparticle.crf.filtering import (
     FINE_BILATERAL_CELLS_PER_SIGMA,
     FINE_GRID_PIXELS,
     FINE_SPATIAL_CELLS_PER_SIGMA,
+    NEAREST_SLICE_PIXELS,
     SPATIAL_CELLS_PER_SIGMA,
     FeatureBilateral,
     IntensityBilateral,
@@ -64,6 +65,7 @@ from cryoparticle.crf.filtering import (
     intensity_levels,
     symmetric_normaliser,
 )
+from cryoparticle.crf.fused import BilateralTerm, SpatialTerm, fused_two_class
 from cryoparticle.errors import InputError, param_error
 
 #: Learned features are squashed to ±this many bandwidths (keeps their grid small).
@@ -137,6 +139,7 @@ class MeanFieldCRF(nn.Module):
                  spatial_cells_per_sigma: float | None = None,
                  bilateral_cells_per_sigma: float | None = None,
                  feature_cells_per_sigma: float = FEATURE_CELLS_PER_SIGMA,
+                 intensity_cells_per_sigma: float | None = 1.0,
                  workers: int = 1) -> None:
         super().__init__()
         percentiles = tuple(float(p) for p in percentiles)
@@ -153,6 +156,7 @@ class MeanFieldCRF(nn.Module):
             raise param_error("feature_hidden", feature_hidden, "must be an integer ≥ 1")
         for name, value in (("spatial_cells_per_sigma", spatial_cells_per_sigma),
                             ("bilateral_cells_per_sigma", bilateral_cells_per_sigma),
+                            ("intensity_cells_per_sigma", intensity_cells_per_sigma),
                             ("feature_cells_per_sigma", feature_cells_per_sigma)):
             if value is None and name != "feature_cells_per_sigma":
                 continue
@@ -174,6 +178,8 @@ class MeanFieldCRF(nn.Module):
         self.feature_cells_per_sigma = float(feature_cells_per_sigma)
         self.spatial_cells_per_sigma = spatial_cells_per_sigma
         self.bilateral_cells_per_sigma = bilateral_cells_per_sigma
+        self.intensity_cells_per_sigma = (None if intensity_cells_per_sigma is None
+                                          else float(intensity_cells_per_sigma))
         self._initial_sxy = (float(spatial_sxy), float(bilateral_sxy))
 
         def scalar(value: float, grad: bool) -> nn.Parameter:
@@ -277,6 +283,8 @@ class MeanFieldCRF(nn.Module):
         if c == 2 and not self._needs_grad(logits):
             # two classes, inference: iterate on the logit difference (see _two_class)
             with torch.no_grad():
+                if self._fused(logits):
+                    return self._two_class_fused(logits, image, dtype)
                 z = (logits[:, 1:2] - logits[:, 0:1]).to(dtype)
                 if self.unary_clip:  # |log p₁ − log p₀| ≤ log((1 − clip)/clip) (to 1e-5)
                     limit = math.log((1 - self.unary_clip) / self.unary_clip)
@@ -295,6 +303,76 @@ class MeanFieldCRF(nn.Module):
         compat = (self.compatibility if c == self.num_classes else 1.0 - torch.eye(c)).to(
             device=logits.device, dtype=dtype)
         return self._generic(log_p, kernels, compat)
+
+    def _fused(self, logits: Tensor) -> bool:
+        """Whether two-class inference takes the fused path of :mod:`cryoparticle.crf.fused`:
+        large images (the bilateral kernel's nearest slice, above ``NEAREST_SLICE_PIXELS``
+        pixels), the intensity bilateral kernel (no learned features), some kernel weight."""
+        n, _, h, w = logits.shape
+        weights = (float(self.spatial_weight), float(self.bilateral_weight))
+        return (self.embedding is None and self.n_iterations > 0 and n * h * w
+                > NEAREST_SLICE_PIXELS and (self.learnable or any(v != 0 for v in weights)))
+
+    def _two_class_fused(self, logits: Tensor, image: Tensor, dtype: torch.dtype) -> Tensor:
+        """Two classes, no gradient, large images: :func:`~cryoparticle.crf.fused.
+        fused_two_class` on ``z = s₁ − s₀``, working in the output tensor (``z`` in its class-1
+        plane, ``base`` in its class-0 plane), then ``log σ(±z)`` in place."""
+        n, _, h, w = logits.shape
+        out = logits.new_empty(n, 2, h, w, dtype=dtype)
+        z, base = out[:, 1], out[:, 0]
+        limit = math.log((1 - self.unary_clip) / self.unary_clip) if self.unary_clip else None
+        ranges = bands(h, w, n)
+        for r0, r1 in ranges:
+            bb = base[:, r0:r1]
+            torch.sub(logits[:, 1, r0:r1], logits[:, 0, r0:r1], out=bb)
+            if limit is not None:   # |log p₁ − log p₀| ≤ log((1 − clip)/clip) (to 1e-5)
+                bb.clamp_(-limit, limit)
+        compat = self.compatibility.detach().to(dtype=torch.float64, device="cpu")
+        a = float(compat[1, 0] - compat[0, 0])
+        b = float(compat[1, 1] - compat[0, 1])
+        spatial_cell, bilateral_cell = self.grid_cells(h, w)
+        spatial = bilateral = None
+        w_spatial, w_bilateral = float(self.spatial_weight), float(self.bilateral_weight)
+        if self.learnable or w_spatial != 0:
+            filt = SpatialGaussian(h, w, self._value("spatial_sxy"), spatial_cell)
+            spatial = SpatialTerm(filt, n, (a - b) * w_spatial, dtype, out.device)
+        if self.learnable or w_bilateral != 0:
+            s_level = self._value("bilateral_srgb") / math.sqrt(RGB_CHANNELS)
+            level_bin = (1 if self.intensity_cells_per_sigma is None
+                         else auto_cell(s_level, self.intensity_cells_per_sigma))
+            levels = intensity_levels(image[:, 0], self.percentiles)
+            bilateral = BilateralTerm(levels, self._value("bilateral_sxy"), s_level,
+                                      bilateral_cell, level_bin, (a - b) * w_bilateral, dtype)
+            del levels
+        start = base        # Q₀ = σ(−ΔU); with a non-Potts compatibility base also holds F(1)
+        if a + b != 0:      # the F_k(1) term of a non-Potts compatibility
+            start = z.copy_(base)
+            ones = bilateral.ones() if bilateral is not None else None
+            index = torch.empty(0, dtype=torch.int64, device=out.device)
+            for r0, r1 in ranges:
+                if spatial is not None:
+                    spatial.ones_add_(base[:, r0:r1], r0, -0.5 * (a + b) * w_spatial)
+                if bilateral is not None:
+                    index = bilateral.band_index(r0, r1, index.new_empty(n * (r1 - r0) * w))
+                    base[:, r0:r1].sub_(ones[index].view(n, r1 - r0, w),
+                                        alpha=0.5 * (a + b) * w_bilateral)
+        fused_two_class(z, base, start, self.n_iterations, spatial, bilateral, self.workers)
+        # log Q₁ = log σ(z), log Q₀ = log Q₁ − z; exactly min(z, 0) − log(1 + e^{−|z|}) where
+        # σ(z) would underflow
+        floor = math.log(torch.finfo(dtype).tiny) + 1.0
+        rows = max(r1 - r0 for r0, r1 in ranges)
+        tmp = z.new_empty(n, rows, w)
+        for r0, r1 in ranges:
+            zb = z[:, r0:r1]
+            lq1 = tmp[:, :r1 - r0]
+            if float(zb.min()) > floor:
+                torch.sigmoid(zb, out=lq1).log_()
+            else:
+                torch.abs(zb, out=lq1).neg_().exp_().add_(1).log_().neg_().add_(
+                    zb.clamp(max=0))
+            torch.sub(lq1, zb, out=base[:, r0:r1])
+            zb.copy_(lq1)
+        return out
 
     def _generic(self, log_p: Tensor, kernels: list[_Kernel], compat: Tensor) -> Tensor:
         scores = log_p
