@@ -234,7 +234,7 @@ def fused_two_class(z: Tensor, base: Tensor, start: Tensor, n_iterations: int,
     grids = [bilateral.new_grid() for _ in range(workers)] if bilateral is not None else []
     bufs = []
     for _ in range(workers):
-        buf = {"q": z.new_empty(n, rows, w)}
+        buf = {"q": z.new_empty(n, rows, w), "z": z.new_empty(n, rows, w)}
         if spatial is not None:
             buf.update(spatial.buffers(n, rows, z))
         if bilateral is not None:
@@ -259,7 +259,9 @@ def fused_two_class(z: Tensor, base: Tensor, start: Tensor, n_iterations: int,
     def step(worker: int, last: bool) -> None:
         buf = bufs[worker]
         for r0, r1 in ranges[worker::workers]:
-            zb = z[:, r0:r1]
+            # z itself is written by the last iteration only: before, the band's z is splatted
+            # from the cache and never stored
+            zb = z[:, r0:r1] if last else buf["z"][:, :r1 - r0]
             index = None
             if bilateral is not None:
                 index = bilateral.band_index(r0, r1, buf["index"])

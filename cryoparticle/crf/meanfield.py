@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cryoparticle.crf import filtering
 from cryoparticle.crf.checks import check_logits_image, check_params
 from cryoparticle.crf.filtering import (
     BILATERAL_CELLS_PER_SIGMA,
@@ -55,7 +56,6 @@ from cryoparticle.crf.filtering import (
     FINE_BILATERAL_CELLS_PER_SIGMA,
     FINE_GRID_PIXELS,
     FINE_SPATIAL_CELLS_PER_SIGMA,
-    NEAREST_SLICE_PIXELS,
     SPATIAL_CELLS_PER_SIGMA,
     FeatureBilateral,
     IntensityBilateral,
@@ -311,7 +311,7 @@ class MeanFieldCRF(nn.Module):
         n, _, h, w = logits.shape
         weights = (float(self.spatial_weight), float(self.bilateral_weight))
         return (self.embedding is None and self.n_iterations > 0 and n * h * w
-                > NEAREST_SLICE_PIXELS and (self.learnable or any(v != 0 for v in weights)))
+                > filtering.NEAREST_SLICE_PIXELS and (self.learnable or any(v != 0 for v in weights)))
 
     def _two_class_fused(self, logits: Tensor, image: Tensor, dtype: torch.dtype) -> Tensor:
         """Two classes, no gradient, large images: :func:`~cryoparticle.crf.fused.
