@@ -221,12 +221,24 @@ class BilateralTerm:
         return self.norm * self._blur(self.start * -2)
 
 
+def log_sigmoid_pair(z: Tensor, log_q1: Tensor, log_q0: Tensor) -> None:
+    """``log_q1 = log σ(z)``, ``log_q0 = log σ(−z) = log_q1 − z`` (``log_q1`` may be a scratch
+    buffer; ``log_q0`` may alias nothing read later); exact where ``σ(z)`` would underflow."""
+    floor = math.log(torch.finfo(z.dtype).tiny) + 1.0
+    if float(z.min()) > floor:
+        torch.sigmoid(z, out=log_q1).log_()
+    else:                                   # min(z, 0) − log(1 + e^{−|z|})
+        torch.abs(z, out=log_q1).neg_().exp_().add_(1).log_().neg_().add_(z.clamp(max=0))
+    torch.sub(log_q1, z, out=log_q0)
+
+
 def fused_two_class(z: Tensor, base: Tensor, start: Tensor, n_iterations: int,
                     spatial: SpatialTerm | None, bilateral: BilateralTerm | None,
                     workers: int = 1) -> None:
-    """``n_iterations ≥ 1`` mean-field steps into ``z (n, H, W)`` (overwritten) from ``start``
-    (the initial ``z``, may be ``base``; read by the first splat only) with ``base`` (read only)
-    and at least one term."""
+    """``n_iterations ≥ 1`` mean-field steps from ``start`` (the initial ``z``, may be ``base``;
+    read by the first splat only) with ``base`` and at least one term; the last step writes
+    ``log σ(z)`` into ``z (n, H, W)`` and ``log σ(−z)`` into ``base`` (band by band, after
+    reading it): ``z`` and ``base`` are the class-1 and class-0 planes of the log-marginals."""
     n, h, w = z.shape
     ranges = bands(h, w, n, spatial.cell if spatial is not None else 1)
     rows = max(r1 - r0 for r0, r1 in ranges)
@@ -259,9 +271,8 @@ def fused_two_class(z: Tensor, base: Tensor, start: Tensor, n_iterations: int,
     def step(worker: int, last: bool) -> None:
         buf = bufs[worker]
         for r0, r1 in ranges[worker::workers]:
-            # z itself is written by the last iteration only: before, the band's z is splatted
-            # from the cache and never stored
-            zb = z[:, r0:r1] if last else buf["z"][:, :r1 - r0]
+            # the band's z stays in the cache: splatted, or turned into the log-marginals
+            zb = buf["z"][:, :r1 - r0]
             index = None
             if bilateral is not None:
                 index = bilateral.band_index(r0, r1, buf["index"])
@@ -272,7 +283,9 @@ def fused_two_class(z: Tensor, base: Tensor, start: Tensor, n_iterations: int,
                 zb.copy_(base[:, r0:r1])
             if spatial is not None:
                 spatial.slice_add_(zb, r0, buf)
-            if not last:
+            if last:
+                log_sigmoid_pair(zb, z[:, r0:r1], base[:, r0:r1])
+            else:
                 splat(zb, r0, r1, worker, index)
 
     tasks = [t for t in (spatial.prepare if spatial is not None else None,
@@ -290,4 +303,4 @@ def fused_two_class(z: Tensor, base: Tensor, start: Tensor, n_iterations: int,
             pool.shutdown()
 
 
-__all__ = ["BilateralTerm", "SpatialTerm", "fused_two_class"]
+__all__ = ["BilateralTerm", "SpatialTerm", "fused_two_class", "log_sigmoid_pair"]

@@ -65,7 +65,7 @@ from cryoparticle.crf.filtering import (
     intensity_levels,
     symmetric_normaliser,
 )
-from cryoparticle.crf.fused import BilateralTerm, SpatialTerm, fused_two_class
+from cryoparticle.crf.fused import BilateralTerm, SpatialTerm, fused_two_class, log_sigmoid_pair
 from cryoparticle.errors import InputError, param_error
 
 #: Learned features are squashed to ±this many bandwidths (keeps their grid small).
@@ -316,7 +316,7 @@ class MeanFieldCRF(nn.Module):
     def _two_class_fused(self, logits: Tensor, image: Tensor, dtype: torch.dtype) -> Tensor:
         """Two classes, no gradient, large images: :func:`~cryoparticle.crf.fused.
         fused_two_class` on ``z = s₁ − s₀``, working in the output tensor (``z`` in its class-1
-        plane, ``base`` in its class-0 plane), then ``log σ(±z)`` in place."""
+        plane, ``base`` in its class-0 plane), whose last step writes ``log σ(±z)`` there."""
         n, _, h, w = logits.shape
         out = logits.new_empty(n, 2, h, w, dtype=dtype)
         z, base = out[:, 1], out[:, 0]
@@ -357,21 +357,6 @@ class MeanFieldCRF(nn.Module):
                     base[:, r0:r1].sub_(ones[index].view(n, r1 - r0, w),
                                         alpha=0.5 * (a + b) * w_bilateral)
         fused_two_class(z, base, start, self.n_iterations, spatial, bilateral, self.workers)
-        # log Q₁ = log σ(z), log Q₀ = log Q₁ − z; exactly min(z, 0) − log(1 + e^{−|z|}) where
-        # σ(z) would underflow
-        floor = math.log(torch.finfo(dtype).tiny) + 1.0
-        rows = max(r1 - r0 for r0, r1 in ranges)
-        tmp = z.new_empty(n, rows, w)
-        for r0, r1 in ranges:
-            zb = z[:, r0:r1]
-            lq1 = tmp[:, :r1 - r0]
-            if float(zb.min()) > floor:
-                torch.sigmoid(zb, out=lq1).log_()
-            else:
-                torch.abs(zb, out=lq1).neg_().exp_().add_(1).log_().neg_().add_(
-                    zb.clamp(max=0))
-            torch.sub(lq1, zb, out=base[:, r0:r1])
-            zb.copy_(lq1)
         return out
 
     def _generic(self, log_p: Tensor, kernels: list[_Kernel], compat: Tensor) -> Tensor:
@@ -473,10 +458,7 @@ class MeanFieldCRF(nn.Module):
         # log Q₁ = log σ(z) = min(z, 0) − log(1 + e^{−|z|}), log Q₀ = log σ(−z) = log Q₁ − z
         out = z.new_empty(n, 2, h, w)
         for r0, r1 in ranges:
-            zb = z[:, :, r0:r1]
-            t = torch.exp(-zb.abs()).add_(1).log_()
-            torch.sub(zb.clamp_max(0), t, out=out[:, 1:2, r0:r1])
-            torch.sub(out[:, 1:2, r0:r1], zb, out=out[:, 0:1, r0:r1])
+            log_sigmoid_pair(z[:, :, r0:r1], out[:, 1:2, r0:r1], out[:, 0:1, r0:r1])
         return out
 
 
