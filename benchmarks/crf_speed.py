@@ -9,7 +9,8 @@
     coarse, noisy two-class segmentation of it as the unary (the true mask smoothed, scaled and
     corrupted by per-pixel Gaussian noise — about a third of the particle pixels wrong, as an
     untrained or weak network would give). Both CRFs get the parameters of ``conf/crf/dense.yaml``
-    (= ``conf/crf/meanfield.yaml``) and 10 iterations. Each runs in its own fresh process (so
+    (= ``conf/crf/meanfield.yaml``) and 10 iterations; ours also ``meanfield.yaml``'s grid options
+    (``*_cells_per_sigma``, e.g. the binned intensity axis of its fused large-image path). Each runs in its own fresh process (so
     that its peak memory is its own): ours ``--repeats`` times (the median is reported; the first
     call included), pydensecrf once (its lattice construction and its inference timed apart).
     Reported: seconds, speed-up, label agreement and mean |ΔQ| between the two, particle IoU of

@@ -20,7 +20,10 @@ Mean-field: ``Q₀ = softmax(-U)``; ``n_iterations`` times ``Q = softmax(-U - μ
 D_k^{-1/2} K_k D_k^{-1/2} Q)``. The products with ``K_k`` use the grid filters of
 :mod:`cryoparticle.crf.filtering` (O(pixels) per iteration). With two classes and no gradient
 the iteration runs on the logit difference only (one filtered channel, half the work); with ``C``
-classes ``C − 1`` channels are filtered (the last follows from ``K·1``).
+classes ``C − 1`` channels are filtered (the last follows from ``K·1``). On large images (above
+:data:`~cryoparticle.crf.filtering.NEAREST_SLICE_PIXELS` pixels, learned features aside) that
+two-class iteration runs fused (:mod:`cryoparticle.crf.fused`): one banded pass per iteration,
+normalisers folded into the grids, the intensity axis binned by ``intensity_cells_per_sigma``.
 
 CRF-as-RNN (Zheng et al. 2015): ``learnable=True`` makes the kernel weights and the
 compatibility matrix (initialised Potts) parameters, ``learn_bandwidths=True`` also the three
@@ -121,7 +124,10 @@ class MeanFieldCRF(nn.Module):
     ``learnable``/``learn_bandwidths``/``feature_channels``/``feature_mode``/``feature_hidden``:
     the CRF-as-RNN options (see the module doc). ``*_cells_per_sigma``: grid resolution of the
     approximate filters (1 = one cell per bandwidth; larger is more exact and slower; ``None``:
-    1.0 and 0.5, or 1.5 and 2.5 for images of at most 256² pixels, where it costs little).
+    1.0 and 0.5, or 1.5 and 2.5 for images of at most 256² pixels, where it costs little);
+    ``intensity_cells_per_sigma``: intensity bins per bilateral intensity bandwidth on the fused
+    path of large images (1.0: bins of 7 of the 8-bit levels for ``bilateral_srgb=13``; ``None``:
+    all 256 levels).
     ``workers``: CPU threads that share the horizontal bands of two-class inference (each with
     its own grids); with ``workers > 1`` run torch with one intra-op thread
     (``torch.set_num_threads(1)``): band parallelism scales better than many small
