@@ -79,7 +79,20 @@ class SpatialTerm:
         k = torch.arange(h, device=device) % s
         self.own_row = self.ay * own[k] * scale
         self.side_row = self.ay * (1 - own[k]) * scale
+        self.own = own.tolist()
+        # ay is one constant away from the borders (≈ 4 σ): bands there use scalar row weights
+        centre = self.ay[h // 2]
+        varies = (self.ay != centre).nonzero().flatten().tolist()
+        self.interior = (max([i + 1 for i in varies if i < h // 2], default=0),
+                         min([i for i in varies if i >= h // 2], default=h))
+        self.ax_centre = self.ax * centre
+        self.ax_scaled = self.ax * centre * scale
         self.blurred: Tensor | None = None
+
+    def _uniform(self, r0: int, rows: int) -> bool:
+        """Whether every row of the band has the centre's ``ay`` (and whole cells)."""
+        return (self.interior[0] <= r0 and r0 + rows <= self.interior[1]
+                and rows % self.cell == 0)
 
     def _pool_1d(self, a: Tensor, size: int) -> Tensor:
         s = self.cell
@@ -99,16 +112,26 @@ class SpatialTerm:
         n, rows, _ = q.shape
         r = -(-rows // s)
         acc = buf["acc"][:, :r]
-        for k in range(s):                                    # rows: weighted by ay
-            qk = q[:, k::s]
-            ay = self.ay[r0 + k:r0 + rows:s, None]
-            if k == 0:
-                torch.mul(qk, ay, out=acc[:, :qk.shape[1], :w])
-                if qk.shape[1] < r:
-                    acc[:, qk.shape[1]:].zero_()
+        band = acc[:, :, :w]
+        if self._uniform(r0, rows):                    # rows: plain sums, then ax · ay (scalar)
+            if s == 1:
+                band.copy_(q)
             else:
-                acc[:, :qk.shape[1], :w].addcmul_(qk, ay)
-        acc[:, :, :w].mul_(self.ax)                            # columns: by ax, then box sums
+                torch.add(q[:, 0::s], q[:, 1::s], out=band)
+            for k in range(2, s):
+                band.add_(q[:, k::s])
+            band.mul_(self.ax_centre)
+        else:                                          # rows weighted by ay, then by ax
+            for k in range(s):
+                qk = q[:, k::s]
+                ay = self.ay[r0 + k:r0 + rows:s, None]
+                if k == 0:
+                    torch.mul(qk, ay, out=acc[:, :qk.shape[1], :w])
+                    if qk.shape[1] < r:
+                        acc[:, qk.shape[1]:].zero_()
+                else:
+                    acc[:, :qk.shape[1], :w].addcmul_(qk, ay)
+            band.mul_(self.ax)
         cells = acc.view(n, r, self.cells_x, s)
         g0 = self.pad + r0 // s
         dst = self.grid[:, g0:g0 + r, self.pad:self.pad + self.cells_x]
@@ -122,7 +145,10 @@ class SpatialTerm:
     def prepare(self) -> None:
         """Blur the grid (plus the −½ start) for this iteration's slices."""
         grid = self.grid.add_(self.start)
-        self.blurred = blur_axis(blur_axis(grid, 1, self.taps), 2, self.taps)
+        if self.blurred is None:
+            self._half = torch.empty_like(grid)
+            self.blurred = torch.empty_like(grid)
+        blur_axis(blur_axis(grid, 1, self.taps, out=self._half), 2, self.taps, out=self.blurred)
 
     def slice_add_(self, z: Tensor, r0: int, buf: dict[str, Tensor]) -> None:
         """``z (n, rows, W) += c · ns ⊙ slice(blurred)`` for the band at row ``r0``."""
@@ -137,6 +163,16 @@ class SpatialTerm:
         grid = self.blurred[:, j0:j0 + r + 2]
         wide = torch.nn.functional.interpolate(grid, scale_factor=s, mode="linear",
                                                align_corners=False)
+        if self._uniform(r0, rows):                   # scalar row weights: c · ay · own
+            up = torch.mul(wide[:, :, s:s + w], self.ax_scaled, out=buf["up"][:, :r + 2])
+            for k in range(s):
+                zk = z[:, k::s]
+                m = zk.shape[1]
+                zk.add_(up[:, 1:1 + m], alpha=self.own[k])
+                if self.own[k] != 1:
+                    o = 1 + self.side[k]
+                    zk.add_(up[:, o:o + m], alpha=1 - self.own[k])
+            return
         up = torch.mul(wide[:, :, s:s + w], self.ax, out=buf["up"][:, :r + 2])
         for k in range(s):
             zk = z[:, k::s]

@@ -58,7 +58,13 @@ def reference(crf: MeanFieldCRF, logits: torch.Tensor, image: torch.Tensor,
     return scores.log_softmax(1)
 
 
-def test_fused_path_equals_the_direct_mean_field_with_the_same_filters(fused):
+@pytest.mark.parametrize("band_pixels", [None, 64 * 6])
+def test_fused_path_equals_the_direct_mean_field_with_the_same_filters(fused, monkeypatch,
+                                                                      band_pixels):
+    """One band, or bands of 6 rows: those away from the borders take the scalar row weights
+    of the spatial kernel."""
+    if band_pixels:
+        monkeypatch.setattr(fl, "BAND_PIXELS", band_pixels)
     logits, image, _ = disc_scene(64, 3, n_discs=6)
     crf = MeanFieldCRF(**PARAMS, intensity_cells_per_sigma=None).double()  # 256 levels
     assert crf._fused(logits)
