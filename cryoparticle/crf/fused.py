@@ -205,15 +205,21 @@ class BilateralTerm:
             raise ValueError(f"bilateral grid of {self.size} cells is too large")
         # cell of each pixel, layout (image, row, column, bin): a band scatters into a compact,
         # cache-resident part of the grid
+        # (computed in floating point, exact below 2^24 for float32: integer division is slow)
+        exact = torch.float32 if self.size < 2 ** 24 else torch.float64
         iy = torch.arange(h, device=device) // c
-        ix = (torch.arange(w, device=device) // c * self.bins).to(torch.int32)
+        ix = (torch.arange(w, device=device) // c * self.bins).to(exact)
         image = torch.arange(n, device=device).view(n, 1) * self.gy
-        rowpart = ((image + iy) * (self.gx * self.bins)).to(torch.int32)        # (n, h)
+        rowpart = ((image + iy) * (self.gx * self.bins)).to(exact)             # (n, h)
         self.index = torch.empty(n, h, w, dtype=torch.int32, device=device)
-        for r0, r1 in bands(h, w, n):
-            torch.add(rowpart[:, r0:r1, None], ix, out=self.index[:, r0:r1])
-            lev = levels[:, r0:r1]
-            self.index[:, r0:r1].add_(lev if b == 1 else torch.div(lev, b, rounding_mode="floor"))
+        ranges = bands(h, w, n)
+        work = torch.empty(n, max(r1 - r0 for r0, r1 in ranges), w, dtype=exact, device=device)
+        for r0, r1 in ranges:
+            cell = work[:, :r1 - r0].copy_(levels[:, r0:r1])
+            if b > 1:                       # floor(level / b), away from rounding: (l + ½)/b
+                cell.add_(0.5).mul_(1.0 / b).floor_()
+            cell.add_(rowpart[:, r0:r1, None]).add_(ix)
+            self.index[:, r0:r1].copy_(cell)
         counts = torch.bincount(self.index.view(-1), minlength=self.size).to(dtype)
         self.factor = _lowrank_factor(float(_blur_sigma(s_level, b, 2 * _box_variance(b))),
                                       self.bins, LOWRANK_TOLERANCE).to(device=device, dtype=dtype)

@@ -143,3 +143,25 @@ def test_intensity_cells_per_sigma_is_checked():
     for value in (0.1, "two", True):
         with pytest.raises(InputError):
             MeanFieldCRF(intensity_cells_per_sigma=value)
+
+
+@pytest.mark.parametrize("level_bin", [1, 3, 7, 16])
+def test_bilateral_grid_cell_of_every_pixel(level_bin):
+    """The int32 grid cell, computed in floating point, equals the integer formula: (image, cell
+    row, cell column, floor(level / bin)), row-major."""
+    from cryoparticle.crf.fused import BilateralTerm
+
+    g = torch.Generator().manual_seed(0)
+    levels = torch.randint(0, 256, (2, 50, 70), generator=g, dtype=torch.uint8)
+    levels[0, 0, :4] = torch.tensor([0, 255, level_bin, level_bin - 1], dtype=torch.uint8)
+    term = BilateralTerm(levels, 8.0, 7.5, cell=8, level_bin=level_bin, scale=1.0,
+                         dtype=torch.float32)
+    gy, gx, bins = 7, 9, -(-256 // level_bin)
+    assert (term.gy, term.gx, term.bins) == (gy, gx, bins)
+    image = torch.arange(2).view(2, 1, 1)
+    row = (torch.arange(50) // 8).view(1, 50, 1)
+    col = (torch.arange(70) // 8).view(1, 1, 70)
+    expected = ((image * gy + row) * gx + col) * bins + levels.long() // level_bin
+    assert torch.equal(term.index.long(), expected)
+    counts = torch.bincount(expected.view(-1), minlength=term.size).float()
+    assert torch.allclose(term.start, -0.5 * counts * term.norm)
