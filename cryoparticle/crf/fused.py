@@ -17,8 +17,9 @@ difference ``z = s₁ − s₀``,
   ``D^{-1/2}`` a function of the grid cell (it is the slice of the blurred pixel counts), and the
   spatial kernel's is an outer product of two 1-D vectors (:meth:`SpatialGaussian.normalisers`),
   applied per row and per column, so no per-pixel normaliser array is read;
-* the spatial kernel's box splat and bilinear slice are separable row/column sums and weighted
-  row additions (no whole-band interpolation);
+* the spatial kernel's box splat is a sum of rows then of columns, its bilinear slice a 1-D
+  interpolation of the band's grid rows then weighted row additions (scalar weights away from
+  the borders, where ``D^{-1/2}`` is constant);
 * the bilateral kernel's intensity axis is binned by ``level_bin`` levels (nearest, like its
   spatial cells; the grid blur makes up the two boxes' variance): a ``level_bin``-times smaller
   grid, a cache-resident scatter/gather and a smaller low-rank intensity blur.
@@ -204,8 +205,8 @@ class BilateralTerm:
         if self.size >= 2 ** 31:
             raise ValueError(f"bilateral grid of {self.size} cells is too large")
         # cell of each pixel, layout (image, row, column, bin): a band scatters into a compact,
-        # cache-resident part of the grid
-        # (computed in floating point, exact below 2^24 for float32: integer division is slow)
+        # cache-resident part of the grid; computed in floating point (exact below 2^24 for
+        # float32), integer division being slow
         exact = torch.float32 if self.size < 2 ** 24 else torch.float64
         iy = torch.arange(h, device=device) // c
         ix = (torch.arange(w, device=device) // c * self.bins).to(exact)
@@ -264,8 +265,8 @@ class BilateralTerm:
 
 
 def log_sigmoid_pair(z: Tensor, log_q1: Tensor, log_q0: Tensor) -> None:
-    """``log_q1 = log σ(z)``, ``log_q0 = log σ(−z) = log_q1 − z`` (``log_q1`` may be a scratch
-    buffer; ``log_q0`` may alias nothing read later); exact where ``σ(z)`` would underflow."""
+    """``log_q1 = log σ(z)``, then ``log_q0 = log σ(−z) = log_q1 − z`` (neither may overlap
+    ``z``); exact also where ``σ(z)`` would underflow."""
     floor = math.log(torch.finfo(z.dtype).tiny) + 1.0
     if float(z.min()) > floor:
         torch.sigmoid(z, out=log_q1).log_()
