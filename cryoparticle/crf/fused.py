@@ -153,8 +153,8 @@ class SpatialTerm:
 
     def slice_add_(self, z: Tensor, r0: int, buf: dict[str, Tensor]) -> None:
         """``z (n, rows, W) += c · ns ⊙ slice(blurred)`` for the band at row ``r0``."""
-        s, w, p = self.cell, self.width, self.pad
-        n, rows, _ = z.shape
+        s, w = self.cell, self.width
+        rows = z.shape[1]
         r = -(-rows // s)
         j0 = r0 // s                                       # grid row above the band's first
         if s == 1:

@@ -37,7 +37,7 @@ def reference(crf: MeanFieldCRF, logits: torch.Tensor, image: torch.Tensor,
     filters of crf/filtering.py the fused path stands for: SpatialGaussian (bilinear slice) and
     IntensityBilateral (nearest slice, low-rank intensity kernel), each normalised as
     D^{-1/2} K D^{-1/2}."""
-    n, _, h, w = logits.shape
+    h, w = logits.shape[-2:]
     spatial_cell, bilateral_cell = crf.grid_cells(h, w)
     levels = intensity_levels(image[:, 0], crf.percentiles)
     s_level = crf._value("bilateral_srgb") / math.sqrt(3)
@@ -58,15 +58,17 @@ def reference(crf: MeanFieldCRF, logits: torch.Tensor, image: torch.Tensor,
     return scores.log_softmax(1)
 
 
-@pytest.mark.parametrize("band_pixels", [None, 64 * 6])
+@pytest.mark.parametrize("band_pixels,spatial_sxy", [(None, 3.0), (64 * 6, 3.0), (64 * 6, 1.3)])
 def test_fused_path_equals_the_direct_mean_field_with_the_same_filters(fused, monkeypatch,
-                                                                      band_pixels):
+                                                                      band_pixels, spatial_sxy):
     """One band, or bands of 6 rows: those away from the borders take the scalar row weights
-    of the spatial kernel."""
+    of the spatial kernel; spatial cells of 2 pixels, or of 1 (σ = 1.3: an exact convolution)."""
     if band_pixels:
         monkeypatch.setattr(fl, "BAND_PIXELS", band_pixels)
     logits, image, _ = disc_scene(64, 3, n_discs=6)
-    crf = MeanFieldCRF(**PARAMS, intensity_cells_per_sigma=None).double()  # 256 levels
+    crf = MeanFieldCRF(**{**PARAMS, "spatial_sxy": spatial_sxy},
+                       intensity_cells_per_sigma=None).double()             # 256 levels
+    assert crf.grid_cells(64, 64)[0] == (2 if spatial_sxy == 3.0 else 1)
     assert crf._fused(logits)
     with torch.no_grad():
         ours = crf(logits.double(), image.double())
