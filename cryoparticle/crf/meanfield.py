@@ -319,10 +319,14 @@ class MeanFieldCRF(nn.Module):
         return (self.embedding is None and self.n_iterations > 0 and n * h * w
                 > filtering.NEAREST_SLICE_PIXELS and (self.learnable or any(v != 0 for v in weights)))
 
+    @torch.autocast("cuda", enabled=False)
+    @torch.autocast("cpu", enabled=False)
     def _two_class_fused(self, logits: Tensor, image: Tensor, dtype: torch.dtype) -> Tensor:
         """Two classes, no gradient, large images: :func:`~cryoparticle.crf.fused.
         fused_two_class` on ``z = s₁ − s₀``, working in the output tensor (``z`` in its class-1
-        plane, ``base`` in its class-0 plane), whose last step writes ``log σ(±z)`` there."""
+        plane, ``base`` in its class-0 plane), whose last step writes ``log σ(±z)`` there. In
+        ``dtype`` throughout, also under mixed-precision autocast (its grid products would
+        otherwise be bf16/fp16)."""
         n, _, h, w = logits.shape
         out = logits.new_empty(n, 2, h, w, dtype=dtype)
         z, base = out[:, 1], out[:, 0]

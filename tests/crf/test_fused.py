@@ -167,3 +167,16 @@ def test_bilateral_grid_cell_of_every_pixel(level_bin):
     assert torch.equal(term.index.long(), expected)
     counts = torch.bincount(expected.view(-1), minlength=term.size).float()
     assert torch.allclose(term.start, -0.5 * counts * term.norm)
+
+
+def test_fused_path_computes_in_float32_under_bf16_autocast(fused):
+    """Mixed-precision validation (trainer.precision=bf16-mixed) calls the CRF under autocast:
+    the fused path keeps its dtype (its grid products would be bf16) and its result."""
+    logits, image, _ = disc_scene(48, 2)
+    crf = MeanFieldCRF(**PARAMS)
+    with torch.no_grad():
+        plain = crf(logits, image)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = crf(logits, image)
+    assert mixed.dtype == torch.float32
+    assert torch.equal(mixed, plain)
