@@ -9,7 +9,8 @@
     coarse, noisy two-class segmentation of it as the unary (the true mask smoothed, scaled and
     corrupted by per-pixel Gaussian noise — about a third of the particle pixels wrong, as an
     untrained or weak network would give). Both CRFs get the parameters of ``conf/crf/dense.yaml``
-    (= ``conf/crf/meanfield.yaml``) and 10 iterations. Each runs in its own fresh process (so
+    (= ``conf/crf/meanfield.yaml``) and 10 iterations; ours also ``meanfield.yaml``'s grid options
+    (``*_cells_per_sigma``, e.g. the binned intensity axis of its fused large-image path). Each runs in its own fresh process (so
     that its peak memory is its own): ours ``--repeats`` times (the median is reported; the first
     call included), pydensecrf once (its lattice construction and its inference timed apart).
     Reported: seconds, speed-up, label agreement and mean |ΔQ| between the two, particle IoU of
@@ -88,6 +89,17 @@ def make_scene(size: int, path: Path) -> dict[str, Any]:
             "particle_fraction": round(float(mask.mean()), 4)}
 
 
+def meanfield_options() -> dict[str, Any]:
+    """The implementation options of ``conf/crf/meanfield.yaml`` (grid resolutions, the
+    ``*_cells_per_sigma`` keys): ours runs as ``crf=meanfield`` does."""
+    from omegaconf import OmegaConf
+
+    from cryoparticle.config import CONF_DIR
+
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "crf" / "meanfield.yaml"))
+    return {k: v for k, v in cfg.items() if k.endswith("_cells_per_sigma")}
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -114,7 +126,7 @@ def worker(kind: str, scene: Path, out: Path, threads: int, repeats: int, worker
     if kind == "ours":
         from cryoparticle.crf.meanfield import MeanFieldCRF
 
-        crf = MeanFieldCRF(**params, workers=workers)
+        crf = MeanFieldCRF(**params, **meanfield_options(), workers=workers)
         result["workers"] = workers
         logits = torch.from_numpy(prob).clamp_min(1e-30).log()[None]
         img = torch.from_numpy(image)[None, None]
@@ -132,7 +144,7 @@ def worker(kind: str, scene: Path, out: Path, threads: int, repeats: int, worker
         from cryoparticle.crf.meanfield import MeanFieldCRF
 
         device = torch.device("cuda")
-        crf = MeanFieldCRF(**params).to(device)
+        crf = MeanFieldCRF(**params, **meanfield_options()).to(device)
         logits = torch.from_numpy(prob).clamp_min(1e-30).log()[None].to(device)
         img = torch.from_numpy(image)[None, None].to(device)
         times = []
@@ -253,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "python": platform.python_version(), "torch": torch.__version__,
                     "cuda": torch.cuda.is_available()},
         "load_before": load(), "params": crf_params("dense", n_iterations=N_ITERATIONS),
+        "ours_options": meanfield_options(),
         "targets": {"speedup_4096": TARGET_SPEEDUP_4096, "agreement": TARGET_AGREEMENT,
                     "memory_gb": TARGET_MEMORY_GB, "train_step_ratio": TARGET_TRAIN_RATIO},
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),

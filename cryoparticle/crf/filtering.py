@@ -164,14 +164,16 @@ def gaussian_taps(sigma: Tensor | float, dtype: torch.dtype = torch.float32,
     return w / w.sum()
 
 
-def blur_axis(x: Tensor, dim: int, taps: Tensor) -> Tensor:
+def blur_axis(x: Tensor, dim: int, taps: Tensor, out: Tensor | None = None) -> Tensor:
     """Convolve ``x`` along ``dim`` with symmetric ``taps`` (odd length), zero padding, same size.
 
     Without autograd: shifted in-place additions (fast on small grids and on the CPU, where a
-    one-channel ``conv1d`` is slow); with autograd: ``conv1d``."""
+    one-channel ``conv1d`` is slow), into ``out`` if given (not ``x``: no fresh array); with
+    autograd: ``conv1d``."""
     n = taps.numel()
     if n == 1:
-        return x * taps.to(x.dtype)
+        return torch.mul(x, taps.to(x.dtype), out=out) if out is not None else \
+            x * taps.to(x.dtype)
     radius = n // 2
     if torch.is_grad_enabled() and (x.requires_grad or taps.requires_grad):
         moved = x.movedim(dim, -1)
@@ -181,7 +183,7 @@ def blur_axis(x: Tensor, dim: int, taps: Tensor) -> Tensor:
         return out.reshape(shape).movedim(-1, dim)
     weights = [float(v) for v in taps]
     length = x.shape[dim]
-    out = x * weights[radius]
+    out = torch.mul(x, weights[radius], out=out) if out is not None else x * weights[radius]
     for j in range(1, min(radius, length - 1) + 1):
         out.narrow(dim, j, length - j).add_(x.narrow(dim, 0, length - j), alpha=weights[radius - j])
         out.narrow(dim, 0, length - j).add_(x.narrow(dim, j, length - j), alpha=weights[radius + j])

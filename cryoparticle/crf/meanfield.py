@@ -20,7 +20,10 @@ Mean-field: ``Q₀ = softmax(-U)``; ``n_iterations`` times ``Q = softmax(-U - μ
 D_k^{-1/2} K_k D_k^{-1/2} Q)``. The products with ``K_k`` use the grid filters of
 :mod:`cryoparticle.crf.filtering` (O(pixels) per iteration). With two classes and no gradient
 the iteration runs on the logit difference only (one filtered channel, half the work); with ``C``
-classes ``C − 1`` channels are filtered (the last follows from ``K·1``).
+classes ``C − 1`` channels are filtered (the last follows from ``K·1``). On large images (above
+:data:`~cryoparticle.crf.filtering.NEAREST_SLICE_PIXELS` pixels, learned features aside) that
+two-class iteration runs fused (:mod:`cryoparticle.crf.fused`): one banded pass per iteration,
+normalisers folded into the grids, the intensity axis binned by ``intensity_cells_per_sigma``.
 
 CRF-as-RNN (Zheng et al. 2015): ``learnable=True`` makes the kernel weights and the
 compatibility matrix (initialised Potts) parameters, ``learn_bandwidths=True`` also the three
@@ -47,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cryoparticle.crf import filtering
 from cryoparticle.crf.checks import check_logits_image, check_params
 from cryoparticle.crf.filtering import (
     BILATERAL_CELLS_PER_SIGMA,
@@ -64,6 +68,7 @@ from cryoparticle.crf.filtering import (
     intensity_levels,
     symmetric_normaliser,
 )
+from cryoparticle.crf.fused import BilateralTerm, SpatialTerm, fused_two_class, log_sigmoid_pair
 from cryoparticle.errors import InputError, param_error
 
 #: Learned features are squashed to ±this many bandwidths (keeps their grid small).
@@ -119,7 +124,10 @@ class MeanFieldCRF(nn.Module):
     ``learnable``/``learn_bandwidths``/``feature_channels``/``feature_mode``/``feature_hidden``:
     the CRF-as-RNN options (see the module doc). ``*_cells_per_sigma``: grid resolution of the
     approximate filters (1 = one cell per bandwidth; larger is more exact and slower; ``None``:
-    1.0 and 0.5, or 1.5 and 2.5 for images of at most 256² pixels, where it costs little).
+    1.0 and 0.5, or 1.5 and 2.5 for images of at most 256² pixels, where it costs little);
+    ``intensity_cells_per_sigma``: intensity bins per bilateral intensity bandwidth on the fused
+    path of large images (1.0: bins of 7 of the 8-bit levels for ``bilateral_srgb=13``; ``None``:
+    all 256 levels).
     ``workers``: CPU threads that share the horizontal bands of two-class inference (each with
     its own grids); with ``workers > 1`` run torch with one intra-op thread
     (``torch.set_num_threads(1)``): band parallelism scales better than many small
@@ -137,6 +145,7 @@ class MeanFieldCRF(nn.Module):
                  spatial_cells_per_sigma: float | None = None,
                  bilateral_cells_per_sigma: float | None = None,
                  feature_cells_per_sigma: float = FEATURE_CELLS_PER_SIGMA,
+                 intensity_cells_per_sigma: float | None = 1.0,
                  workers: int = 1) -> None:
         super().__init__()
         percentiles = tuple(float(p) for p in percentiles)
@@ -153,6 +162,7 @@ class MeanFieldCRF(nn.Module):
             raise param_error("feature_hidden", feature_hidden, "must be an integer ≥ 1")
         for name, value in (("spatial_cells_per_sigma", spatial_cells_per_sigma),
                             ("bilateral_cells_per_sigma", bilateral_cells_per_sigma),
+                            ("intensity_cells_per_sigma", intensity_cells_per_sigma),
                             ("feature_cells_per_sigma", feature_cells_per_sigma)):
             if value is None and name != "feature_cells_per_sigma":
                 continue
@@ -174,6 +184,8 @@ class MeanFieldCRF(nn.Module):
         self.feature_cells_per_sigma = float(feature_cells_per_sigma)
         self.spatial_cells_per_sigma = spatial_cells_per_sigma
         self.bilateral_cells_per_sigma = bilateral_cells_per_sigma
+        self.intensity_cells_per_sigma = (None if intensity_cells_per_sigma is None
+                                          else float(intensity_cells_per_sigma))
         self._initial_sxy = (float(spatial_sxy), float(bilateral_sxy))
 
         def scalar(value: float, grad: bool) -> nn.Parameter:
@@ -277,6 +289,8 @@ class MeanFieldCRF(nn.Module):
         if c == 2 and not self._needs_grad(logits):
             # two classes, inference: iterate on the logit difference (see _two_class)
             with torch.no_grad():
+                if self._fused(logits):
+                    return self._two_class_fused(logits, image, dtype)
                 z = (logits[:, 1:2] - logits[:, 0:1]).to(dtype)
                 if self.unary_clip:  # |log p₁ − log p₀| ≤ log((1 − clip)/clip) (to 1e-5)
                     limit = math.log((1 - self.unary_clip) / self.unary_clip)
@@ -295,6 +309,65 @@ class MeanFieldCRF(nn.Module):
         compat = (self.compatibility if c == self.num_classes else 1.0 - torch.eye(c)).to(
             device=logits.device, dtype=dtype)
         return self._generic(log_p, kernels, compat)
+
+    def _fused(self, logits: Tensor) -> bool:
+        """Whether two-class inference takes the fused path of :mod:`cryoparticle.crf.fused`:
+        large images (the bilateral kernel's nearest slice, above ``NEAREST_SLICE_PIXELS``
+        pixels), the intensity bilateral kernel (no learned features), some kernel weight."""
+        n, _, h, w = logits.shape
+        weights = (float(self.spatial_weight), float(self.bilateral_weight))
+        return (self.embedding is None and self.n_iterations > 0 and n * h * w
+                > filtering.NEAREST_SLICE_PIXELS and (self.learnable or any(v != 0 for v in weights)))
+
+    @torch.autocast("cuda", enabled=False)
+    @torch.autocast("cpu", enabled=False)
+    def _two_class_fused(self, logits: Tensor, image: Tensor, dtype: torch.dtype) -> Tensor:
+        """Two classes, no gradient, large images: :func:`~cryoparticle.crf.fused.
+        fused_two_class` on ``z = s₁ − s₀``, working in the output tensor (``z`` in its class-1
+        plane, ``base`` in its class-0 plane), whose last step writes ``log σ(±z)`` there. In
+        ``dtype`` throughout, also under mixed-precision autocast (its grid products would
+        otherwise be bf16/fp16)."""
+        n, _, h, w = logits.shape
+        out = logits.new_empty(n, 2, h, w, dtype=dtype)
+        z, base = out[:, 1], out[:, 0]
+        limit = math.log((1 - self.unary_clip) / self.unary_clip) if self.unary_clip else None
+        ranges = bands(h, w, n)
+        for r0, r1 in ranges:
+            bb = base[:, r0:r1]
+            torch.sub(logits[:, 1, r0:r1], logits[:, 0, r0:r1], out=bb)
+            if limit is not None:   # |log p₁ − log p₀| ≤ log((1 − clip)/clip) (to 1e-5)
+                bb.clamp_(-limit, limit)
+        compat = self.compatibility.detach().to(dtype=torch.float64, device="cpu")
+        a = float(compat[1, 0] - compat[0, 0])
+        b = float(compat[1, 1] - compat[0, 1])
+        spatial_cell, bilateral_cell = self.grid_cells(h, w)
+        spatial = bilateral = None
+        w_spatial, w_bilateral = float(self.spatial_weight), float(self.bilateral_weight)
+        if self.learnable or w_spatial != 0:
+            filt = SpatialGaussian(h, w, self._value("spatial_sxy"), spatial_cell)
+            spatial = SpatialTerm(filt, n, (a - b) * w_spatial, dtype, out.device)
+        if self.learnable or w_bilateral != 0:
+            s_level = self._value("bilateral_srgb") / math.sqrt(RGB_CHANNELS)
+            level_bin = (1 if self.intensity_cells_per_sigma is None
+                         else auto_cell(s_level, self.intensity_cells_per_sigma))
+            levels = intensity_levels(image[:, 0], self.percentiles)
+            bilateral = BilateralTerm(levels, self._value("bilateral_sxy"), s_level,
+                                      bilateral_cell, level_bin, (a - b) * w_bilateral, dtype)
+            del levels
+        start = base        # Q₀ = σ(−ΔU); with a non-Potts compatibility base also holds F(1)
+        if a + b != 0:      # the F_k(1) term of a non-Potts compatibility
+            start = z.copy_(base)
+            ones = bilateral.ones() if bilateral is not None else None
+            index = torch.empty(0, dtype=torch.int64, device=out.device)
+            for r0, r1 in ranges:
+                if spatial is not None:
+                    spatial.ones_add_(base[:, r0:r1], r0, -0.5 * (a + b) * w_spatial)
+                if bilateral is not None:
+                    index = bilateral.band_index(r0, r1, index.new_empty(n * (r1 - r0) * w))
+                    base[:, r0:r1].sub_(ones[index].view(n, r1 - r0, w),
+                                        alpha=0.5 * (a + b) * w_bilateral)
+        fused_two_class(z, base, start, self.n_iterations, spatial, bilateral, self.workers)
+        return out
 
     def _generic(self, log_p: Tensor, kernels: list[_Kernel], compat: Tensor) -> Tensor:
         scores = log_p
@@ -395,10 +468,7 @@ class MeanFieldCRF(nn.Module):
         # log Q₁ = log σ(z) = min(z, 0) − log(1 + e^{−|z|}), log Q₀ = log σ(−z) = log Q₁ − z
         out = z.new_empty(n, 2, h, w)
         for r0, r1 in ranges:
-            zb = z[:, :, r0:r1]
-            t = torch.exp(-zb.abs()).add_(1).log_()
-            torch.sub(zb.clamp_max(0), t, out=out[:, 1:2, r0:r1])
-            torch.sub(out[:, 1:2, r0:r1], zb, out=out[:, 0:1, r0:r1])
+            log_sigmoid_pair(z[:, :, r0:r1], out[:, 1:2, r0:r1], out[:, 0:1, r0:r1])
         return out
 
 
