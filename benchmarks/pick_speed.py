@@ -307,6 +307,7 @@ def run_ours(ckpt: Path | None, mics: list[Path], work: Path, threads: int
     runs, picks = [], []
     for mic in mics:
         out = fresh_dir(work / "ours" / mic.stem)
+        load_1min = os.getloadavg()[0]
         result = measured([sys.executable, *predict_cmd(ckpt, [mic], out, threads)], work, env)
         if result["rc"] != 0:
             sys.exit(f"predict.py failed (exit {result['rc']}):\n{result['output_tail']}")
@@ -319,7 +320,8 @@ def run_ours(ckpt: Path | None, mics: list[Path], work: Path, threads: int
                      "peak_rss_gb": result["peak_rss_largest_process_gb"],
                      "peak_pss_tree_gb": result["peak_pss_tree_gb"],
                      "diameter_a": summary["micrographs"][0]["particle_diameter_a"],
-                     "threshold": summary["threshold"], "cmd": result["cmd"]})
+                     "threshold": summary["threshold"], "loadavg_1min_at_start": load_1min,
+                     "cmd": result["cmd"]})
     out = fresh_dir(work / "ours" / "batch")
     batch = measured([sys.executable, *predict_cmd(ckpt, mics, out, threads)], work, env)
     if batch["rc"] != 0:
@@ -351,6 +353,7 @@ def run_topaz(topaz: Path, mics: list[Path], work: Path, threads: int
     runs, picks = [], []
     for mic in mics:
         folder = fresh_dir(work / "topaz" / mic.stem)
+        load_1min = os.getloadavg()[0]
         pre = measured([str(topaz), "preprocess", "-s", str(TOPAZ_SCALE), "-d", "-1", "-j",
                         str(threads), "-o", str(folder / "pre"), str(mic)], work, env)
         if pre["rc"] != 0:
@@ -371,7 +374,7 @@ def run_topaz(topaz: Path, mics: list[Path], work: Path, threads: int
                      "peak_rss_gb": max(pre["peak_rss_largest_process_gb"],
                                         ext["peak_rss_largest_process_gb"]),
                      "peak_pss_tree_gb": max(pre["peak_pss_tree_gb"], ext["peak_pss_tree_gb"]),
-                     "cmd": [pre["cmd"], ext["cmd"]]})
+                     "loadavg_1min_at_start": load_1min, "cmd": [pre["cmd"], ext["cmd"]]})
     record = {
         "per_micrograph": runs,
         "preprocess_s_median": _median([r["preprocess_s"] for r in runs]),
@@ -390,7 +393,10 @@ def run_topaz(topaz: Path, mics: list[Path], work: Path, threads: int
 
 #: Stage of a profiler sample: the first rule (in this order) with a function on the sample's
 #: stack (``(qualified name ends with, file name)``); samples matching none are ``other``.
+#: Imports count as start-up wherever they happen (e.g. segmentation_models_pytorch's, when
+#: the checkpoint's network is built).
 PROFILE_STAGES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("start-up: imports", (("_find_and_load", "<frozen importlib._bootstrap>"),)),
     ("network (segment)", (("predict_step", "module.py"),)),
     ("writing", (("_finish", "writers.py"), ("write_relion_coordinates", "coords.py"),
                  ("write_box", "coords.py"), ("write_cryoppp_csv", "coords.py"),
@@ -398,7 +404,6 @@ PROFILE_STAGES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("extraction", (("_pick", "writers.py"),)),
     ("reading/binning", (("__getitem__", "inputs.py"),)),
     ("checkpoint loading", (("load_picker", "predict.py"),)),
-    ("start-up: imports", (("_find_and_load", "<frozen importlib._bootstrap>"),)),
 )
 
 
@@ -406,6 +411,33 @@ def _frame(frame: str) -> tuple[str, str]:
     """``(qualified name, file name)`` of a py-spy frame ``name (path:line)``."""
     name, _, where = frame.partition(" (")
     return name, Path(where.rstrip(")").rsplit(":", 1)[0]).name
+
+
+def _package(where: str) -> str:
+    """Top-level package of a module file as py-spy names it: relative to its ``sys.path``
+    entry (``torch/nn/modules/conv.py`` → ``torch``), or absolute (the folder after
+    ``site-packages``); ``cryoparticle`` for this project's modules."""
+    parts = [part for part in where.replace("\\", "/").split("/") if part]
+    if "cryoparticle" in parts:
+        return "cryoparticle"
+    for anchor in ("site-packages", "dist-packages"):
+        if anchor in parts[:-1]:
+            return parts[parts.index(anchor) + 1].removesuffix(".py")
+    return parts[0].removesuffix(".py") if parts else where
+
+
+def _imported_package(frames: list[str]) -> str | None:
+    """The first package other than cryoparticle whose import a sample is in (cryoparticle
+    when only its own modules; None when no import)."""
+    seen_import, found = False, None
+    for frame in frames:
+        if frame.startswith("_find_and_load ("):
+            seen_import = True
+        elif seen_import and frame.startswith("<module> ("):
+            found = _package(frame.partition(" (")[2].rsplit(":", 1)[0])
+            if found != "cryoparticle":
+                return found
+    return found
 
 
 def _stage(frames: list[tuple[str, str]]) -> str:
@@ -417,15 +449,20 @@ def _stage(frames: list[tuple[str, str]]) -> str:
 
 
 def summarise_pyspy(raw: Path, hz: int) -> dict[str, Any]:
-    """Seconds per stage (:data:`PROFILE_STAGES`) and the 12 functions with the most own
-    time, from py-spy's ``--format raw`` output (``frame;frame;... count`` per line)."""
+    """Seconds per stage (:data:`PROFILE_STAGES`), import seconds per top-level package
+    imported (the 8 largest) and the 12 functions with the most own time, from py-spy's
+    ``--format raw`` output (``process;frame;...;frame COUNT`` per line)."""
     stages: Counter[str] = Counter()
     own: Counter[str] = Counter()
+    imports: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
+        package = _imported_package(stack.split(";")[1:])
+        if package is not None:
+            imports[package] += int(count)
         frames = [_frame(f) for f in stack.split(";")[1:]]  # the first is the process
         total += int(count)
         stages[_stage(frames)] += int(count)
@@ -433,6 +470,7 @@ def summarise_pyspy(raw: Path, hz: int) -> dict[str, Any]:
             own["{} ({})".format(*frames[-1])] += int(count)
     return {"tool": f"py-spy record -r {hz}", "sampled_s": total / hz,
             "stages_s": {k: round(v / hz, 2) for k, v in stages.most_common()},
+            "imports_s_by_package": {k: round(v / hz, 2) for k, v in imports.most_common(8)},
             "top_own_s": {k: round(v / hz, 2) for k, v in own.most_common(12)}}
 
 

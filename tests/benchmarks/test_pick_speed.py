@@ -20,25 +20,34 @@ def test_pyspy_samples_are_grouped_by_stage(tmp_path):
     imp = "_find_and_load (<frozen importlib._bootstrap>:1176)"
     run = "run (/x/cryoparticle/picking/predict.py:150)"
     lines = [
-        f"{proc};<module> (/x/predict.py:3);{imp};<module> (/y/torch/__init__.py:1) 250",
+        f"{proc};<module> (/x/predict.py:3);{imp};"
+        "<module> (/v/lib/python3.11/site-packages/torch/__init__.py:1) 250",
         f"{proc};{run};PickingModule.predict_step (/x/cryoparticle/picking/module.py:140);"
-        f"{imp};Conv2d._conv_forward (/y/torch/nn/modules/conv.py:543) 100",
+        "Conv2d._conv_forward (/y/torch/nn/modules/conv.py:543) 100",
+        f"{proc};{run};PickingModule.predict_step (/x/cryoparticle/picking/module.py:140);"
+        f"{imp};<module> (/v/site-packages/scipy/ndimage/__init__.py:1) 20",
         f"{proc};{run};PickWriter._pick (/x/cryoparticle/picking/writers.py:231);"
         "extract_particles (/x/cryoparticle/picking/extract.py:90) 30",
         f"{proc};{run};PickWriter._pick (/x/cryoparticle/picking/writers.py:231);"
         "write_relion_coordinates (/x/cryoparticle/io/coords.py:290) 5",
         f"{proc};{run};MicrographFiles.__getitem__ (/x/cryoparticle/picking/inputs.py:177) 40",
-        f"{proc};{run};load_picker (/x/cryoparticle/picking/predict.py:86);{imp} 60",
+        f"{proc};{run};load_picker (/x/cryoparticle/picking/predict.py:86);{imp};"
+        "<module> (/x/cryoparticle/models/networks.py:1) 60",
+        f"{proc};{run};load_picker (/x/cryoparticle/picking/predict.py:86);"
+        "load_state_dict (/y/torch/nn/modules/module.py:2500) 10",
         f"{proc};main (/x/hydra/main.py:80) 15",
     ]
     raw = tmp_path / "profile.txt"
     raw.write_text("\n".join(lines) + "\n")
     summary = pick_speed.summarise_pyspy(raw, hz=100)
-    assert summary["sampled_s"] == pytest.approx(5.0)
+    assert summary["sampled_s"] == pytest.approx(5.3)
+    # imports are start-up wherever they happen (under load_picker, under predict_step)
     assert summary["stages_s"] == {
-        "start-up: imports": 2.5, "network (segment)": 1.0, "checkpoint loading": 0.6,
-        "reading/binning": 0.4, "extraction": 0.3,
-        "other (interpreter, Hydra, Lightning set-up)": 0.15, "writing": 0.05}
+        "start-up: imports": 3.3, "network (segment)": 1.0, "reading/binning": 0.4,
+        "extraction": 0.3, "other (interpreter, Hydra, Lightning set-up)": 0.15,
+        "checkpoint loading": 0.1, "writing": 0.05}
+    assert summary["imports_s_by_package"] == {"torch": 2.5, "cryoparticle": 0.6,
+                                               "scipy": 0.2}
     assert next(iter(summary["top_own_s"])) == "<module> (__init__.py)"
     assert summary["top_own_s"]["Conv2d._conv_forward (conv.py)"] == 1.0
 
