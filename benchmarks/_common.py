@@ -7,6 +7,10 @@ the default, :data:`DEFAULT_DATA_DIR`, is an optional ``data/`` folder of a ``sh
 beside the repository (``../shared/data``); without real data the benchmarks use simulated
 micrographs only.
 
+Truth on real data (:data:`DATASETS`): :func:`mask_truth` recovers the CryoPPP disc centres of
+a micrograph from its mask and the striped border artefact from the image; :func:`inside` keeps
+the picks (or truth) off that border.
+
 Results: :func:`write_results` stores paths relative to the repository; paths under the data
 or work folder as ``DATA_DIR/...`` / ``WORK_DIR/...``; the interpreter as ``python``; any other
 absolute path by its file name only.
@@ -57,6 +61,65 @@ def portable(value: Any, folders: dict[str, Path | str | None] | None = None) ->
     return rewrite(value) if isinstance(value, str) else value
 
 
+#: name → (folder, pixel size Å/px of the files, disc diameter px of the files, mask scale,
+#: {split: micrograph} of data=general's explicit validation and test micrographs; the others
+#: of the folder are training micrographs of the general model)
+DATASETS = {
+    "EMPIAR-10017": ("empiar-10017", 1.77, 108.0, 1,
+                     {"test": "Falcon_2012_06_12-15_41_22_0",
+                      "val": "Falcon_2012_06_12-14_57_34_0"}),
+    "EMPIAR-10059": ("empiar-10059", 191.0 / 36.0, 36.0, 4,
+                     {"test": "stack_0255_2x_dfpt_10059", "val": "stack_0005_2x_dfpt_10059"}),
+    "EMPIAR-10947": ("empiar-10947", 212.0 / 60.0, 60.0, 4,
+                     {"test": "FoilHole_15962087_Data_15972812_15972814_20211215_190400_EER_10947",
+                      "val": "FoilHole_15960851_Data_15972821_15972823_20211215_175446_EER_10947"}),
+}
+
+
+def general_split(dataset: str, micrograph: str) -> str:
+    """``test``, ``val`` or ``train``: the role of ``micrograph`` in ``data=general``."""
+    held_out = DATASETS[dataset][4]
+    return next((split for split, name in held_out.items() if name == micrograph), "train")
+
+
+def mask_truth(image: Any, mask_file: Path, diameter_px: float, scale: int, micrograph: str
+               ) -> tuple[Any, Any]:
+    """(truth, border) of one micrograph: the centres of the CryoPPP discs of ``mask_file``
+    (drawn ``scale``× coarser than ``image``; JPEG masks thresholded at 127) as a particle
+    table, and the boolean mask of ``image``'s striped border artefact."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    from cryoparticle.data.borders import border_mask, border_widths
+    from cryoparticle.data.masks import centres_from_mask
+    from cryoparticle.io.mrc import read_mask, read_micrograph
+
+    mask = read_mask(mask_file) if scale == 1 else None
+    if mask is None or not set(np.unique(mask)) <= {0, 1, 255}:
+        raw = np.asarray(read_micrograph(mask_file)[0])
+        mask = (raw > 127).astype(np.uint8)
+    if scale > 1:
+        mask = np.kron(mask, np.ones((scale, scale), np.uint8))
+    truth = centres_from_mask(mask, diameter_px, tolerance_px=max(0.75, scale),
+                              micrograph=micrograph)
+    return truth, border_mask(np.shape(image), border_widths(image))
+
+
+def inside(picks: Any, borders: dict[str, Any]) -> Any:
+    """Picks (or truth; a particle table) not on a micrograph's border artefact
+    (``borders``: micrograph → boolean mask of :func:`mask_truth`)."""
+    import numpy as np
+
+    keep = np.ones(len(picks), bool)
+    for mic, rows in picks.groupby("micrograph").indices.items():
+        border = borders[mic]
+        r = np.clip(np.round(picks["y"].to_numpy()[rows]).astype(int), 0, border.shape[0] - 1)
+        c = np.clip(np.round(picks["x"].to_numpy()[rows]).astype(int), 0, border.shape[1] - 1)
+        keep[rows] = ~border[r, c]
+    return picks[keep].reset_index(drop=True)
+
+
 def write_results(path: Path, record: Any, folders: dict[str, Path | str | None] | None = None
                   ) -> None:
     """``record`` as JSON in ``path`` (atomically), without machine paths (:func:`portable`)."""
@@ -90,5 +153,5 @@ def train_run(run_dir: Path, overrides: list[str], log: Path | None = None
     return found[-1], float(done.read_text())
 
 
-__all__ = ["DATA_DIR_HELP", "DEFAULT_DATA_DIR", "ROOT", "portable", "train_run",
-           "write_results"]
+__all__ = ["DATASETS", "DATA_DIR_HELP", "DEFAULT_DATA_DIR", "ROOT", "general_split", "inside",
+           "mask_truth", "portable", "train_run", "write_results"]

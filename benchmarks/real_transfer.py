@@ -40,27 +40,14 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA_DIR_HELP, DEFAULT_DATA_DIR, ROOT, write_results  # noqa: E402
+from _common import (DATA_DIR_HELP, DATASETS, DEFAULT_DATA_DIR, ROOT, inside,  # noqa: E402
+                     mask_truth, write_results)
 
-from cryoparticle.data.borders import border_mask, border_widths  # noqa: E402
-from cryoparticle.data.masks import centres_from_mask  # noqa: E402
 from cryoparticle.io.coords import read_star, read_topaz  # noqa: E402
-from cryoparticle.io.mrc import read_mask, read_micrograph, write_mrc  # noqa: E402
+from cryoparticle.io.mrc import read_micrograph, write_mrc  # noqa: E402
 from cryoparticle.picking.evaluate import (average_precision, best_f1_threshold,  # noqa: E402
                                            precision_recall_f1)
 
-#: name → (folder, pixel size Å/px of the files, disc diameter px of the files, mask scale,
-#: {split: micrograph} of data=general's explicit validation and test micrographs)
-DATASETS = {
-    "EMPIAR-10017": ("empiar-10017", 1.77, 108.0, 1,
-                     {"test": "Falcon_2012_06_12-15_41_22_0",
-                      "val": "Falcon_2012_06_12-14_57_34_0"}),
-    "EMPIAR-10059": ("empiar-10059", 191.0 / 36.0, 36.0, 4,
-                     {"test": "stack_0255_2x_dfpt_10059", "val": "stack_0005_2x_dfpt_10059"}),
-    "EMPIAR-10947": ("empiar-10947", 212.0 / 60.0, 60.0, 4,
-                     {"test": "FoilHole_15962087_Data_15972812_15972814_20211215_190400_EER_10947",
-                      "val": "FoilHole_15960851_Data_15972821_15972823_20211215_175446_EER_10947"}),
-}
 TOPAZ_PIXEL_SIZE_A = 7.08   # Topaz's pickers see micrographs binned to about the model scale
 
 
@@ -79,30 +66,11 @@ def dataset_inputs(name: str, data_dir: Path, which: str, work: Path) -> dict[st
         if not path.exists():
             write_mrc(path, image.astype(np.float32), px)
         mask_file = next((data_dir / folder / "masks").glob(f"{mic.stem}_mask.*"))
-        mask = read_mask(mask_file) if scale == 1 else None
-        if mask is None or not set(np.unique(mask)) <= {0, 1, 255}:
-            raw = np.asarray(read_micrograph(mask_file)[0])
-            mask = (raw > 127).astype(np.uint8)
-        if scale > 1:
-            mask = np.kron(mask, np.ones((scale, scale), np.uint8))
-        truth = centres_from_mask(mask, diameter, tolerance_px=max(0.75, scale),
-                                  micrograph=mic.stem)
-        borders[mic.stem] = border_mask(image.shape, border_widths(image))
+        truth, borders[mic.stem] = mask_truth(image, mask_file, diameter, scale, mic.stem)
         truths.append(truth)
         paths.append(path)
     return {"paths": paths, "truth": pd.concat(truths, ignore_index=True), "borders": borders,
             "pixel_size_a": px, "diameter_px": diameter}
-
-
-def inside(picks: pd.DataFrame, borders: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Picks (or truth) not on a micrograph's border artefact."""
-    keep = np.ones(len(picks), bool)
-    for mic, rows in picks.groupby("micrograph").indices.items():
-        border = borders[mic]
-        r = np.clip(np.round(picks["y"].to_numpy()[rows]).astype(int), 0, border.shape[0] - 1)
-        c = np.clip(np.round(picks["x"].to_numpy()[rows]).astype(int), 0, border.shape[1] - 1)
-        keep[rows] = ~border[r, c]
-    return picks[keep].reset_index(drop=True)
 
 
 def scores(picks: pd.DataFrame, truth: pd.DataFrame, radius: float, threshold: float,

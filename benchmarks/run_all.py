@@ -64,10 +64,13 @@ def _crf_speed(r: dict[str, Any]) -> str:
 
 
 def _pick_speed(r: dict[str, Any]) -> str:
-    text = (f"ours {_fmt(_dig(r, 'ours', 's_per_micrograph_process'), '.2f')} s/micrograph, "
-            f"{_fmt(_dig(r, 'ours', 'particles_per_micrograph'), '.0f')} picks")
-    ratio = _dig(r, "ratio", "process_vs_extract")
-    return text + (f", {ratio:.2f}× topaz extract" if ratio is not None else "")
+    text = (f"ours {_fmt(_dig(r, 'ours', 's_per_micrograph_median'), '.2f')} s/micrograph, "
+            f"{_fmt(_dig(r, 'ours', 'particles_per_micrograph'), '.0f')} picks, F1 "
+            f"{_fmt(_dig(r, 'ours', 'accuracy', 'f1'), '.3f')}")
+    ratio = _dig(r, "ratio", "vs_extract")
+    return text + (f", {ratio:.2f}× topaz extract (F1 "
+                   f"{_fmt(_dig(r, 'topaz', 'accuracy', 'f1'), '.3f')})"
+                   if ratio is not None else "")
 
 
 def _simulate_speed(r: dict[str, Any]) -> str:

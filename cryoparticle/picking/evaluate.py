@@ -35,7 +35,9 @@ Conventions (all functions below):
 The command line (``python -m cryoparticle.picking.evaluate --help``) reads picks and truth
 files in any supported format (RELION coordinate files, ``particles.star`` and coordinate
 lists, EMAN BOX, CryoPPP CSV, Topaz, cryoSPARC particle CSV), matches them by micrograph name
-and prints/writes the metrics.
+and prints/writes the metrics. A micrograph that several files give (a ``predict.py`` folder:
+``NAME.star``, ``NAME.box``, ``NAME.csv``, ``particles.star``) is read from one of them, by
+:data:`SOURCE_PREFERENCE` (STAR first), and the table says which (``picks_file``).
 """
 
 from __future__ import annotations
@@ -549,29 +551,57 @@ def _expand(arguments: Sequence[str], option: str) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
-def _read_all(paths: Sequence[Path], diameter: float | None) -> tuple[pd.DataFrame, list[str]]:
-    """Concatenated tables (micrograph names normalised) and every micrograph the files name
-    (a per-micrograph file with no particle still names its micrograph). A particle found in
-    several files (a folder with per-micrograph files and the combined ``particles.star`` or
-    ``coordinate_files.star`` beside them) counts once."""
-    tables, names = [], []
-    for number, path in enumerate(paths):
+SOURCE_PREFERENCE: tuple[str, ...] = ("star", "topaz", "cryosparc", "cryoppp", "box")
+"""The particle file read for a micrograph that several files give (a ``predict.py`` folder
+holds ``NAME.star``, ``NAME.box``, ``NAME.csv``, ``particles.star`` and
+``coordinate_files.star``): the first format here (RELION STAR and Topaz tables keep sub-pixel
+centres and scores, cryoSPARC CSV fractions of the micrograph; CryoPPP CSV has whole pixels,
+EMAN BOX rounded box corners); among files of that format, the micrograph's own file (named
+after it) before one of several micrographs, then the first given. The others are not read for
+that micrograph, so a pick is never counted twice."""
+
+
+def _read_all(paths: Sequence[Path], diameter: float | None
+              ) -> tuple[pd.DataFrame, list[str], dict[str, Path]]:
+    """The particles of every micrograph the files name (names normalised), each micrograph's
+    from ONE file (:data:`SOURCE_PREFERENCE`); every micrograph named (a per-micrograph file
+    with no particle still names its micrograph); and micrograph → the file read for it."""
+    read = []  # (path, format, table, micrographs it names)
+    for path in paths:
         fmt = particle_format(path)
         table = read_particles(path, diameter)
         listed = [micrograph_key(n) for n in table.attrs.get("micrographs", [])]
         table["micrograph"] = [micrograph_key(n) for n in table["micrograph"]]
-        names += listed + list(dict.fromkeys(table["micrograph"]))
+        names = listed + list(dict.fromkeys(table["micrograph"]))
         if (table.empty and not listed) or fmt in ("box", "cryoppp"):
             names.append(micrograph_key(path.stem))
-        tables.append(table[["micrograph", "x", "y", "diameter", "score"]].assign(_file=number))
-    if not tables:
-        return pd.DataFrame(), []
-    frame = pd.concat(tables, ignore_index=True)
-    key = ["micrograph", "x", "y"]
-    repeated = frame.duplicated(key, keep=False) & \
-        (frame.groupby(key)["_file"].transform("nunique") > 1)
-    frame = frame[~(repeated & frame.duplicated(key))].drop(columns="_file")
-    return frame.reset_index(drop=True), list(dict.fromkeys(names))
+        read.append((path, fmt, table, list(dict.fromkeys(names))))
+
+    def rank(number: int, name: str) -> tuple[int, bool, int]:
+        path, fmt = read[number][0], read[number][1]
+        own = name in (micrograph_key(path.stem), micrograph_key(path.name))
+        return SOURCE_PREFERENCE.index(fmt), not own, number
+
+    chosen: dict[str, int] = {}
+    for number, (_, _, _, names) in enumerate(read):
+        for name in names:
+            if name not in chosen or rank(number, name) < rank(chosen[name], name):
+                chosen[name] = number
+    tables = [table.loc[table["micrograph"].map(chosen).to_numpy() == number,
+                        ["micrograph", "x", "y", "diameter", "score"]]
+              for number, (_, _, table, _) in enumerate(read)]
+    frame = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return frame, list(chosen), {name: read[number][0] for name, number in chosen.items()}
+
+
+def _note_sources(option: str, paths: Sequence[Path], sources: dict[str, Path]) -> None:
+    """One stderr line when some files were not read: which, and the rule."""
+    unused = [p for p in paths if p not in set(sources.values())]
+    if unused:
+        shown = ", ".join(p.name for p in unused[:4]) + (", ..." if len(unused) > 4 else "")
+        order = " > ".join(SOURCE_PREFERENCE)
+        print(f"note: {option}: one file per micrograph ({order}; the micrograph's own file "
+              f"first); not used: {len(unused)} file(s) ({shown})", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -582,7 +612,9 @@ def _parser() -> argparse.ArgumentParser:
                     "(coordinate files, particles.star, coordinate_files.star), EMAN BOX, "
                     "CryoPPP CSV, Topaz tables or cryoSPARC particle CSV; picks and truth are "
                     "matched by micrograph name (file stem / name without extension). Only "
-                    "micrographs with a truth file are evaluated.")
+                    "micrographs with a truth file are evaluated. A micrograph given by several "
+                    "files (a predict.py folder) is read from one: STAR > Topaz > cryoSPARC > "
+                    "CryoPPP CSV > BOX, its own file before a multi-micrograph one.")
     parser.add_argument("--picks", nargs="+", required=True, metavar="PATH_OR_GLOB",
                         help="pick files, folders or glob patterns (quote them)")
     parser.add_argument("--truth", nargs="+", required=True, metavar="PATH_OR_GLOB",
@@ -612,8 +644,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise param_error("--diameter-px", args.diameter_px, "must be a positive number")
     pick_files = _expand(args.picks, "--picks")
     truth_files = _expand(args.truth, "--truth")
-    picks, _ = _read_all(pick_files, args.diameter_px)
-    truth, names = _read_all(truth_files, args.diameter_px)
+    picks, _, pick_sources = _read_all(pick_files, args.diameter_px)
+    truth, names, truth_sources = _read_all(truth_files, args.diameter_px)
+    _note_sources("--picks", pick_files, pick_sources)
+    _note_sources("--truth", truth_files, truth_sources)
     if args.radius_px is not None:
         radius = _check_radius(args.radius_px)
     else:
@@ -636,16 +670,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               file=sys.stderr)
     table, pooled = evaluate_micrographs(picks[known], truth, radius, args.threshold,
                                          micrographs=names)
+    table.insert(1, "picks_file", [pick_sources[m].name if m in pick_sources else "–"
+                                   for m in table["micrograph"]])
     with pd.option_context("display.max_rows", None, "display.width", 120,
                            "display.float_format", "{:.3f}".format):
-        shown = pd.concat([table, pd.DataFrame([{"micrograph": "(pooled)",
+        shown = pd.concat([table, pd.DataFrame([{"micrograph": "(pooled)", "picks_file": "",
                                                   **{k: pooled[k] for k in METRIC_COLUMNS}}])],
                           ignore_index=True)
         print(shown.to_string(index=False))
     print(f"radius {radius:g} px, threshold {args.threshold}, best F1 {pooled['best_f1']:.3f} "
           f"at score >= {pooled['best_threshold']:.4g}")
+    table["picks_file"] = [str(pick_sources[m]) if m in pick_sources else None
+                           for m in table["micrograph"]]
+    table.insert(2, "truth_file", [str(truth_sources[m]) for m in table["micrograph"]])
     record = {"picks": [str(p) for p in pick_files], "truth": [str(p) for p in truth_files],
-              "radius_px": radius, "threshold": args.threshold, "pooled": pooled,
+              "source_preference": list(SOURCE_PREFERENCE), "radius_px": radius,
+              "threshold": args.threshold, "pooled": pooled,
               "micrographs": table.to_dict(orient="records")}
     record = jsonable(record)
     if args.json is not None:
@@ -655,6 +695,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 __all__ = [
     "CURVE_COLUMNS", "METRIC_COLUMNS", "MICROGRAPH_EXTENSIONS", "PARTICLE_EXTENSIONS",
+    "SOURCE_PREFERENCE",
     "average_precision", "best_f1_threshold",
     "evaluate_micrographs", "match_picks", "micrograph_key", "particle_format", "pixel_metrics",
     "precision_recall_curve", "precision_recall_f1", "read_particles",

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -305,3 +306,58 @@ def test_cli_reads_relion_and_cryosparc_and_counts_a_pick_once(tmp_path, capsys)
         assert (rows["mic_a"]["tp"], rows["mic_a"]["fp"], rows["mic_a"]["fn"]) == (1, 2, 1)
         assert (rows["mic_b"]["tp"], rows["mic_b"]["fp"], rows["mic_b"]["fn"]) == (1, 0, 0)
     capsys.readouterr()
+
+
+def test_cli_reads_one_file_per_micrograph_of_a_predict_folder(tmp_path, capsys):
+    """A predict.py folder holds NAME.star, NAME.box and NAME.csv (whole pixels, so not equal
+    to the STAR's coordinates) with the same picks, plus particles.star: each pick counts once,
+    read from the STAR; without the STAR, from the CSV, then the BOX; the table says which."""
+    from cryoparticle.io.coords import (write_box, write_coordinate_files_star,
+                                        write_relion_coordinates)
+
+    picks, truth = tmp_path / "picks", tmp_path / "truth"
+    picks.mkdir()
+    truth.mkdir()
+    xy = {"mic_a": [[100.4, 200.6], [300.3, 310.7], [900.2, 900.9]], "mic_b": [[50.6, 60.4]]}
+    tables = {}
+    for name, coords in xy.items():
+        tables[name] = table(coords, np.linspace(0.9, 0.5, len(coords)), name, diameter=40.0)
+        write_relion_coordinates(picks / f"{name}.star", tables[name])
+        write_box(picks / f"{name}.box", tables[name], 60)
+        write_cryoppp_csv(picks / f"{name}.csv", tables[name])
+    write_star(picks / "particles.star", pd.concat(tables.values()), pixel_size_a=1.0)
+    write_coordinate_files_star(picks / "coordinate_files.star",
+                                [(f"mics/{n}.mrc", picks / f"{n}.star") for n in xy])
+    write_cryoppp_csv(truth / "mic_a.csv", table([[101, 201], [600, 600]], None, "mic_a", 40.0))
+    write_cryoppp_csv(truth / "mic_b.csv", table([[51, 61]], None, "mic_b", 40.0))
+    out = tmp_path / "metrics.json"
+
+    def evaluate() -> tuple[dict[str, dict], str]:
+        main(["--picks", str(picks), "--truth", str(truth), "--json", str(out)])
+        record = json.loads(out.read_text())
+        return {row["micrograph"]: row for row in record["micrographs"]}, \
+            capsys.readouterr().err
+
+    for removed, used in ((None, ".star"), (".star", ".csv"), (".csv", ".box")):
+        if removed is not None:
+            for name in xy:
+                (picks / f"{name}{removed}").unlink()
+            if removed == ".star":
+                (picks / "particles.star").unlink()
+                (picks / "coordinate_files.star").unlink()
+        rows, err = evaluate()
+        assert (rows["mic_a"]["n_picks"], rows["mic_b"]["n_picks"]) == (3, 1)  # not 6 or 9
+        assert (rows["mic_a"]["tp"], rows["mic_a"]["fp"], rows["mic_a"]["fn"]) == (1, 2, 1)
+        assert (rows["mic_b"]["tp"], rows["mic_b"]["fn"]) == (1, 0)
+        assert {Path(rows[n]["picks_file"]).name for n in xy} == {f"mic_a{used}",
+                                                                  f"mic_b{used}"}
+        assert Path(rows["mic_a"]["truth_file"]).name == "mic_a.csv"
+        if used != ".box":
+            assert "not used" in err and "star > topaz > cryosparc > cryoppp > box" in err
+    # only a multi-micrograph file for mic_b: mic_a from its own file, mic_b from particles.star
+    write_relion_coordinates(picks / "mic_a.star", tables["mic_a"])
+    write_star(picks / "particles.star", tables["mic_b"], pixel_size_a=1.0)
+    rows, _ = evaluate()
+    assert Path(rows["mic_a"]["picks_file"]).name == "mic_a.star"
+    assert Path(rows["mic_b"]["picks_file"]).name == "particles.star"
+    assert (rows["mic_a"]["n_picks"], rows["mic_b"]["n_picks"]) == (3, 1)
