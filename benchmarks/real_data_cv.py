@@ -82,8 +82,7 @@ def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str],
                   topaz: Any = None) -> dict[str, Any]:
     """Picks, truth and pixel counts of one checkpoint on its test micrographs; with ``topaz``
     (picks in pixels of the original micrographs, with scores), also Topaz's picks there in the
-    same frame, border and truth (``"topaz"``; its threshold-0 subset: ``"topaz_default"``);
-    ``topaz`` is a ``pandas.DataFrame``."""
+    same frame, border and truth (``"topaz"``); ``topaz`` is a ``pandas.DataFrame``."""
     import pandas as pd
 
     from cryoparticle.data.borders import drop_border_picks, BorderWidths
@@ -123,11 +122,7 @@ def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str],
         pred, true = prob >= 0.5, mic.mask == 1
         inter += int((pred & true & valid).sum())
         union += int(((pred | true) & valid).sum())
-    if peer:
-        every = pd.concat(peer, ignore_index=True)
-        extra = {"topaz": every, "topaz_default": every[every["score"] >= 0]}
-    else:
-        extra = {}
+    extra = {"topaz": pd.concat(peer, ignore_index=True)} if peer else {}
     return {**extra, "picks": pd.concat(picks, ignore_index=True),
             "low": pd.concat(low, ignore_index=True),
             "truth": pd.concat(truth, ignore_index=True), "intersection": inter, "union": union,
@@ -153,23 +148,19 @@ def pooled(results: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def pooled_topaz(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Topaz's picks pooled over the folds' test micrographs: at its default threshold 0, its
-    best F1 over its scores, and the AP of every candidate."""
+    """Topaz's picks pooled over the folds' test micrographs, scored as
+    :func:`real_transfer.scores` scores it: at its default threshold 0, its best F1 over its
+    scores, and the AP of every candidate."""
     import pandas as pd
-
-    from cryoparticle.picking.evaluate import (average_precision, best_f1_threshold,
-                                               precision_recall_f1)
+    from real_transfer import scores
 
     every = pd.concat([r["topaz"] for r in results], ignore_index=True)
-    default = pd.concat([r["topaz_default"] for r in results], ignore_index=True)
     truth = pd.concat([r["truth"] for r in results], ignore_index=True)
-    radius = results[0]["diameter_px"] / 2
-    prf = precision_recall_f1(default, truth, radius)
-    best_threshold, best = best_f1_threshold(every, truth, radius)
-    return {"precision": prf["precision"], "recall": prf["recall"], "pick_f1": prf["f1"],
-            "best_f1": best, "best_threshold": best_threshold,
-            "ap": average_precision(every, truth, radius), "pixel_iou": float("nan"),
-            "n_truth": int(len(truth)), "n_picks": int(len(default)), "thresholds": [0.0]}
+    s = scores(every, truth, results[0]["diameter_px"] / 2, 0.0)
+    return {"precision": s["precision"], "recall": s["recall"], "pick_f1": s["f1"],
+            "best_f1": s["best_f1"], "best_threshold": s["best_threshold"], "ap": s["ap"],
+            "pixel_iou": float("nan"), "n_truth": int(s["n_truth"]), "n_picks": s["n_picks"],
+            "thresholds": [0.0]}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
