@@ -3,6 +3,7 @@ general model, a simulation-only one, ...) and Topaz's shipped general model, si
 
     python benchmarks/real_transfer.py [--data-dir DIR] [--ckpt general=general]
         [--ckpt sim-only=PATH] [--micrographs all|test|val] [--topaz PATH_TO_topaz] [--out NAME]
+        [--results-dir benchmarks/results]
         [--predict KEY=VALUE ...]      # extra predict.py overrides for ours, e.g. tta=flips
 
 Datasets (``--data-dir``, see ``benchmarks/_common.py``): EMPIAR-10017 (10 denoised 4096²
@@ -23,7 +24,7 @@ picks ranked by score (ours: the picks at the stored threshold; Topaz: every can
 ``--micrographs test`` uses only the test micrographs of ``data=general`` (never trained on),
 ``val`` its validation micrographs (and prints the threshold best pooled over the datasets);
 ``all`` uses every micrograph (for checkpoints that saw no real pixels). Writes
-``benchmarks/results/<out>.json`` and ``.md``.
+``<results-dir>/<out>.json`` and ``.md`` (default ``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -197,7 +198,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--topaz", type=Path, default=None,
                         help="the topaz executable (pip install topaz-em); omitted: not run")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "transfer")
-    parser.add_argument("--out", default="real_transfer")
+    parser.add_argument("--out", default="real_transfer",
+                        help="results file name: RESULTS_DIR/OUT.json and OUT.md")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--predict", nargs="+", default=[], metavar="KEY=VALUE",
                         help="extra predict.py overrides for our pickers, e.g. tta=flips")
     args = parser.parse_args(argv)
@@ -254,7 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{picker}: pooled best threshold {threshold:.3f} (F1 {f1:.3f})")
     markdown = table(record)
     print(markdown)
-    results = ROOT / "benchmarks" / "results"
+    results = args.results_dir
+    results.mkdir(parents=True, exist_ok=True)
     write_results(results / f"{args.out}.json", record,
                   {"DATA_DIR": args.data_dir, "WORK_DIR": args.work})
     (results / f"{args.out}.md").write_text(markdown + "\n", encoding="utf-8")

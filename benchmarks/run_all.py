@@ -12,7 +12,9 @@ command, so quick numbers are never mistaken for full ones); results in
 ``benchmarks/results/``. The peers stay optional: Topaz is compared when ``--topaz`` or a
 ``topaz`` on the PATH exists, ASPIRE when ``--aspire-python`` is given; otherwise their
 comparisons are skipped (``--no-topaz`` / ``--no-aspire``). Benchmarks on real data
-(``crf_effect``, ``real_data_cv``) are skipped when ``--data-dir`` has no EMPIAR-10017 folder.
+(``crf_effect``, ``real_data_cv``, ``real_transfer``, ``contrast_stats``) are skipped when
+``--data-dir`` has no EMPIAR-10017 folder. ``quickstart`` times the README's first commands
+(``--quick``: its training runs 2 epochs instead of the default 10).
 
 Each benchmark runs as its own process (``python benchmarks/<name>.py ...``); a failing one is
 reported and the others still run. ``--dry-run`` prints the commands and runs nothing. The
@@ -85,6 +87,30 @@ def _train_throughput(r: dict[str, Any]) -> str:
     return (f"crops/s: {steps}; pipeline {_fmt(_dig(r, 'pipeline', 'crops_per_s'), '.0f')}")
 
 
+def _real_transfer(r: dict[str, Any]) -> str:
+    parts = []
+    for dataset, pickers in (r.get("results") or {}).items():
+        f1s = "/".join(_fmt(v.get("f1"), ".3f") for v in pickers.values())
+        parts.append(f"{dataset.removeprefix('EMPIAR-')} {f1s}")
+    names = "/".join(next(iter((r.get("results") or {}).values()), {}).keys())
+    return f"F1 ({names}): " + ", ".join(parts)
+
+
+def _contrast_stats(r: dict[str, Any]) -> str:
+    first = next(iter((r.get("summary") or {}).items()), (None, {}))
+    return f"{first[0]}: median {_fmt(_dig(first[1], 'quantiles', 'p50'), '+.2f')}"
+
+
+def _quickstart(r: dict[str, Any]) -> str:
+    text = (f"pick {_fmt(_dig(r, 'pick', 'seconds'), '.1f')} s (F1 "
+            f"{_fmt(_dig(r, 'pick', 'f1'), '.3f')}), simulate "
+            f"{_fmt(_dig(r, 'simulate', 'seconds'), '.1f')} s")
+    if "train" in r:
+        text += (f", train {_fmt(_dig(r, 'train', 'minutes'), '.1f')} min (test IoU "
+                 f"{_fmt(_dig(r, 'train', 'test', 'iou'), '.3f')})")
+    return text
+
+
 def _keys(r: dict[str, Any]) -> str:
     return ", ".join(k for k in r if k not in ("machine", "load_before", "load_after"))[:60]
 
@@ -103,6 +129,12 @@ class Benchmark:
     headline: Callable[[dict[str, Any]], str] = _keys
 
 
+#: real_data_cv's README rows: U-Net, discs with a 2 px ignore ring, 8 epochs, robust normalisation
+#: (options before ``--``, train.py overrides after it).
+_CV_RECIPE = ["--networks", "unet", "--targets", "ring", "--epochs", "8", "--",
+              "data.normalisation={method: robust, clip_percentiles: [0.5, 99.5], "
+              "background_sigma_a: 1000.0}"]
+
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("simulate_speed", ["--repeats", "2", "--crops", "10", "--loader-crops", "32"],
               headline=_simulate_speed),
@@ -119,9 +151,13 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                              "--real-epochs", "1", "--samples", "64", "--rnn-epochs", "1",
                              "--feature-channels", "1"],
               real_data=True, outputs=("--json", "--markdown")),
-    Benchmark("real_data_cv", ["--folds", "5", "--only-folds", "0", "--epochs", "1",
-                               "--samples", "32"],
-              real_data=True, outputs=("--json", "--markdown")),
+    Benchmark("real_data_cv", ["--folds", "5", "--only-folds", "0", *_CV_RECIPE],
+              ["--folds", "5", *_CV_RECIPE], real_data=True, outputs=("--json", "--markdown")),
+    Benchmark("real_transfer", ["--micrographs", "test"], ["--micrographs", "test"],
+              real_data=True, outputs=(), headline=_real_transfer),
+    Benchmark("contrast_stats", ["--n", "40"], real_data=True, headline=_contrast_stats),
+    Benchmark("quickstart", ["--train-overrides", "trainer.max_epochs=2"],
+              headline=_quickstart),
 )
 NAMES = tuple(b.name for b in BENCHMARKS)
 
@@ -135,6 +171,9 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
             topaz: Path | None, aspire_python: Path | None) -> list[str]:
     """The command line of one benchmark in ``mode`` (``quick`` or ``full``)."""
     args = list(bench.quick if mode == "quick" else bench.full)
+    passed_on: list[str] = []    # after "--": the script hands them to train.py, last
+    if "--" in args:
+        args, passed_on = args[:args.index("--")], args[args.index("--"):]
     cmd = [sys.executable, str(HERE / f"{bench.name}.py"), *args]
     suffix = {"--json": ".json", "--markdown": ".md"}
     for option in bench.outputs:
@@ -145,13 +184,17 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
     elif bench.name == "simulate_speed":
         cmd += (["--aspire-python", str(aspire_python)] if aspire_python is not None
                 else ["--no-aspire"])
-    elif bench.name in ("crf_effect", "real_data_cv"):
+    elif bench.name in ("crf_effect", "real_data_cv", "contrast_stats"):
         cmd += ["--data-dir", str(data_dir)]
+    elif bench.name == "real_transfer":
+        cmd += ["--data-dir", str(data_dir), "--results-dir", str(results_dir),
+                "--out", bench.name]
+        cmd += ["--topaz", str(topaz)] if topaz is not None else []
     elif bench.name == "train_throughput" and mode == "full":
         import torch
 
         cmd += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
-    return cmd
+    return cmd + passed_on
 
 
 def plan(args: argparse.Namespace) -> list[tuple[Benchmark, list[str] | None, str]]:

@@ -34,15 +34,17 @@ def test_quick_dry_run_lists_every_readme_benchmark_without_real_data_or_peers(t
     assert result.returncode == 0, result.stderr
     cmds = commands(result)
     # every script of benchmarks/ that writes README numbers, except the real-data ones
-    assert set(cmds) == {"simulate_speed", "crf_speed", "pick_speed", "train_throughput"}
-    assert "skip crf_effect: no EMPIAR-10017 data" in result.stdout
-    assert "skip real_data_cv: no EMPIAR-10017 data" in result.stdout
+    assert set(cmds) == {"simulate_speed", "crf_speed", "pick_speed", "train_throughput",
+                         "quickstart"}
+    for name in ("crf_effect", "real_data_cv", "real_transfer", "contrast_stats"):
+        assert f"skip {name}: no EMPIAR-10017 data" in result.stdout
     for name, cmd in cmds.items():
         assert cmd.startswith(f"benchmarks/{name}.py "), cmd
         assert f"--json {tmp_path / 'res' / name}.json" in cmd
     assert "--no-aspire" in cmds["simulate_speed"]
     assert "--no-topaz" in cmds["pick_speed"] or "--topaz " in cmds["pick_speed"]
     assert "--sizes 1024 4096 --repeats 3" in cmds["crf_speed"]
+    assert "--train-overrides trainer.max_epochs=2" in cmds["quickstart"]  # quick: fewer epochs
     assert not (tmp_path / "res").exists()          # a dry run writes nothing
 
 
@@ -61,6 +63,21 @@ def test_only_selects_and_peers_and_real_data_are_passed_on(tmp_path):
     assert "benchmarks/results/crf_effect.md" in cmds["crf_effect"]   # --full: the README's
 
 
+def test_train_overrides_stay_after_the_double_dash(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    bench = next(b for b in run_all.BENCHMARKS if b.name == "real_data_cv")
+    for mode in ("quick", "full"):
+        cmd = run_all.command(bench, mode, tmp_path, tmp_path / "data", None, None)
+        tail = cmd[cmd.index("--"):]
+        assert tail[0] == "--" and all(not a.startswith("--") for a in tail[1:])
+        assert tail[1].startswith("data.normalisation=")
+        assert str(tmp_path / "real_data_cv.json") in cmd[:cmd.index("--")]
+
+
 def test_every_option_given_to_a_script_is_one_it_declares(tmp_path):
     """The options run_all passes (both modes) are declared by the script's argparse."""
     sys.path.insert(0, str(SCRIPT.parent))
@@ -73,6 +90,25 @@ def test_every_option_given_to_a_script_is_one_it_declares(tmp_path):
         source = (SCRIPT.parent / f"{bench.name}.py").read_text()
         for mode in ("quick", "full"):
             cmd = run_all.command(bench, mode, tmp_path, tmp_path, None, aspire)
-            options = {a for a in cmd[2:] if a.startswith("--")}
+            args = cmd[2:]
+            args = args[:args.index("--")] if "--" in args else args  # then train.py overrides
+            options = {a for a in args if a.startswith("--")}
             missing = [o for o in options if f'"{o}"' not in source]
             assert not missing, f"{bench.name} does not declare {missing}"
+
+
+def test_headlines_summarise_the_results_they_are_given():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    quick = {"pick": {"seconds": 16.62, "f1": 0.8537}, "simulate": {"seconds": 15.3},
+             "train": {"minutes": 7.07, "test": {"iou": 0.859}}}
+    assert run_all._quickstart(quick) == ("pick 16.6 s (F1 0.854), simulate 15.3 s, "
+                                          "train 7.1 min (test IoU 0.859)")
+    transfer = {"results": {"EMPIAR-10017": {"ours: general": {"f1": 0.848},
+                                             "Topaz": {"f1": 0.601}},
+                            "EMPIAR-10059": {"ours: general": {"f1": 0.69}, "Topaz": {}}}}
+    assert run_all._real_transfer(transfer) == ("F1 (ours: general/Topaz): 10017 0.848/0.601, "
+                                                "10059 0.690/n/a")
