@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -253,6 +254,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows: list[dict[str, Any]] = []
+    start, load_before = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
     for bench, cmd, reason in plan(args):
         json_path = args.results_dir / f"{bench.name}.json"
         if cmd is None:
@@ -279,10 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     if args.dry_run:
         return 0
+    total = (time.perf_counter() - start) / 60
     print()
     print(summary_table(rows))
+    print(f"total {total:.1f} min (load average before {load_before}, after "
+          f"{[round(v, 2) for v in os.getloadavg()]}, {os.cpu_count()} CPUs)")
     write_results(args.results_dir / "run_all.json",
-                  {"mode": "quick" if args.quick else "full", "runs": rows},
+                  {"mode": "quick" if args.quick else "full", "total_minutes": total,
+                   "cpu_count": os.cpu_count(), "load_before": load_before,
+                   "load_after": [round(v, 2) for v in os.getloadavg()], "runs": rows},
                   {"DATA_DIR": args.data_dir})
     return int(any(r["status"].startswith("failed") for r in rows))
 
