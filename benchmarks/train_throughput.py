@@ -8,7 +8,9 @@ For each network (the ``conf/model/<name>.yaml`` config, backbone overridable wi
 ``--backbone``): the median time of ``--steps`` optimiser steps (forward, loss, backward, Adam)
 on one batch held in memory, as crops/s; and once, the crops/s of the default on-the-fly
 synthetic pipeline (``SyntheticDataModule`` train loader, ``--workers`` workers, augmentation on).
-The pipeline keeps up when its crops/s exceed the training step's.
+The pipeline keeps up when its crops/s exceed the training step's. Also the crops/s of the
+general model's simulation (``data=synthetic_general``, its own crop size, robust normalisation
+and augmentation), in this process and through ``--workers`` workers.
 """
 
 from __future__ import annotations
@@ -32,11 +34,14 @@ from cryoparticle.config import compose, instantiate  # noqa: E402
 from _common import write_results  # noqa: E402
 
 
-def pipeline_crops_per_s(crop: int, batch: int, workers: int, batches: int) -> dict[str, Any]:
-    """Crops/s of the on-the-fly synthetic training loader (simulation + augmentation)."""
-    cfg = compose("train", [f"data.crop_size={crop}", f"data.batch_size={batch}",
+def pipeline_crops_per_s(crop: int | None, batch: int, workers: int, batches: int,
+                         data: str = "synthetic") -> dict[str, Any]:
+    """Crops/s of an on-the-fly training loader (``conf/data/<data>.yaml``: simulation,
+    normalisation, augmentation); ``crop`` None keeps the config's crop size."""
+    cfg = compose("train", [f"data={data}", f"data.batch_size={batch}",
                             f"data.num_workers={workers}",
-                            f"data.train_samples_per_epoch={batch * (batches + 1)}"])
+                            f"data.train_samples_per_epoch={batch * (batches + 1)}",
+                            *([f"data.crop_size={crop}"] if crop else [])])
     dm = instantiate(cfg.data)
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -47,7 +52,8 @@ def pipeline_crops_per_s(crop: int, batch: int, workers: int, batches: int) -> d
     for images, _ in it:
         n += images.shape[0]
     dt = time.perf_counter() - t0
-    return {"crops": n, "seconds": dt, "crops_per_s": n / dt, "workers": workers}
+    return {"data": data, "crop_size": int(cfg.data.crop_size), "crops": n, "seconds": dt,
+            "crops_per_s": n / dt, "workers": workers}
 
 
 def step_crops_per_s(model_name: str, backbone: str | None, crop: int, batch: int, steps: int,
@@ -88,6 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--pipeline-batches", type=int, default=10)
+    p.add_argument("--general-batches", type=int, default=6,
+                   help="batches of data=synthetic_general (the general model's simulation, "
+                        "its own crop size) timed in-process and through --workers workers; "
+                        "0 skips")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/train_throughput.json")
     args = p.parse_args(argv)
@@ -98,6 +108,11 @@ def main(argv: list[str] | None = None) -> None:
                               "batch": args.batch}
     result["pipeline"] = pipeline_crops_per_s(args.crop, args.batch, args.workers,
                                               args.pipeline_batches)
+    if args.general_batches:
+        result["pipeline_general"] = {
+            mode: pipeline_crops_per_s(None, args.batch, workers, args.general_batches,
+                                       "synthetic_general")
+            for mode, workers in (("in_process", 0), ("loader", args.workers))}
     result["networks"] = {}
     for name in args.networks:
         result["networks"][name] = step_crops_per_s(name, args.backbone, args.crop, args.batch,
@@ -107,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     pipe = result["pipeline"]["crops_per_s"]
     print(f"{'what':<28}{'crops/s':>10}{'step s':>10}  pipeline keeps up?")
     print(f"{'data pipeline':<28}{pipe:>10.1f}{'':>10}")
+    for mode, r in result.get("pipeline_general", {}).items():
+        label = f"general {r['crop_size']}², {r['workers']} workers"
+        print(f"{label:<28}{r['crops_per_s']:>10.1f}")
     for name, r in result["networks"].items():
         label = f"{name} ({r['network']['backbone']})"
         ok = "yes" if pipe >= r["crops_per_s"] else "NO: data-bound"
