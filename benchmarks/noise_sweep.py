@@ -254,7 +254,7 @@ def plot(record: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("pick F1 (match within d/2)")
     ax.set_ylim(0, 1)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     ax.set_title("Synthetic β-galactosidase, 7.08 Å/px: picking against noise", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:

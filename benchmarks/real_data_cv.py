@@ -294,6 +294,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         default=ROOT / "benchmarks" / "results" / "real_data_cv.md")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")
     args = parser.parse_args(argv)
+    if args.topaz_train and args.topaz is None:
+        sys.exit("--topaz-train needs --topaz TOPAZ (the topaz executable)")
+    if not args.networks and args.topaz is None:
+        sys.exit("nothing to measure: give --networks and/or --topaz")
 
     from cryoparticle.io.atomic import write_text_atomic
 
@@ -323,8 +327,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             topaz, _ = run_topaz(args.topaz, inputs, args.work_dir / "topaz" / "picks")
             shutil.copyfile(args.work_dir / "topaz" / "picks" / "picks.txt", done)
-    if args.topaz_train and args.topaz is None:
-        sys.exit("--topaz-train needs --topaz TOPAZ (the topaz executable)")
     rows, peer = [], []
     if not args.networks and topaz is not None:  # Topaz's shipped picker alone
         results = [peer_fold(dataset, all_folds[k]["test"], {"topaz": topaz}) for k in chosen]
