@@ -4,6 +4,8 @@
                                       [--networks unet fcn deeplabv3] [--targets disc refined ring]
                                       [--epochs 12] [--samples 320] [--seed 12345]
                                       [--init scratch | --init NAME=CKPT] [--topaz TOPAZ]
+                                      [--topaz-train [--topaz-epochs 10] [--topaz-epoch-size 1000]
+                                       [--topaz-model resnet8] [--topaz-radius 3]]
                                       [--work-dir benchmarks/work/real_data_cv]
                                       [--json benchmarks/results/real_data_cv.json]
                                       [--markdown benchmarks/results/real_data_cv.md]
@@ -33,6 +35,13 @@ micrographs; the shipped general model has seen 8 of these 10); runs go to
 ``<work>/<NAME>/...``. ``--topaz`` adds Topaz's shipped general picker (``resnet16_u64``, run once
 on all 10 micrographs as :mod:`real_transfer` runs it) scored on every fold's test micrographs
 with the same truth, border and matching: at its default threshold 0, best F1 and AP in the JSON.
+``--topaz-train`` adds Topaz trained per fold (:mod:`_topaz`: ``topaz train``, resnet8 from
+its pretrained weights, seeded, on the fold's 8 non-test micrographs — our train + validation
+ones — binned 4× with the CryoPPP centres recovered from the masks, as :mod:`real_transfer`
+reads them; ``<work>/topaz_train/<model>/fold<k>``, reused) and extracted on the fold's test
+micrographs, scored the same way. ``--networks`` with no name runs only the Topaz rows (truth
+read at ``experiment=empiar10017``'s 7.08 Å/px without a checkpoint, :func:`peer_fold`): give
+``--json``/``--markdown`` of their own so the U-Net results are kept.
 """
 
 from __future__ import annotations
