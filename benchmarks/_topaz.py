@@ -162,14 +162,24 @@ def train_topaz(topaz: Path, images: Sequence[Path], particles: pd.DataFrame, fa
                 work: Path, settings: TopazTraining) -> tuple[Path, float]:
     """Train Topaz on preprocessed ``images`` with ``particles`` (our table, pixels of the
     original micrographs; micrograph = image stem) into ``work``; (model file of the last
-    epoch, training seconds). A finished run (``work/DONE``) is reused."""
+    epoch, training seconds). A finished run (``work/DONE``) with the same settings,
+    micrographs and number of labels (``work/run.json``) is reused; another is trained anew."""
+    import json
+
     model = work / f"model_epoch{settings.num_epochs}.sav"
-    done = work / "DONE"
-    if done.is_file() and model.is_file():
-        return model, float(done.read_text())
-    work.mkdir(parents=True, exist_ok=True)
+    done, facts_file = work / "DONE", work / "run.json"
     names = [Path(p).stem for p in images]
     labels = particles[particles["micrograph"].astype(str).isin(names)]
+    facts = {**settings.record(), "factor": int(factor), "micrographs": sorted(names),
+             "n_labels": len(labels)}
+    if done.is_file() and model.is_file() and facts_file.is_file() \
+            and json.loads(facts_file.read_text()) == facts:
+        return model, float(done.read_text())
+    done.unlink(missing_ok=True)
+    for old in work.glob("model_epoch*.sav"):
+        old.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    facts_file.write_text(json.dumps(facts, indent=1) + "\n")
     listing, targets = work / "images.txt", work / "targets.txt"
     pd.DataFrame({"image_name": names, "path": [str(Path(p).resolve()) for p in images]}
                  ).to_csv(listing, sep="\t", index=False)

@@ -49,11 +49,11 @@ for _path in (ROOT, Path(__file__).resolve().parent):
     if str(_path) not in sys.path:  # run as a script from anywhere
         sys.path.insert(0, str(_path))
 
-from _common import train_run, write_results  # noqa: E402
+from _common import train_run, write_results
 
 SNRS = (1.0, 0.3, 0.1, 0.03, 0.01, 0.005)
 AP_THRESHOLD = 0.05
-TEST_SEED = 90_001     # test micrograph i at SNR index k: seed (TEST_SEED, k, i)
+TEST_SEED = 90_001     # test micrograph i at SNR s: seed (TEST_SEED, round(s × 10⁶), i)
 
 
 def snr_value(text: str) -> float:
@@ -117,8 +117,9 @@ def read_folder(folder: Path, names: list[str] | None = None) -> list[dict[str, 
     return out
 
 
-def test_set(snr: float, index: int, n: int, size: int, folder: Path) -> list[dict[str, Any]]:
-    """``n`` test micrographs at ``snr`` (seeds ``(TEST_SEED, index, i)``), written once."""
+def test_set(snr: float, n: int, size: int, folder: Path) -> list[dict[str, Any]]:
+    """``n`` test micrographs at ``snr`` (seeds ``(TEST_SEED, round(snr × 10⁶), i)``: disjoint
+    from the training seeds ``(seed, i)``), written once."""
     from cryoparticle.config import simulator_config
     from cryoparticle.simulate.dataset_writer import micrograph_paths, write_micrograph
     from cryoparticle.simulate.micrograph import MicrographSimulator
@@ -129,9 +130,29 @@ def test_set(snr: float, index: int, n: int, size: int, folder: Path) -> list[di
     if todo:
         sim = MicrographSimulator(simulator_config(overrides=[f"noise.snr={snr}"]))
         for i, name in todo:
-            mic = sim.simulate((TEST_SEED, index, i), size, size, name=name)
+            mic = sim.simulate((TEST_SEED, round(snr * 1e6), i), size, size, name=name)
             write_micrograph(mic, micrograph_paths(folder, name, False))
     return read_folder(folder, names)
+
+
+def guard_work_dir(work: Path, settings: dict[str, Any]) -> None:
+    """Refuse a work folder whose finished runs were made with other ``settings`` (a resumed
+    run reuses trainings and test micrographs; the SNR list may change)."""
+    import json
+
+    from cryoparticle.io.atomic import write_text_atomic
+
+    path = work / "settings.json"
+    mine = json.loads(json.dumps(settings, default=str))
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        if theirs != mine:
+            changed = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+            sys.exit(f"{work}: holds a run with other settings ({', '.join(changed)}); give "
+                     "another --work-dir or delete it")
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(mine, indent=2, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -152,7 +173,7 @@ def score_ours(picks: pd.DataFrame, sweep: dict[float, pd.DataFrame], low: pd.Da
             "recall": at["recall"], "f1": at["f1"], "best_f1": f1.get(best, at["f1"]),
             "best_threshold": best, "ap": average_precision(low, truth, radius),
             "pixel_iou": intersection / union if union else float("nan"),
-            "n_picks": int(len(picks)), "n_truth": int(len(truth))}
+            "n_picks": len(picks), "n_truth": len(truth)}
 
 
 def score_topaz(picks: pd.DataFrame, truth: pd.DataFrame, radius: float) -> dict[str, Any]:
@@ -171,11 +192,11 @@ def evaluate_ours(ckpt: Path, data: list[dict[str, Any]], diameter_px: float
     """One checkpoint on one test set, as ``predict.py`` would pick (stored threshold and
     extraction options), images standardised as ``data=folder`` trains."""
     import torch
+    from real_transfer import THRESHOLDS
 
     from cryoparticle.data.preprocess import standardise
     from cryoparticle.models.segmenter import load_segmenter
     from cryoparticle.picking.extract import extract_particles
-    from real_transfer import THRESHOLDS
 
     model = load_segmenter(ckpt).eval()
     facts = model.inference_facts()
@@ -194,8 +215,8 @@ def evaluate_ours(ckpt: Path, data: list[dict[str, Any]], diameter_px: float
 
         picks.append(found(threshold))
         low.append(found(AP_THRESHOLD))
-        for t in sweep:
-            sweep[t].append(found(t))
+        for t, tables in sweep.items():
+            tables.append(found(t))
         valid = d["mask"] != 255
         pred, true = prob >= 0.5, d["mask"] == 1
         inter += int((pred & true & valid).sum())
@@ -314,6 +335,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_start = os.getloadavg()
     start = time.perf_counter()
     work = args.work_dir.resolve()
+    guard_work_dir(work, {k: v for k, v in vars(args).items()
+                          if k not in ("snrs", "networks", "json", "markdown", "plot",
+                                       "work_dir", "topaz", "topaz_threads")})
     train = training_set(args, work / "train")
     diameter_px = train["particle_diameter_a"] / train["pixel_size_a"]
     print(f"training set: {train['counts']}", flush=True)
@@ -363,8 +387,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "train_micrographs": "train + val (ours: val selects the checkpoint)",
                          "default_threshold": 0.0}},
         "train_s": train_s, "results": {}}
-    for k, snr in enumerate(snrs):
-        data = test_set(snr, k, args.n_test, args.test_size,
+    for snr in snrs:
+        data = test_set(snr, args.n_test, args.test_size,
                         work / "test" / f"snr{snr_label(snr)}")
         truth = pd.concat([d["truth"] for d in data], ignore_index=True)
         row: dict[str, Any] = {}
@@ -372,6 +396,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row[picker] = evaluate_ours(ckpt, data, diameter_px)
         if topaz_model is not None:
             from _topaz import extract, extract_radius, preprocess
+
             from cryoparticle.io.coords import read_topaz
 
             out = work / "topaz" / "picks" / f"snr{snr_label(snr)}"

@@ -244,3 +244,31 @@ def test_plot_writes_a_png(tmp_path):
         # not a blank canvas: lines in colour
         pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
     assert (np.ptp(pixels, axis=1) > 60).sum() > 500
+
+
+def test_a_finished_topaz_training_is_reused_only_with_the_same_settings(tmp_path):
+    """No Topaz here: a reused run never calls it; a changed setting starts a new training
+    (which, without Topaz, fails — after the stale run was invalidated)."""
+    images = [tmp_path / "pre" / "m1.mrc", tmp_path / "pre" / "m2.mrc"]
+    labels = particles([("m1", 40.0, 40.0), ("m2", 80.0, 80.0), ("m3", 1.0, 1.0)])
+    settings = _topaz.TopazTraining(num_epochs=2, epoch_size=5)
+    work = tmp_path / "run"
+    work.mkdir()
+    facts = {**settings.record(), "factor": 1, "micrographs": ["m1", "m2"], "n_labels": 2}
+    (work / "run.json").write_text(__import__("json").dumps(facts))
+    (work / "model_epoch2.sav").write_bytes(b"weights")
+    (work / "DONE").write_text("123.4\n")
+    missing = tmp_path / "no-topaz"
+    model, seconds = _topaz.train_topaz(missing, images, labels, 1, work, settings)
+    assert model == work / "model_epoch2.sav" and seconds == 123.4
+    with pytest.raises(FileNotFoundError):
+        _topaz.train_topaz(missing, images, labels, 1, work,
+                           _topaz.TopazTraining(num_epochs=2, epoch_size=6))
+    assert not (work / "DONE").exists() and not (work / "model_epoch2.sav").exists()
+
+
+def test_noise_sweep_work_dir_refuses_other_settings(tmp_path):
+    noise_sweep.guard_work_dir(tmp_path / "w", {"epochs": 8, "n_train": 24})
+    noise_sweep.guard_work_dir(tmp_path / "w", {"epochs": 8, "n_train": 24})  # same: resumes
+    with pytest.raises(SystemExit, match="other settings \\(epochs\\)"):
+        noise_sweep.guard_work_dir(tmp_path / "w", {"epochs": 2, "n_train": 24})
