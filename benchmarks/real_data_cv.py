@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--topaz", type=Path, default=None,
                         help="the topaz executable (pip install topaz-em): its shipped general "
                              "picker on the same test micrographs, same truth and matching")
+    parser.add_argument("--no-topaz-shipped", dest="topaz_shipped", action="store_false",
+                        help="with --topaz: skip its shipped picker (minutes on the 10 "
+                             "4096² micrographs); --topaz-train only")
     parser.add_argument("--topaz-train", action="store_true",
                         help="also Topaz (--topaz) trained on each fold's 8 other micrographs "
                              "with their CryoPPP picks, extracted on the fold's test ones")
@@ -305,7 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.topaz_train and args.topaz is None:
         sys.exit("--topaz-train needs --topaz TOPAZ (the topaz executable)")
-    if not args.networks and args.topaz is None:
+    if not args.networks and (args.topaz is None or not (args.topaz_shipped
+                                                         or args.topaz_train)):
         sys.exit("nothing to measure: give --networks and/or --topaz")
 
     from cryoparticle.io.atomic import write_text_atomic
@@ -323,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sys.exit(f"--init {args.init}: expected NAME=CKPT of an existing checkpoint")
         init_overrides = [f"model.finetune_from={Path(path).resolve()}"]
     topaz = None
-    if args.topaz is not None:  # once, on every micrograph (the folds' test sets cover them)
+    if args.topaz is not None and args.topaz_shipped:  # once, on every micrograph
         from real_transfer import dataset_inputs, run_topaz
 
         from cryoparticle.io.coords import read_topaz

@@ -148,6 +148,9 @@ def test_real_data_cv_topaz_options_refuse_what_cannot_run(tmp_path):
         real_data_cv.main(["--data-dir", str(tmp_path), "--topaz-train"])
     with pytest.raises(SystemExit, match="nothing to measure"):
         real_data_cv.main(["--data-dir", str(tmp_path), "--networks"])
+    with pytest.raises(SystemExit, match="nothing to measure"):
+        real_data_cv.main(["--data-dir", str(tmp_path), "--networks", "--topaz", "t",
+                           "--no-topaz-shipped"])
 
 
 # --------------------------------------------------------------------------- noise_sweep
