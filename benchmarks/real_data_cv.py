@@ -221,9 +221,13 @@ def topaz_trained_row(args: argparse.Namespace, dataset: Path, all_folds: list[d
     inputs = dataset_inputs("EMPIAR-10017", args.data_dir, "all", work / "inputs")
     factor = bin_factor(inputs["pixel_size_a"])
     radius = extract_radius(inputs["diameter_px"], factor)
-    pre = work / "pre"
-    images = {p.stem: pre / f"{p.stem}.mrc" for p in inputs["paths"]}
-    if not all(p.is_file() for p in images.values()):
+    images: dict[str, Path] = {}
+    # run_topaz's preprocessed micrographs (the same topaz preprocess command) when there
+    for pre in (args.work_dir.resolve() / "topaz" / "picks" / "pre", work / "pre"):
+        images = {p.stem: pre / f"{p.stem}.mrc" for p in inputs["paths"]}
+        if all(p.is_file() for p in images.values()):
+            break
+    else:
         preprocess(args.topaz, inputs["paths"], factor, pre, args.topaz_threads)
     results, seconds = [], []
     for k in chosen:
