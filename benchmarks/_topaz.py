@@ -83,8 +83,8 @@ def interpreter(topaz: Path) -> str:
 
 
 def preprocess_command(topaz: Path, paths: Sequence[Path], factor: int, out_dir: Path,
-                       threads: int = 0) -> list[str]:
-    extra = ["-j", str(threads)] if threads else []
+                       threads: int = 0, workers: int = 0) -> list[str]:
+    extra = (["-j", str(threads)] if threads else []) + (["-t", str(workers)] if workers else [])
     return [str(topaz), "preprocess", "-s", str(factor), "-d", "-1", *extra, "-o", str(out_dir),
             *map(str, paths)]
 
@@ -140,11 +140,16 @@ def _run(cmd: list[str], what: str, log: Path | None = None) -> None:
 
 
 def preprocess(topaz: Path, paths: Sequence[Path], factor: int, out_dir: Path,
-               threads: int = 0) -> list[Path]:
-    """``topaz preprocess`` (binning, GMM normalisation) into ``out_dir``; its MRC files."""
+               threads: int = 0, workers: int = 0, skip_existing: bool = False) -> list[Path]:
+    """``topaz preprocess`` (binning, GMM normalisation; ``workers`` processes) into
+    ``out_dir``; its MRC files. ``skip_existing``: only the micrographs without one there."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _run(preprocess_command(topaz, paths, factor, out_dir, threads), "topaz preprocess")
-    return [out_dir / f"{Path(p).stem}.mrc" for p in paths]
+    out = [out_dir / f"{Path(p).stem}.mrc" for p in paths]
+    todo = [p for p, o in zip(paths, out) if not (skip_existing and o.is_file())]
+    if todo:
+        _run(preprocess_command(topaz, todo, factor, out_dir, threads, workers),
+             "topaz preprocess")
+    return out
 
 
 def extract(topaz: Path, model: str | Path, images: Sequence[Path], radius: int, factor: int,

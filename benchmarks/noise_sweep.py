@@ -312,6 +312,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--topaz-radius", type=int, default=3,
                    help="topaz train -r: pixels around each centre counted positive")
     p.add_argument("--topaz-threads", type=int, default=0)
+    p.add_argument("--topaz-workers", type=int, default=0,
+                   help="topaz preprocess -t: parallel processes")
     p.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "work" / "noise_sweep")
     results = ROOT / "benchmarks" / "results"
     p.add_argument("--json", type=Path, default=results / "noise_sweep.json")
@@ -337,7 +339,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = args.work_dir.resolve()
     guard_work_dir(work, {k: v for k, v in vars(args).items()
                           if k not in ("snrs", "networks", "json", "markdown", "plot",
-                                       "work_dir", "topaz", "topaz_threads")})
+                                       "work_dir", "topaz", "topaz_threads",
+                                       "topaz_workers")})
     train = training_set(args, work / "train")
     diameter_px = train["particle_diameter_a"] / train["pixel_size_a"]
     print(f"training set: {train['counts']}", flush=True)
@@ -366,7 +369,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pre = work / "topaz" / "pre_train"
         images = [pre / f"{p.stem}.mrc" for p in micrographs]
         if not all(p.is_file() for p in images):
-            preprocess(args.topaz, micrographs, factor, pre, args.topaz_threads)
+            preprocess(args.topaz, micrographs, factor, pre, args.topaz_threads,
+                       args.topaz_workers, skip_existing=True)
         topaz_model, seconds = train_topaz(args.topaz, images, truth, factor,
                                            work / "topaz" / args.topaz_model, topaz_settings)
         train_s[f"Topaz {args.topaz_model}"] = seconds
@@ -405,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 picks = read_topaz(picks_file, diameter_px)
             else:
                 images = preprocess(args.topaz, [d["path"] for d in data], factor, out / "pre",
-                                    args.topaz_threads)
+                                    args.topaz_threads, args.topaz_workers, skip_existing=True)
                 picks = extract(args.topaz, topaz_model, images,
                                 extract_radius(diameter_px, factor), factor, picks_file,
                                 diameter_px, args.topaz_threads)
