@@ -275,3 +275,18 @@ def test_noise_sweep_work_dir_refuses_other_settings(tmp_path):
     noise_sweep.guard_work_dir(tmp_path / "w", {"epochs": 8, "n_train": 24})  # same: resumes
     with pytest.raises(SystemExit, match="other settings \\(epochs\\)"):
         noise_sweep.guard_work_dir(tmp_path / "w", {"epochs": 2, "n_train": 24})
+
+
+def test_preprocess_skips_micrographs_already_done(tmp_path):
+    out = tmp_path / "pre"
+    out.mkdir()
+    for name in ("a", "b"):
+        (out / f"{name}.mrc").write_bytes(b"done")
+    paths = [tmp_path / "a.mrc", tmp_path / "b.mrc"]
+    assert _topaz.preprocess(tmp_path / "no-topaz", paths, 1, out, skip_existing=True) == \
+        [out / "a.mrc", out / "b.mrc"]                      # nothing left: Topaz not called
+    with pytest.raises(FileNotFoundError):                 # one missing: Topaz is needed
+        _topaz.preprocess(tmp_path / "no-topaz", [*paths, tmp_path / "c.mrc"], 1, out,
+                          skip_existing=True)
+    cmd = _topaz.preprocess_command(Path("topaz"), paths, 2, out, workers=3)
+    assert cmd[cmd.index("-t") + 1] == "3" and "-j" not in cmd
