@@ -4,6 +4,8 @@
                                       [--networks unet fcn deeplabv3] [--targets disc refined ring]
                                       [--epochs 12] [--samples 320] [--seed 12345]
                                       [--init scratch | --init NAME=CKPT] [--topaz TOPAZ]
+                                      [--topaz-train [--topaz-epochs 10] [--topaz-epoch-size 1000]
+                                       [--topaz-model resnet8] [--topaz-radius 3]]
                                       [--work-dir benchmarks/work/real_data_cv]
                                       [--json benchmarks/results/real_data_cv.json]
                                       [--markdown benchmarks/results/real_data_cv.md]
@@ -33,6 +35,13 @@ micrographs; the shipped general model has seen 8 of these 10); runs go to
 ``<work>/<NAME>/...``. ``--topaz`` adds Topaz's shipped general picker (``resnet16_u64``, run once
 on all 10 micrographs as :mod:`real_transfer` runs it) scored on every fold's test micrographs
 with the same truth, border and matching: at its default threshold 0, best F1 and AP in the JSON.
+``--topaz-train`` adds Topaz trained per fold (:mod:`_topaz`: ``topaz train``, resnet8 from
+its pretrained weights, seeded, on the fold's 8 non-test micrographs — our train + validation
+ones — binned 4× with the CryoPPP centres recovered from the masks, as :mod:`real_transfer`
+reads them; ``<work>/topaz_train/<model>/fold<k>``, reused) and extracted on the fold's test
+micrographs, scored the same way. ``--networks`` with no name runs only the Topaz rows (truth
+read at ``experiment=empiar10017``'s 7.08 Å/px without a checkpoint, :func:`peer_fold`): give
+``--json``/``--markdown`` of their own so the U-Net results are kept.
 """
 
 from __future__ import annotations
@@ -78,6 +87,47 @@ def folds(names: list[str], n_folds: int) -> list[dict[str, list[str]]]:
 
 
 
+def in_frame(table: Any, mic: Any, name: str) -> Any:
+    """A peer's picks of micrograph ``name`` (pixels of the original JPG) in the frame of the
+    loaded micrograph ``mic`` (binned pixels, as the truth), off its striped border."""
+    from PIL import Image
+
+    from cryoparticle.data.borders import BorderWidths, drop_border_picks
+
+    with Image.open(mic.metadata["image_path"]) as original:
+        scale = mic.image.shape[-1] / original.size[0]
+    theirs = table[table["micrograph"] == name]
+    theirs = theirs.assign(x=theirs["x"] * scale, y=theirs["y"] * scale)
+    return drop_border_picks(theirs, mic.image.shape[-2:],
+                             BorderWidths(**mic.metadata["border_px"]))
+
+
+def peer_fold(dataset_root: Path, test: list[str], tables: dict[str, Any],
+              pixel_size_a: float = 7.08) -> dict[str, Any]:
+    """Without a checkpoint: the truth of ``test`` as :func:`evaluate_fold` reads it (at
+    ``experiment=empiar10017``'s 7.08 Å/px, border dropped) and each peer's picks
+    (``tables``: label → particle table in pixels of the original micrographs) in that frame."""
+    import pandas as pd
+
+    from cryoparticle.data.borders import BorderWidths, drop_border_picks
+    from cryoparticle.data.cryoppp_module import CryoPPPDataModule
+
+    data = CryoPPPDataModule([{"root": dataset_root, "empiar_id": 10017}],
+                             pixel_size_a=pixel_size_a, split={"test": test}, split_file=None)
+    truth: list[Any] = []
+    peers: dict[str, list[Any]] = {label: [] for label in tables}
+    for name in test:
+        mic = data.load(f"empiar-10017/{name}", train=False)
+        widths = BorderWidths(**mic.metadata["border_px"])
+        truth.append(drop_border_picks(mic.particles.assign(micrograph=name),
+                                       mic.image.shape[-2:], widths))
+        for label, table in tables.items():
+            peers[label].append(in_frame(table, mic, name))
+    return {"truth": pd.concat(truth, ignore_index=True),
+            "diameter_px": float(data.particle_diameter_a) / pixel_size_a,
+            **{label: pd.concat(v, ignore_index=True) for label, v in peers.items()}}
+
+
 def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str],
                   topaz: Any = None) -> dict[str, Any]:
     """Picks, truth and pixel counts of one checkpoint on its test micrographs; with ``topaz``
@@ -85,7 +135,7 @@ def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str],
     same frame, border and truth (``"topaz"``); ``topaz`` is a ``pandas.DataFrame``."""
     import pandas as pd
 
-    from cryoparticle.data.borders import drop_border_picks, BorderWidths
+    from cryoparticle.data.borders import BorderWidths, drop_border_picks
     from cryoparticle.data.cryoppp_module import CryoPPPDataModule
     from cryoparticle.models.segmenter import load_segmenter
     from cryoparticle.picking.extract import extract_particles
@@ -101,15 +151,8 @@ def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str],
     picks, low, truth, inter, union, peer = [], [], [], 0, 0, []
     for name in test:
         mic = data.load(f"empiar-10017/{name}", train=False)
-        if topaz is not None:  # original → binned pixels, as the truth
-            from PIL import Image
-
-            with Image.open(mic.metadata["image_path"]) as original:
-                scale = mic.image.shape[-1] / original.size[0]
-            theirs = topaz[topaz["micrograph"] == name]
-            theirs = theirs.assign(x=theirs["x"] * scale, y=theirs["y"] * scale)
-            peer.append(drop_border_picks(theirs, mic.image.shape[-2:],
-                                          BorderWidths(**mic.metadata["border_px"])))
+        if topaz is not None:
+            peer.append(in_frame(topaz, mic, name))
         with torch.inference_mode():
             logits = model.predict_logits(torch.from_numpy(mic.image)[None])
         prob = logits.float().softmax(0)[1].numpy()
@@ -147,20 +190,68 @@ def pooled(results: list[dict[str, Any]]) -> dict[str, float]:
             "thresholds": [r["threshold"] for r in results]}
 
 
-def pooled_topaz(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Topaz's picks pooled over the folds' test micrographs, scored as
-    :func:`real_transfer.scores` scores it: at its default threshold 0, its best F1 over its
-    scores, and the AP of every candidate."""
+def pooled_topaz(results: list[dict[str, Any]], key: str = "topaz") -> dict[str, float]:
+    """Topaz's picks (``key`` of each fold's result) pooled over the folds' test micrographs,
+    scored as :func:`real_transfer.scores` scores it: at its default threshold 0, its best F1
+    over its scores, and the AP of every candidate."""
     import pandas as pd
     from real_transfer import scores
 
-    every = pd.concat([r["topaz"] for r in results], ignore_index=True)
+    every = pd.concat([r[key] for r in results], ignore_index=True)
     truth = pd.concat([r["truth"] for r in results], ignore_index=True)
     s = scores(every, truth, results[0]["diameter_px"] / 2, 0.0)
     return {"precision": s["precision"], "recall": s["recall"], "pick_f1": s["f1"],
             "best_f1": s["best_f1"], "best_threshold": s["best_threshold"], "ap": s["ap"],
             "pixel_iou": float("nan"), "n_truth": int(s["n_truth"]), "n_picks": s["n_picks"],
             "thresholds": [0.0]}
+
+
+def topaz_trained_row(args: argparse.Namespace, dataset: Path, all_folds: list[dict],
+                      chosen: list[int], settings: Any) -> dict[str, Any]:
+    """Topaz trained per fold on the fold's 8 non-test micrographs (CryoPPP centres from the
+    masks, as :mod:`real_transfer` reads them), extracted on its test micrographs, scored
+    with :func:`peer_fold`'s truth and :func:`pooled_topaz`. Finished trainings and picks in
+    ``<work>/topaz_train`` are reused."""
+    from _topaz import bin_factor, extract, extract_radius, preprocess, train_topaz
+    from real_transfer import dataset_inputs
+
+    from cryoparticle.io.coords import read_topaz
+
+    work = args.work_dir.resolve() / "topaz_train"
+    inputs = dataset_inputs("EMPIAR-10017", args.data_dir, "all", work / "inputs")
+    factor = bin_factor(inputs["pixel_size_a"])
+    radius = extract_radius(inputs["diameter_px"], factor)
+    images: dict[str, Path] = {}
+    # run_topaz's preprocessed micrographs (the same topaz preprocess command) when there
+    for pre in (args.work_dir.resolve() / "topaz" / "picks" / "pre", work / "pre"):
+        images = {p.stem: pre / f"{p.stem}.mrc" for p in inputs["paths"]}
+        if all(p.is_file() for p in images.values()):
+            break
+    else:
+        preprocess(args.topaz, inputs["paths"], factor, pre, args.topaz_threads)
+    results, seconds = [], []
+    for k in chosen:
+        fold = all_folds[k]
+        run = work / settings.model / f"fold{k}"
+        train_names = fold["train"] + fold["val"]
+        model, train_s = train_topaz(args.topaz, [images[n] for n in train_names],
+                                     inputs["truth"], factor, run, settings)
+        picks_file = run / "picks_test.txt"
+        if picks_file.is_file() and picks_file.stat().st_mtime >= model.stat().st_mtime:
+            picks = read_topaz(picks_file, inputs["diameter_px"])
+        else:
+            picks = extract(args.topaz, model, [images[n] for n in fold["test"]], radius,
+                            factor, picks_file, inputs["diameter_px"], args.topaz_threads)
+        result = peer_fold(dataset, fold["test"], {"trained": picks})
+        results.append(result)
+        seconds.append(train_s)
+        print(f"  Topaz {settings.model} fold {k}: {pooled_topaz([result], 'trained')}",
+              flush=True)
+    return {"network": f"Topaz {settings.model} (trained on the fold)",
+            "init": "Topaz pretrained" if settings.pretrained else "scratch",
+            "target": f"picks, r={settings.train_radius_px}", "folds": chosen,
+            "metrics": pooled_topaz(results, "trained"), "train_s": seconds,
+            "splits": [all_folds[k] for k in chosen]}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -182,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only-folds", type=int, nargs="+", default=None)
-    parser.add_argument("--networks", nargs="+", default=["unet"])
+    parser.add_argument("--networks", nargs="*", default=["unet"],
+                        help="our networks (none given: only the Topaz rows)")
     parser.add_argument("--targets", nargs="+", default=["disc"], choices=sorted(TARGETS))
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--samples", type=int, default=320)
@@ -194,6 +286,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--topaz", type=Path, default=None,
                         help="the topaz executable (pip install topaz-em): its shipped general "
                              "picker on the same test micrographs, same truth and matching")
+    parser.add_argument("--no-topaz-shipped", dest="topaz_shipped", action="store_false",
+                        help="with --topaz: skip its shipped picker (minutes on the 10 "
+                             "4096² micrographs); --topaz-train only")
+    parser.add_argument("--topaz-train", action="store_true",
+                        help="also Topaz (--topaz) trained on each fold's 8 other micrographs "
+                             "with their CryoPPP picks, extracted on the fold's test ones")
+    parser.add_argument("--topaz-model", default="resnet8")
+    parser.add_argument("--topaz-epochs", type=int, default=10)
+    parser.add_argument("--topaz-epoch-size", type=int, default=1000,
+                        help="parameter updates per Topaz epoch")
+    parser.add_argument("--topaz-minibatch", type=int, default=256)
+    parser.add_argument("--topaz-threads", type=int, default=0,
+                        help="PyTorch threads of topaz train/extract (0: its default)")
+    parser.add_argument("--topaz-radius", type=int, default=3,
+                        help="topaz train -r: pixels around each pick counted positive "
+                             "(binned frame)")
     parser.add_argument("--work-dir", type=Path,
                         default=ROOT / "benchmarks" / "work" / "real_data_cv")
     parser.add_argument("--json", type=Path,
@@ -202,6 +310,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         default=ROOT / "benchmarks" / "results" / "real_data_cv.md")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")
     args = parser.parse_args(argv)
+    if args.topaz_train and args.topaz is None:
+        sys.exit("--topaz-train needs --topaz TOPAZ (the topaz executable)")
+    if not args.networks and (args.topaz is None or not (args.topaz_shipped
+                                                         or args.topaz_train)):
+        sys.exit("nothing to measure: give --networks and/or --topaz")
 
     from cryoparticle.io.atomic import write_text_atomic
 
@@ -218,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sys.exit(f"--init {args.init}: expected NAME=CKPT of an existing checkpoint")
         init_overrides = [f"model.finetune_from={Path(path).resolve()}"]
     topaz = None
-    if args.topaz is not None:  # once, on every micrograph (the folds' test sets cover them)
+    if args.topaz is not None and args.topaz_shipped:  # once, on every micrograph
         from real_transfer import dataset_inputs, run_topaz
 
         from cryoparticle.io.coords import read_topaz
@@ -232,6 +345,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             topaz, _ = run_topaz(args.topaz, inputs, args.work_dir / "topaz" / "picks")
             shutil.copyfile(args.work_dir / "topaz" / "picks" / "picks.txt", done)
     rows, peer = [], []
+    if not args.networks and topaz is not None:  # Topaz's shipped picker alone
+        results = [peer_fold(dataset, all_folds[k]["test"], {"topaz": topaz}) for k in chosen]
+        peer.append({"network": "Topaz resnet16_u64 (shipped)", "init": "shipped",
+                     "target": "–", "folds": chosen, "metrics": pooled_topaz(results),
+                     "train_s": [], "splits": [all_folds[k] for k in chosen]})
+    topaz_settings = None
+    if args.topaz_train:
+        from _topaz import TopazTraining
+
+        topaz_settings = TopazTraining(
+            model=args.topaz_model, num_epochs=args.topaz_epochs,
+            epoch_size=args.topaz_epoch_size, minibatch_size=args.topaz_minibatch,
+            train_radius_px=args.topaz_radius, threads=args.topaz_threads, seed=args.seed)
+        peer.append(topaz_trained_row(args, dataset, all_folds, chosen, topaz_settings))
     for net in args.networks:
         for target in args.targets:
             results, seconds = [], []
@@ -264,6 +391,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "n_folds": args.folds, "epochs": args.epochs, "samples": args.samples,
               "seed": args.seed, "init": args.init.partition("=")[0],
               "extra_overrides": args.overrides,
+              "topaz_training": (None if topaz_settings is None else
+                                 {**topaz_settings.record(), "frame": "binned 4x (7.08 A/px)",
+                                  "train_micrographs": "the fold's 8 others (our train + val)",
+                                  "default_threshold": 0.0}),
               "machine": {"cpu_count": __import__("os").cpu_count(),
                           "python": platform.python_version(), "torch": torch.__version__},
               "rows": rows + peer}

@@ -41,15 +41,15 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _topaz import bin_factor, extract, extract_radius, preprocess  # noqa: E402
 from _common import (DATA_DIR_HELP, DATASETS, DEFAULT_DATA_DIR, ROOT, inside,  # noqa: E402
                      mask_truth, write_results)
 
-from cryoparticle.io.coords import read_star, read_topaz  # noqa: E402
+from cryoparticle.io.coords import read_star  # noqa: E402
 from cryoparticle.io.mrc import read_micrograph, write_mrc  # noqa: E402
 from cryoparticle.picking.evaluate import (average_precision, best_f1_threshold,  # noqa: E402
                                            precision_recall_f1)
 
-TOPAZ_PIXEL_SIZE_A = 7.08   # Topaz's pickers see micrographs binned to about the model scale
 
 
 def dataset_inputs(name: str, data_dir: Path, which: str, work: Path) -> dict[str, Any]:
@@ -147,23 +147,16 @@ def run_topaz(topaz: Path, data: dict[str, Any], out: Path) -> tuple[pd.DataFram
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    factor = max(1, int(round(TOPAZ_PIXEL_SIZE_A / data["pixel_size_a"])))
-    radius = max(3, int(round(data["diameter_px"] / factor / 2)))
+    factor = bin_factor(data["pixel_size_a"])
     start = time.perf_counter()
-    pre = subprocess.run([str(topaz), "preprocess", "-s", str(factor), "-d", "-1", "-o",
-                          str(out / "pre"), *map(str, data["paths"])], capture_output=True,
-                         text=True)
-    if pre.returncode != 0:
-        sys.exit(f"topaz preprocess failed:\n{pre.stderr[-2000:]}")
-    picks_file = out / "picks.txt"
-    ext = subprocess.run([str(topaz), "extract", "-m", "resnet16_u64", "-r", str(radius), "-x",
-                          str(factor), "-t", "-6", "-d", "-1", "-o", str(picks_file),
-                          *map(str, sorted((out / "pre").glob("*.mrc")))], capture_output=True,
-                         text=True)
-    if ext.returncode != 0:
-        sys.exit(f"topaz extract failed:\n{ext.stderr[-2000:]}")
-    wall = time.perf_counter() - start
-    return read_topaz(picks_file, data["diameter_px"]), wall / len(data["paths"])
+    try:
+        images = preprocess(topaz, data["paths"], factor, out / "pre")
+        picks = extract(topaz, "resnet16_u64", sorted(images),
+                        extract_radius(data["diameter_px"], factor), factor,
+                        out / "picks.txt", data["diameter_px"])
+    except RuntimeError as exc:
+        sys.exit(str(exc))
+    return picks, (time.perf_counter() - start) / len(data["paths"])
 
 
 def _in_radii(table: pd.DataFrame, radius: float, dataset: str) -> pd.DataFrame:
