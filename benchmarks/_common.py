@@ -120,6 +120,13 @@ def inside(picks: Any, borders: dict[str, Any]) -> Any:
     return picks[keep].reset_index(drop=True)
 
 
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15-minute load averages (2 decimals), for results JSON."""
+    import os
+
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def write_results(path: Path, record: Any, folders: dict[str, Path | str | None] | None = None
                   ) -> None:
     """``record`` as JSON in ``path`` (atomically), without machine paths (:func:`portable`)."""
@@ -154,4 +161,5 @@ def train_run(run_dir: Path, overrides: list[str], log: Path | None = None
 
 
 __all__ = ["DATASETS", "DATA_DIR_HELP", "DEFAULT_DATA_DIR", "ROOT", "general_split", "inside",
+           "load_average",
            "mask_truth", "portable", "train_run", "write_results"]

@@ -38,15 +38,10 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from _common import ROOT, write_results  # noqa: E402
+from _common import ROOT, load_average, write_results  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "empiar10017_example.mrc"
 EXAMPLE_TRUTH = ROOT / "examples" / "truth"
-
-
-def load() -> list[float]:
-    """The 1, 5 and 15-minute load averages (2 decimals)."""
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 def timed(cmd: list[str], log: Path) -> float:
@@ -136,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__},
-        "load_before": load()}
+        "load_before": load_average()}
     print("pick (README command 1)", flush=True)
     record["pick"] = pick(work)
     p = record["pick"]
@@ -152,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t = record["train"]
         print(f"  {t['minutes']:.1f} min, test IoU {t['test'].get('iou', float('nan')):.3f} "
               f"F1 {t['test'].get('f1', float('nan')):.3f}", flush=True)
-    record["load_after"] = load()
+    record["load_after"] = load_average()
     write_results(args.json, record, {"WORK_DIR": work})
     print(f"wrote {args.json}")
     return record

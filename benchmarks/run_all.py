@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from _common import DATA_DIR_HELP, DEFAULT_DATA_DIR, ROOT, write_results  # noqa: E402
+from _common import DATA_DIR_HELP, DEFAULT_DATA_DIR, ROOT, load_average, write_results  # noqa: E402
 
 
 def _dig(record: dict[str, Any], *keys: Any) -> Any:
@@ -254,7 +254,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows: list[dict[str, Any]] = []
-    start, load_before = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
+    start, load_before = time.perf_counter(), load_average()
     for bench, cmd, reason in plan(args):
         json_path = args.results_dir / f"{bench.name}.json"
         if cmd is None:
@@ -281,15 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     if args.dry_run:
         return 0
-    total = (time.perf_counter() - start) / 60
+    total, load_after = (time.perf_counter() - start) / 60, load_average()
     print()
     print(summary_table(rows))
     print(f"total {total:.1f} min (load average before {load_before}, after "
-          f"{[round(v, 2) for v in os.getloadavg()]}, {os.cpu_count()} CPUs)")
+          f"{load_after}, {os.cpu_count()} CPUs)")
     write_results(args.results_dir / "run_all.json",
                   {"mode": "quick" if args.quick else "full", "total_minutes": total,
                    "cpu_count": os.cpu_count(), "load_before": load_before,
-                   "load_after": [round(v, 2) for v in os.getloadavg()], "runs": rows},
+                   "load_after": load_after, "runs": rows},
                   {"DATA_DIR": args.data_dir})
     return int(any(r["status"].startswith("failed") for r in rows))
 
