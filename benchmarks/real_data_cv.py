@@ -6,6 +6,7 @@
                                       [--init scratch | --init NAME=CKPT] [--topaz TOPAZ]
                                       [--topaz-train [--topaz-epochs 10] [--topaz-epoch-size 1000]
                                        [--topaz-model resnet8] [--topaz-radius 3]]
+                                      [--train-micrographs N]
                                       [--work-dir benchmarks/work/real_data_cv]
                                       [--json benchmarks/results/real_data_cv.json]
                                       [--markdown benchmarks/results/real_data_cv.md]
@@ -29,6 +30,11 @@ all folds (:mod:`cryoparticle.picking.evaluate`, match radius half a diameter): 
 recall and F1 at the stored threshold; AP of the picks extracted at threshold 0.05 ranked by
 score; pixel IoU of ``P ≥ 0.5`` against the disc masks (border ignored).
 
+``--train-micrographs N`` trains on the first N (sorted) of each fold's training micrographs
+(same validation and test micrographs; runs in ``.../<target>/n<N>/fold<k>``), for a curve of
+F1 against the number of labelled micrographs; ``N = 0`` trains nothing and scores the
+``--init`` checkpoint itself (zero-shot).
+
 ``--init NAME=CKPT`` fine-tunes every run from a checkpoint's network (``model.finetune_from``),
 e.g. a simulation-only one (no real pixel seen: an honest start for a cross-validation on real
 micrographs; the shipped general model has seen 8 of these 10); runs go to
@@ -47,6 +53,7 @@ read at ``experiment=empiar10017``'s 7.08 Å/px without a checkpoint, :func:`pee
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import shutil
 import sys
@@ -261,7 +268,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         m = r["metrics"]
         minutes = f"{np.mean(r['train_s']) / 60:.1f}" if r["train_s"] else "–"
         iou = "–" if np.isnan(m["pixel_iou"]) else f"{m['pixel_iou']:.3f}"
-        lines.append(f"| {r['network']} | {r.get('init', 'scratch')} | {r['target']} | "
+        start = r.get("init", "scratch")
+        if "train_micrographs" in r:
+            start += f", {r['train_micrographs']} train mics"
+        lines.append(f"| {r['network']} | {start} | {r['target']} | "
                      f"{len(r['folds'])} | {m['precision']:.3f} | {m['recall']:.3f} | "
                      f"**{m['pick_f1']:.3f}** | {m['ap']:.3f} | {iou} | {minutes} |")
     return "\n".join(lines) + "\n"
@@ -283,6 +293,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="the networks' starting weights: scratch, or a checkpoint to "
                              "fine-tune (model.finetune_from), e.g. sim-only=PATH; it names "
                              "the runs' folder and the table's 'start' column")
+    parser.add_argument("--train-micrographs", type=int, nargs="+", default=None, metavar="N",
+                        help="train on the first N (by name) of each fold's training "
+                             "micrographs (default: all), one row per N; 0: no training, "
+                             "the --init checkpoint picks the test micrographs as it is")
     parser.add_argument("--topaz", type=Path, default=None,
                         help="the topaz executable (pip install topaz-em): its shipped general "
                              "picker on the same test micrographs, same truth and matching")
@@ -324,12 +338,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit(f"{dataset}: no micrographs")
     all_folds = folds(names, args.folds)
     chosen = args.only_folds if args.only_folds is not None else list(range(args.folds))
-    init, init_overrides = "scratch", []
+    init, init_overrides, init_ckpt = "scratch", [], None
     if args.init != "scratch":
         init, _, path = args.init.partition("=")
         if not path or not Path(path).is_file():
             sys.exit(f"--init {args.init}: expected NAME=CKPT of an existing checkpoint")
-        init_overrides = [f"model.finetune_from={Path(path).resolve()}"]
+        init_ckpt = Path(path).resolve()
+        init_overrides = [f"model.finetune_from={init_ckpt}"]
+    most = min(len(f["train"]) for f in all_folds)
+    subsets: list[int | None] = [None]   # None: all of each fold's training micrographs
+    if args.train_micrographs is not None:
+        for n in args.train_micrographs:
+            if not 0 <= n <= most:
+                sys.exit(f"--train-micrographs {n}: must be in 0..{most}")
+        if 0 in args.train_micrographs and init_ckpt is None:
+            sys.exit("--train-micrographs 0 evaluates the --init checkpoint: "
+                     "give --init NAME=CKPT")
+        subsets = [None if n == most else n for n in args.train_micrographs]
     topaz = None
     if args.topaz is not None and args.topaz_shipped:  # once, on every micrograph
         from real_transfer import dataset_inputs, run_topaz
@@ -359,34 +384,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             epoch_size=args.topaz_epoch_size, minibatch_size=args.topaz_minibatch,
             train_radius_px=args.topaz_radius, threads=args.topaz_threads, seed=args.seed)
         peer.append(topaz_trained_row(args, dataset, all_folds, chosen, topaz_settings))
-    for net in args.networks:
-        for target in args.targets:
-            results, seconds = [], []
-            for k in chosen:
-                fold = all_folds[k]
-                run_dir = args.work_dir.resolve() / init / net / target / f"fold{k}"
-                overrides = ["experiment=empiar10017", f"model={net}", f"seed={args.seed}",
-                             f"data.datasets.0.root={dataset}",
-                             f"data.split.test=[{','.join(fold['test'])}]",
-                             f"data.split.val=[{','.join(fold['val'])}]",
-                             f"trainer.max_epochs={args.epochs}",
-                             f"data.train_samples_per_epoch={args.samples}",
-                             *TARGETS[target], *init_overrides, *args.overrides]
+    for net, target, n_train in itertools.product(args.networks, args.targets, subsets):
+        results, seconds = [], []
+        for k in chosen:
+            fold = dict(all_folds[k])
+            run_dir = args.work_dir.resolve() / init / net / target / f"fold{k}"
+            if n_train is not None:  # a subset of the training micrographs
+                fold["train"] = fold["train"][:n_train]
+                run_dir = run_dir.parent / f"n{n_train}" / f"fold{k}"
+            overrides = ["experiment=empiar10017", f"model={net}", f"seed={args.seed}",
+                         f"data.datasets.0.root={dataset}",
+                         f"data.split.test=[{','.join(fold['test'])}]",
+                         f"data.split.val=[{','.join(fold['val'])}]",
+                         *([f"data.split.train=[{','.join(fold['train'])}]"]
+                           if n_train else []),
+                         f"trainer.max_epochs={args.epochs}",
+                         f"data.train_samples_per_epoch={args.samples}",
+                         *TARGETS[target], *init_overrides, *args.overrides]
+            if n_train == 0:
+                ckpt, train_s = init_ckpt, 0.0
+            else:
                 ckpt, train_s = train_run(run_dir, overrides)
-                result = evaluate_fold(ckpt, dataset, fold["test"], topaz)
-                results.append(result)
-                seconds.append(train_s)
-                print(f"  {net}/{target} fold {k}: {pooled([result])}", flush=True)
-            metrics = pooled(results)
-            if topaz is not None and not peer:
-                peer.append({"network": "Topaz resnet16_u64 (shipped)", "init": "shipped",
-                             "target": "–", "folds": chosen, "metrics": pooled_topaz(results),
-                             "train_s": [], "splits": [all_folds[k] for k in chosen]})
-            rows.append({"network": net, "init": init, "target": target, "folds": chosen,
-                         "metrics": metrics,
-                         "train_s": seconds,
-                         "splits": [all_folds[k] for k in chosen]})
-            print(f"{net}/{target}: {metrics}", flush=True)
+            result = evaluate_fold(ckpt, dataset, fold["test"], topaz)
+            results.append(result)
+            seconds.append(train_s)
+            print(f"  {net}/{target} fold {k}: {pooled([result])}", flush=True)
+        metrics = pooled(results)
+        if topaz is not None and not peer:
+            peer.append({"network": "Topaz resnet16_u64 (shipped)", "init": "shipped",
+                         "target": "–", "folds": chosen, "metrics": pooled_topaz(results),
+                         "train_s": [], "splits": [all_folds[k] for k in chosen]})
+        rows.append({"network": net, "init": init, "target": target, "folds": chosen,
+                     "train_micrographs": n_train if n_train is not None else most,
+                     "metrics": metrics,
+                     "train_s": seconds,
+                     "splits": [all_folds[k] if n_train is None else
+                                {**all_folds[k], "train": all_folds[k]["train"][:n_train]}
+                                for k in chosen]})
+        print(f"{net}/{target}/{n_train if n_train is not None else most} train: {metrics}",
+              flush=True)
     report = {"dataset": "EMPIAR-10017 (10 CryoSegNet JPGs, CryoPPP picks)",
               "n_folds": args.folds, "epochs": args.epochs, "samples": args.samples,
               "seed": args.seed, "init": args.init.partition("=")[0],

@@ -77,10 +77,22 @@ def test_verdict_names_the_rows_above_90_percent_and_markdown_marks_them():
                                  "rows": {"none": _row(iou=0.5, f1=0.9)}}}
     v = method_claim.verdict(results)
     assert v == {"accuracy": "yes", "precision": "yes", "recall": "yes",
-                 "iou": "fcn/resnet101/rnn", "f1": "no"}     # 0.9 itself is not above 90 %
+                 "iou": "fcn/resnet101/rnn", "f1": "no",      # 0.9 itself is not above 90 %
+                 "all five": "no"}
     text = method_claim.markdown({"results": results, "verdict": v})
     rows = [ln for ln in text.splitlines() if ln.startswith("| fcn") or ln.startswith("| unet")]
     assert len(rows) == 3
     assert "| 0.910 ✓ |" in rows[1] and "| 110 |" in rows[1]   # rnn: base + rnn training s
     assert "| 0.600 |" in rows[0] and "| 0.900 |" in rows[2]
     assert "- iou: fcn/resnet101/rnn" in text and "- f1: no" in text
+
+
+def test_precision_of_an_empty_prediction_does_not_meet_the_claim():
+    empty = _row(precision=1.0, recall=0.0, iou=0.0, f1=0.0, accuracy=0.9)
+    results = {"unet/resnet18": {"train_s": {"base": 1.0, "rnn": 1.0},
+                                 "rows": {"none": empty, "dense": _row()}}}
+    v = method_claim.verdict(results)
+    assert v["precision"] == "unet/resnet18/dense" and v["all five"] == "unet/resnet18/dense"
+    text = method_claim.markdown({"results": results, "verdict": v})
+    none_row = next(ln for ln in text.splitlines() if ln.startswith("| unet/resnet18 | none"))
+    assert "✓" not in none_row
