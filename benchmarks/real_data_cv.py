@@ -27,8 +27,9 @@ one, else centres recovered from its disc mask (:func:`~cryoparticle.data.masks.
 99 % agreement with the CSV at this scale). Picks and truth on the striped border
 (:mod:`cryoparticle.data.borders`) are excluded. Metrics, pooled over all test micrographs of
 all folds (:mod:`cryoparticle.picking.evaluate`, match radius half a diameter): pick precision,
-recall and F1 at the stored threshold; AP of the picks extracted at threshold 0.05 ranked by
-score; pixel IoU of ``P ≥ 0.5`` against the disc masks (border ignored).
+recall and F1 at the stored threshold (and the stored extraction options, as ``predict.py``);
+AP of the picks extracted at threshold 0.05 ranked by score; pixel IoU of ``P ≥ 0.5`` against
+the disc masks (border ignored).
 
 ``--train-micrographs N`` trains on the first N (sorted) of each fold's training micrographs
 (same validation and test micrographs; runs in ``.../<target>/n<N>/fold<k>``), for a curve of
@@ -155,6 +156,7 @@ def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str],
                              split={"test": test}, split_file=None)
     diameter = float(hp.particle_diameter_a) / float(hp.pixel_size_a)
     threshold = float(hp.picking_threshold)
+    options = dict(model.inference_facts().get("extraction") or {})  # as predict.py extracts
     picks, low, truth, inter, union, peer = [], [], [], 0, 0, []
     for name in test:
         mic = data.load(f"empiar-10017/{name}", train=False)
@@ -165,7 +167,7 @@ def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str],
         prob = logits.float().softmax(0)[1].numpy()
         widths = BorderWidths(**mic.metadata["border_px"])
         for out, t in ((picks, threshold), (low, AP_THRESHOLD)):
-            found = extract_particles(prob, diameter, threshold=t, micrograph=name)
+            found = extract_particles(prob, diameter, threshold=t, micrograph=name, **options)
             out.append(drop_border_picks(found, prob.shape, widths))
         truth.append(drop_border_picks(mic.particles.assign(micrograph=name), prob.shape, widths))
         valid = mic.mask != 255

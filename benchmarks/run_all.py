@@ -12,9 +12,9 @@ command, so quick numbers are never mistaken for full ones); results in
 ``benchmarks/results/``. The peers stay optional: Topaz is compared when ``--topaz`` or a
 ``topaz`` on the PATH exists, ASPIRE when ``--aspire-python`` is given; otherwise their
 comparisons are skipped (``--no-topaz`` / ``--no-aspire``). Benchmarks on real data
-(``crf_effect``, ``real_data_cv``, ``real_transfer``, ``contrast_stats``) are skipped when
-``--data-dir`` has no EMPIAR-10017 folder. ``quickstart`` times the README's first commands
-(``--quick``: its training runs 2 epochs instead of the default 10).
+(``crf_effect``, ``real_data_cv``, ``real_transfer``, ``contrast_stats``, ``sim_ablation``)
+are skipped when ``--data-dir`` has no EMPIAR-10017 folder. ``quickstart`` times the README's
+first commands (``--quick``: its training runs 2 epochs instead of the default 10).
 
 Each benchmark runs as its own process (``python benchmarks/<name>.py ...``); a failing one is
 reported and the others still run. ``--dry-run`` prints the commands and runs nothing. The
@@ -112,6 +112,24 @@ def _quickstart(r: dict[str, Any]) -> str:
     return text
 
 
+def _method_claim(r: dict[str, Any]) -> str:
+    return f"all five pixel metrics > 90 %: {_dig(r, 'verdict', 'all five') or 'n/a'}"
+
+
+def _noise_sweep(r: dict[str, Any]) -> str:
+    parts = []
+    for snr, pickers in (r.get("results") or {}).items():
+        f1s = "/".join(_fmt(v.get("f1"), ".2f") for v in pickers.values())
+        parts.append(f"{snr}: {f1s}")
+    names = "/".join(next(iter((r.get("results") or {}).values()), {}).keys())
+    return f"F1 by SNR ({names}): " + ", ".join(parts)
+
+
+def _sim_ablation(r: dict[str, Any]) -> str:
+    return "mean best F1: " + ", ".join(f"{row['variant']} {_fmt(row.get('mean_best_f1'), '.3f')}"
+                                        for row in r.get("rows") or [])
+
+
 def _keys(r: dict[str, Any]) -> str:
     return ", ".join(k for k in r if k not in ("machine", "load_before", "load_after"))[:60]
 
@@ -159,6 +177,21 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("contrast_stats", ["--n", "40"], real_data=True, headline=_contrast_stats),
     Benchmark("quickstart", ["--train-overrides", "trainer.max_epochs=2"],
               headline=_quickstart),
+    Benchmark("method_claim", ["--networks", "unet", "--epochs", "1", "--samples", "32",
+                               "--rnn-samples", "16", "--n-test", "1", "--test-size", "512",
+                               "--work-dir", "benchmarks/work/method_claim_quick"],
+              outputs=("--json", "--markdown"), headline=_method_claim),
+    Benchmark("noise_sweep", ["--n-train", "2", "--n-val", "1", "--train-size", "256",
+                              "--n-test", "1", "--test-size", "256", "--epochs", "1",
+                              "--samples", "16", "--snrs", "1", "0.01", "--topaz-epochs", "1",
+                              "--topaz-epoch-size", "2",
+                              "--work-dir", "benchmarks/work/noise_sweep_quick"],
+              ["--epochs", "2", "--samples", "384", "--topaz-epochs", "2",
+               "--topaz-epoch-size", "25"],
+              outputs=("--json", "--markdown", "--plot"), headline=_noise_sweep),
+    Benchmark("sim_ablation", ["--variants", "full", "no_looks", "--epochs", "1",
+                               "--work-dir", "benchmarks/work/sim_ablation_quick"],
+              real_data=True, outputs=(), headline=_sim_ablation),
 )
 NAMES = tuple(b.name for b in BENCHMARKS)
 
@@ -176,7 +209,7 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
     if "--" in args:
         args, passed_on = args[:args.index("--")], args[args.index("--"):]
     cmd = [sys.executable, str(HERE / f"{bench.name}.py"), *args]
-    suffix = {"--json": ".json", "--markdown": ".md"}
+    suffix = {"--json": ".json", "--markdown": ".md", "--plot": ".png"}
     for option in bench.outputs:
         cmd += [option, str(results_dir / f"{bench.name}{suffix[option]}")]
     if bench.name == "pick_speed":
@@ -187,10 +220,13 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
                 else ["--no-aspire"])
     elif bench.name in ("crf_effect", "real_data_cv", "contrast_stats"):
         cmd += ["--data-dir", str(data_dir)]
-    elif bench.name == "real_transfer":
+    elif bench.name in ("real_transfer", "sim_ablation"):
         cmd += ["--data-dir", str(data_dir), "--results-dir", str(results_dir),
                 "--out", bench.name]
-        cmd += ["--topaz", str(topaz)] if topaz is not None else []
+        cmd += ["--topaz", str(topaz)] if topaz is not None and bench.name == "real_transfer" \
+            else []
+    elif bench.name == "noise_sweep" and topaz is not None:
+        cmd += ["--topaz", str(topaz)]
     elif bench.name == "train_throughput" and mode == "full":
         import torch
 
