@@ -88,13 +88,17 @@ def _train_throughput(r: dict[str, Any]) -> str:
     return (f"crops/s: {steps}; pipeline {_fmt(_dig(r, 'pipeline', 'crops_per_s'), '.0f')}")
 
 
-def _real_transfer(r: dict[str, Any]) -> str:
-    parts = []
-    for dataset, pickers in (r.get("results") or {}).items():
-        f1s = "/".join(_fmt(v.get("f1"), ".3f") for v in pickers.values())
-        parts.append(f"{dataset.removeprefix('EMPIAR-')} {f1s}")
-    names = "/".join(next(iter((r.get("results") or {}).values()), {}).keys())
+def _f1_per_group(r: dict[str, Any], spec: str, label: Callable[[str], str]) -> str:
+    """``F1 (picker/picker): group f1/f1, ...`` of ``r["results"][group][picker]["f1"]``."""
+    groups = r.get("results") or {}
+    parts = [label(group) + " " + "/".join(_fmt(v.get("f1"), spec) for v in pickers.values())
+             for group, pickers in groups.items()]
+    names = "/".join(next(iter(groups.values()), {}).keys())
     return f"F1 ({names}): " + ", ".join(parts)
+
+
+def _real_transfer(r: dict[str, Any]) -> str:
+    return _f1_per_group(r, ".3f", lambda dataset: dataset.removeprefix("EMPIAR-"))
 
 
 def _contrast_stats(r: dict[str, Any]) -> str:
@@ -117,12 +121,7 @@ def _method_claim(r: dict[str, Any]) -> str:
 
 
 def _noise_sweep(r: dict[str, Any]) -> str:
-    parts = []
-    for snr, pickers in (r.get("results") or {}).items():
-        f1s = "/".join(_fmt(v.get("f1"), ".2f") for v in pickers.values())
-        parts.append(f"{snr}: {f1s}")
-    names = "/".join(next(iter((r.get("results") or {}).values()), {}).keys())
-    return f"F1 by SNR ({names}): " + ", ".join(parts)
+    return _f1_per_group(r, ".2f", lambda snr: f"SNR {snr}:")
 
 
 def _sim_ablation(r: dict[str, Any]) -> str:
