@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -135,8 +134,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit(f"{args.data_dir}: expected {', '.join(v[0] for v in DATASETS.values())} "
                  "here; give --data-dir")
     args.work_dir = args.work_dir.resolve()
-    # data=general builds its real source even at weight 0: point it at the shared sets
-    os.environ["CRYOPARTICLE_DATA"] = str(args.data_dir.resolve())
     load_before = load_average()
     runs = [(v, v, args.seed) for v in args.variants]
     runs += [(f"full_seed{args.seed + i}", "full", args.seed + i)

@@ -98,7 +98,8 @@ class MixedDataModule(_CropDataModule):
 
     ``sources`` maps a name to a DataModule config (with ``_target_``) or a built
     :class:`_CropDataModule`; ``weights`` maps names to relative sampling weights (default
-    equal; 0 keeps a source for validation/testing only). Every source must use this module's
+    equal; 0 keeps a source for validation/testing only, and a source with weight 0 outside
+    ``eval_sources`` is not built at all). Every source must use this module's
     ``crop_size`` and the same training pixel size (within 0.1 %) and normalisation: a mismatch
     is an :class:`InputError` naming the source. ``eval_sources`` (default: all) lists the
     sources whose validation and test micrographs are used.
@@ -112,30 +113,33 @@ class MixedDataModule(_CropDataModule):
         super().__init__(crop_size=crop_size, train_samples_per_epoch=train_samples_per_epoch,
                          batch_size=batch_size, num_workers=num_workers, seed=seed,
                          augment=None)
-        sources = dict(_plain(sources) if isinstance(sources, DictConfig) else sources)
+        sources = {str(k): v for k, v in
+                   dict(_plain(sources) if isinstance(sources, DictConfig) else sources).items()}
         if not sources:
             raise param_error("sources", {}, "need at least one data source")
+        weights = dict(_plain(weights) or {})
+        unknown = set(weights) - set(sources)
+        if unknown:
+            raise param_error("weights", sorted(unknown), f"not a source: {sorted(sources)}")
+        # sources.NAME=null switches a source off; so does weight 0 outside eval_sources
+        # (never built: a simulation-only run needs no real data on disk)
+        active = [n for n, spec in sources.items() if spec is not None]
+        if not active:
+            raise param_error("sources", list(sources), "every source is null")
+        self.eval_sources = list(eval_sources) if eval_sources is not None else active
+        missing = [n for n in self.eval_sources if n not in active]
+        if missing:
+            raise param_error("eval_sources", missing, f"not a source: {sorted(active)}")
         self.children: dict[str, _CropDataModule] = {}
-        for name, spec in sources.items():
-            if spec is None:
-                continue  # a source switched off from the command line (sources.NAME=null)
-            child = spec if isinstance(spec, _CropDataModule) else instantiate(
+        for name in active:
+            if float(weights.get(name, 1.0)) == 0 and name not in self.eval_sources:
+                continue
+            spec = sources[name]
+            self.children[name] = spec if isinstance(spec, _CropDataModule) else instantiate(
                 spec, crop_size=self.crop_size,
                 train_samples_per_epoch=self.train_samples_per_epoch,
                 batch_size=self.batch_size, num_workers=0)
-            self.children[str(name)] = child
-        if not self.children:
-            raise param_error("sources", list(sources), "every source is null")
-        weights = dict(_plain(weights) or {})
-        unknown = set(weights) - set(self.children)
-        if unknown:
-            raise param_error("weights", sorted(unknown), f"not a source: {sorted(self.children)}")
         self.weights = {n: float(weights.get(n, 1.0)) for n in self.children}
-        self.eval_sources = list(eval_sources) if eval_sources is not None else list(
-            self.children)
-        missing = [n for n in self.eval_sources if n not in self.children]
-        if missing:
-            raise param_error("eval_sources", missing, f"not a source: {sorted(self.children)}")
         first_name, first = next(iter(self.children.items()))
         self.pixel_size_a = float(first.pixel_size_a)
         self.normalisation = first.normalisation

@@ -130,3 +130,22 @@ def test_mixed_module_refuses_incompatible_sources(tmp_path, simulator):
         MixedDataModule({"sim": synthetic}, {"other": 1.0}, crop_size=32)
     with pytest.raises(InputError, match="at least one"):
         MixedDataModule({}, crop_size=32)
+
+
+def test_a_source_neither_trained_on_nor_evaluated_is_never_built(tmp_path, simulator):
+    synthetic = SyntheticDataModule(simulator, crop_size=32, n_val_micrographs=1,
+                                    n_test_micrographs=1, eval_micrograph_size=48, seed=0)
+    missing = {"_target_": "cryoparticle.data.datamodules.FolderDataModule",
+               "root": str(tmp_path / "no_such_dataset"), "particle_diameter_a": 190.0}
+    # simulation only (README: the simulation-only model) needs no real data on disk
+    dm = MixedDataModule({"sim": synthetic, "real": missing}, {"sim": 1.0, "real": 0.0},
+                         crop_size=32, train_samples_per_epoch=8, batch_size=4, seed=0,
+                         eval_sources=["sim"])
+    assert list(dm.children) == ["sim"] and dm.weights == {"sim": 1.0}
+    dm.setup("fit")
+    assert {dm.train_dataset.source_of(i) for i in range(8)} == {0}
+    # evaluated, or given a weight, the same source is built, and its missing folder is an error
+    for weights, evaluated in (({"real": 0.0}, None), ({"real": 1.0}, ["sim"])):
+        with pytest.raises(InputError, match="no_such_dataset"):
+            MixedDataModule({"sim": synthetic, "real": missing}, weights, crop_size=32,
+                            eval_sources=evaluated)
