@@ -24,7 +24,7 @@ tested at fixed SNRs.
    ours — pick precision/recall/F1 at the checkpoint's stored threshold, the best F1 over
    extraction thresholds 0.05–0.95 (:data:`real_transfer.THRESHOLDS`), AP of the picks
    extracted at 0.05 ranked by score, pixel IoU of ``P ≥ 0.5`` against the masks; Topaz —
-   P/R/F1 at its default score 0, best F1 over its scores, AP of every candidate (−6 and up);
+   P/R/F1 at score 0 (p = 0.5), best F1 over its scores, AP of every candidate (−6 and up);
    no pixel IoU.
 
 Writes the JSON (settings, command, machine load), a Markdown table and a PNG plot (pick F1
@@ -177,7 +177,7 @@ def score_ours(picks: pd.DataFrame, sweep: dict[float, pd.DataFrame], low: pd.Da
 
 
 def score_topaz(picks: pd.DataFrame, truth: pd.DataFrame, radius: float) -> dict[str, Any]:
-    """Topaz's metrics: at its default score 0, best over its scores, AP of every candidate
+    """Topaz's metrics: at score 0 (p = 0.5), best over its scores, AP of every candidate
     (:func:`real_transfer.scores`); no pixel IoU."""
     from real_transfer import scores
 

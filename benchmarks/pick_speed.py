@@ -46,7 +46,7 @@ centres of the masks, picks and truth on the striped border artefact left out, o
 matching within half the particle diameter (108 px at 1.77 Å/px), pooled over the micrographs
 (:mod:`cryoparticle.picking.evaluate`; the same truth, border and radius as
 ``benchmarks/real_transfer.py``). Ours: the picks ``predict.py`` wrote, i.e. at the
-checkpoint's stored threshold; Topaz: the picks with score ≥ 0, its documented default
+checkpoint's stored threshold; Topaz: the picks with score ≥ 0 (p ≥ 0.5)
 threshold (and its best F1 over its scores). Each micrograph's role in the general model's
 training (``data=general``: train / val / test) is recorded: F1 on training micrographs is
 optimistic for ours; ``benchmarks/real_transfer.py --micrographs test`` is the held-out figure.
@@ -86,7 +86,7 @@ TARGET_RATIO = 0.5
 TARGET_PEAK_RSS_GB = 2.0
 TOPAZ_SCALE = 4          # 1.77 Å/px × 4 = 7.08 Å/px
 TOPAZ_RADIUS_PX = 14     # ≈ 190 Å / 7.08 Å/px / 2
-TOPAZ_THRESHOLD = 0.0    # Topaz's documented default score threshold
+TOPAZ_THRESHOLD = 0.0    # score 0 = probability 0.5 (topaz extract writes down to −6)
 PROFILE_HZ = 100
 
 
@@ -556,7 +556,7 @@ def print_table(record: dict[str, Any]) -> None:
                  ("topaz: peak RSS, process (GB)", _num(topaz["peak_rss_gb"])),
                  ("topaz: particles / micrograph (score ≥ 0)",
                   _num(topaz["particles_per_micrograph_at_0"], ".0f")),
-                 ("topaz: F1 at score 0 (default)", _f1(topaz.get("accuracy"))),
+                 ("topaz: F1 at score 0 (p = 0.5)", _f1(topaz.get("accuracy"))),
                  ("ratio ours / topaz extract (medians)",
                   _num(record["ratio"]["vs_extract"], ".3f")),
                  ("ratio ours / topaz preprocess+extract (medians)",

@@ -41,7 +41,7 @@ e.g. a simulation-only one (no real pixel seen: an honest start for a cross-vali
 micrographs; the shipped general model has seen 8 of these 10); runs go to
 ``<work>/<NAME>/...``. ``--topaz`` adds Topaz's shipped general picker (``resnet16_u64``, run once
 on all 10 micrographs as :mod:`real_transfer` runs it) scored on every fold's test micrographs
-with the same truth, border and matching: at its default threshold 0, best F1 and AP in the JSON.
+with the same truth, border and matching: at score 0 (p = 0.5), best F1 and AP in the JSON.
 ``--topaz-train`` adds Topaz trained per fold (:mod:`_topaz`: ``topaz train``, resnet8 from
 its pretrained weights, seeded, on the fold's 8 non-test micrographs — our train + validation
 ones — binned 4× with the CryoPPP centres recovered from the masks, as :mod:`real_transfer`
@@ -201,7 +201,7 @@ def pooled(results: list[dict[str, Any]]) -> dict[str, float]:
 
 def pooled_topaz(results: list[dict[str, Any]], key: str = "topaz") -> dict[str, float]:
     """Topaz's picks (``key`` of each fold's result) pooled over the folds' test micrographs,
-    scored as :func:`real_transfer.scores` scores it: at its default threshold 0, its best F1
+    scored as :func:`real_transfer.scores` scores it: at score 0 (p = 0.5), its best F1
     over its scores, and the AP of every candidate."""
     import pandas as pd
     from real_transfer import scores

@@ -17,7 +17,7 @@ the diameter (Hungarian matching, :mod:`cryoparticle.picking.evaluate`), pooled 
 micrographs of a dataset.
 
 For each picker: precision/recall/F1 at its own threshold (ours: ``predict.py`` as a user runs
-it, with the threshold stored in the checkpoint; Topaz: score 0, its documented default), the
+it, with the threshold stored in the checkpoint; Topaz: score 0, i.e. p ≥ 0.5), the
 best F1 over thresholds with that threshold (ours: extraction re-run on the probability maps
 predict wrote, thresholds 0.05–0.95; Topaz: over its scores), and the average precision of the
 picks ranked by score (ours: the picks at the stored threshold; Topaz: every candidate).
