@@ -1,7 +1,7 @@
 """What each ingredient of the general simulation buys on real micrographs: an ablation.
 
     python benchmarks/sim_ablation.py [--data-dir DIR] [--variants full no_looks ...]
-        [--epochs 8] [--seed 12345] [--repeat-seeds 1]
+        [--epochs 8] [--seed 12345] [--repeat-seeds 1] [--repeat full raw_contrast ...]
         [--work-dir benchmarks/work/sim_ablation] [--out sim_ablation]
         [--results-dir benchmarks/results]
 
@@ -12,8 +12,9 @@ ingredient of ``conf/simulator/general.yaml`` removed, and is scored zero-shot o
 micrograph of the shared sets (EMPIAR-10017, -10059, -10947) exactly as
 ``benchmarks/real_transfer.py`` scores pickers (Hungarian matching within half a diameter,
 pooled per dataset): F1 at the stored threshold, best F1 over thresholds, AP. No real pixel
-is seen in training or model selection. ``--repeat-seeds N`` retrains the full mix with N
-other seeds: the spread between seeds is the noise floor the differences must clear.
+is seen in training or model selection. ``--repeat-seeds N`` retrains the full mix (and the
+variants named by ``--repeat``) with N other seeds: the spread between the full mix's seeds is
+the noise floor the differences must clear.
 
 Runs are cached in ``--work-dir`` (a finished training has ``DONE``, a scored variant its JSON):
 a rerun resumes. Writes ``<results-dir>/<out>.json`` and ``.md``.
@@ -74,6 +75,16 @@ def variant_overrides(name: str) -> list[str]:
     return VARIANTS[name][1]
 
 
+def plan_runs(variants: list[str], seed: int, repeat: list[str], repeat_seeds: int
+              ) -> list[tuple[str, str, int]]:
+    """``(label, variant, seed)`` of every training: each variant with ``seed``, then each
+    ``repeat`` variant with the ``repeat_seeds`` following seeds (label ``VARIANT_seedS``)."""
+    runs = [(v, v, seed) for v in variants]
+    runs += [(f"{v}_seed{seed + i}", v, seed + i) for v in repeat
+             for i in range(1, repeat_seeds + 1)]
+    return runs
+
+
 def score_variant(label: str, ckpt: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Zero-shot scores of one checkpoint on every real micrograph (cached as JSON)."""
     import real_transfer
@@ -123,7 +134,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--repeat-seeds", type=int, default=1, metavar="N",
-                        help="retrain the full mix with N more seeds (the noise floor)")
+                        help="retrain the --repeat variants with N more seeds (the noise floor)")
+    parser.add_argument("--repeat", nargs="+", default=["full"],
+                        choices=[*VARIANTS, ALL_REMOVED], metavar="VARIANT",
+                        help="the variants --repeat-seeds retrains (default: full)")
     parser.add_argument("--work-dir", type=Path,
                         default=ROOT / "benchmarks" / "work" / "sim_ablation")
     parser.add_argument("--out", default="sim_ablation")
@@ -135,9 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "here; give --data-dir")
     args.work_dir = args.work_dir.resolve()
     load_before = load_average()
-    runs = [(v, v, args.seed) for v in args.variants]
-    runs += [(f"full_seed{args.seed + i}", "full", args.seed + i)
-             for i in range(1, args.repeat_seeds + 1)]
+    runs = plan_runs(args.variants, args.seed, args.repeat, args.repeat_seeds)
     rows = []
     for label, variant, seed in runs:
         overrides = [*BASE, f"trainer.max_epochs={args.epochs}", f"seed={seed}",
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append(row(label, removed, score_variant(label, ckpt, args), train_s))
         print(f"{label}: mean F1 {rows[-1]['mean_f1']:.3f}, "
               f"mean best F1 {rows[-1]['mean_best_f1']:.3f}", flush=True)
-    fulls = [r["mean_best_f1"] for r in rows if r["variant"].startswith("full")]
+    fulls = [r["mean_best_f1"] for r, (_, variant, _) in zip(rows, runs) if variant == "full"]
     floor = float(max(fulls) - min(fulls)) if len(fulls) > 1 else None
     report = {"recipe": {"base": BASE, "epochs": args.epochs, "seed": args.seed,
                          "extra_overrides": args.overrides,

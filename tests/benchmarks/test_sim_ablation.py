@@ -76,3 +76,12 @@ def test_bad_arguments_stop_before_training(tmp_path, args):
     assert result.returncode != 0
     assert ("invalid choice" in result.stderr) if args else ("give --data-dir" in result.stderr)
     assert not (tmp_path / "work").exists()
+
+
+def test_repeated_variants_get_the_following_seeds_and_their_own_runs():
+    runs = sim_ablation.plan_runs(["full", "raw_contrast"], 7, ["full", "raw_contrast"], 2)
+    assert runs == [("full", "full", 7), ("raw_contrast", "raw_contrast", 7),
+                    ("full_seed8", "full", 8), ("full_seed9", "full", 9),
+                    ("raw_contrast_seed8", "raw_contrast", 8),
+                    ("raw_contrast_seed9", "raw_contrast", 9)]
+    assert sim_ablation.plan_runs(["no_looks"], 1, ["full"], 0) == [("no_looks", "no_looks", 1)]
