@@ -139,6 +139,8 @@ class MixedDataModule(_CropDataModule):
                 spec, crop_size=self.crop_size,
                 train_samples_per_epoch=self.train_samples_per_epoch,
                 batch_size=self.batch_size, num_workers=0)
+        if not self.children:
+            raise param_error("weights", weights, "no source is trained on or evaluated")
         self.weights = {n: float(weights.get(n, 1.0)) for n in self.children}
         first_name, first = next(iter(self.children.items()))
         self.pixel_size_a = float(first.pixel_size_a)

@@ -144,6 +144,10 @@ def test_a_source_neither_trained_on_nor_evaluated_is_never_built(tmp_path, simu
     assert list(dm.children) == ["sim"] and dm.weights == {"sim": 1.0}
     dm.setup("fit")
     assert {dm.train_dataset.source_of(i) for i in range(8)} == {0}
+    # nothing trained on and nothing evaluated: an error naming the weights, not a crash
+    with pytest.raises(InputError, match="no source is trained on or evaluated"):
+        MixedDataModule({"sim": synthetic, "real": missing}, {"sim": 0.0, "real": 0.0},
+                        crop_size=32, eval_sources=[])
     # evaluated, or given a weight, the same source is built, and its missing folder is an error
     for weights, evaluated in (({"real": 0.0}, None), ({"real": 1.0}, ["sim"])):
         with pytest.raises(InputError, match="no_such_dataset"):
