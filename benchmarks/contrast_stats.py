@@ -204,7 +204,8 @@ def montage(micrographs: list, data: Path, path: Path, size: int, pixel_size_a: 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", "--data-dir", dest="data", type=Path, default=ROOT.parent / "shared" / "data",
+    parser.add_argument("--data", "--data-dir", dest="data", type=Path,
+                        default=ROOT.parent / "shared" / "data",
                         help="folder with empiar-10017/, empiar-10059/, empiar-10947/ "
                              "(default: ../shared/data relative to the repository root)")
     parser.add_argument("--config", default="general", help="simulator config (conf/simulator)")

@@ -6,7 +6,7 @@
                                       [--init scratch | --init NAME=CKPT] [--topaz TOPAZ]
                                       [--topaz-train [--topaz-epochs 10] [--topaz-epoch-size 1000]
                                        [--topaz-model resnet8] [--topaz-radius 3]]
-                                      [--train-micrographs N]
+                                      [--train-micrographs N [N ...]]
                                       [--work-dir benchmarks/work/real_data_cv]
                                       [--json benchmarks/results/real_data_cv.json]
                                       [--markdown benchmarks/results/real_data_cv.md]
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             train_radius_px=args.topaz_radius, threads=args.topaz_threads, seed=args.seed)
         peer.append(topaz_trained_row(args, dataset, all_folds, chosen, topaz_settings))
     for net, target, n_train in itertools.product(args.networks, args.targets, subsets):
-        results, seconds = [], []
+        results, seconds, splits = [], [], []
         for k in chosen:
             fold = dict(all_folds[k])
             run_dir = args.work_dir.resolve() / init / net / target / f"fold{k}"
@@ -410,21 +410,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result = evaluate_fold(ckpt, dataset, fold["test"], topaz)
             results.append(result)
             seconds.append(train_s)
+            splits.append(fold)
             print(f"  {net}/{target} fold {k}: {pooled([result])}", flush=True)
         metrics = pooled(results)
         if topaz is not None and not peer:
             peer.append({"network": "Topaz resnet16_u64 (shipped)", "init": "shipped",
                          "target": "–", "folds": chosen, "metrics": pooled_topaz(results),
                          "train_s": [], "splits": [all_folds[k] for k in chosen]})
+        n_used = most if n_train is None else n_train
         rows.append({"network": net, "init": init, "target": target, "folds": chosen,
-                     "train_micrographs": n_train if n_train is not None else most,
-                     "metrics": metrics,
-                     "train_s": seconds,
-                     "splits": [all_folds[k] if n_train is None else
-                                {**all_folds[k], "train": all_folds[k]["train"][:n_train]}
-                                for k in chosen]})
-        print(f"{net}/{target}/{n_train if n_train is not None else most} train: {metrics}",
-              flush=True)
+                     "train_micrographs": n_used, "metrics": metrics, "train_s": seconds,
+                     "splits": splits})
+        print(f"{net}/{target}/{n_used} train: {metrics}", flush=True)
     report = {"dataset": "EMPIAR-10017 (10 CryoSegNet JPGs, CryoPPP picks)",
               "n_folds": args.folds, "epochs": args.epochs, "samples": args.samples,
               "seed": args.seed, "init": args.init.partition("=")[0],

@@ -45,6 +45,7 @@ from _topaz import bin_factor, extract, extract_radius, preprocess  # noqa: E402
 from _common import (DATA_DIR_HELP, DATASETS, DEFAULT_DATA_DIR, ROOT, inside,  # noqa: E402
                      mask_truth, write_results)
 
+from cryoparticle.io.atomic import write_text_atomic  # noqa: E402
 from cryoparticle.io.coords import read_star  # noqa: E402
 from cryoparticle.io.mrc import read_micrograph, write_mrc  # noqa: E402
 from cryoparticle.picking.evaluate import (average_precision, best_f1_threshold,  # noqa: E402
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results.mkdir(parents=True, exist_ok=True)
     write_results(results / f"{args.out}.json", record,
                   {"DATA_DIR": args.data_dir, "WORK_DIR": args.work})
-    (results / f"{args.out}.md").write_text(markdown + "\n", encoding="utf-8")
+    write_text_atomic(results / f"{args.out}.md", markdown + "\n")
     return record
 
 

@@ -222,14 +222,12 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
     elif bench.name in ("real_transfer", "sim_ablation"):
         cmd += ["--data-dir", str(data_dir), "--results-dir", str(results_dir),
                 "--out", bench.name]
-        cmd += ["--topaz", str(topaz)] if topaz is not None and bench.name == "real_transfer" \
-            else []
-    elif bench.name == "noise_sweep" and topaz is not None:
-        cmd += ["--topaz", str(topaz)]
     elif bench.name == "train_throughput" and mode == "full":
         import torch
 
         cmd += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
+    if bench.name in ("real_transfer", "noise_sweep") and topaz is not None:
+        cmd += ["--topaz", str(topaz)]   # optional peer (pick_speed says --no-topaz instead)
     return cmd + passed_on
 
 

@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (DATA_DIR_HELP, DATASETS, DEFAULT_DATA_DIR, ROOT,  # noqa: E402
                      load_average, train_run, write_results)
 
+from cryoparticle.io.atomic import write_text_atomic  # noqa: E402
+
 SIM = "data.sources.sim.simulator"
 BASE = ["experiment=general", "data.weights.real=0", "data.eval_sources=[sim]",
         "data.crop_size=192"]
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     write_results(args.results_dir / f"{args.out}.json", report,
                   {"DATA_DIR": args.data_dir, "WORK_DIR": args.work_dir})
-    (args.results_dir / f"{args.out}.md").write_text(text, encoding="utf-8")
+    write_text_atomic(args.results_dir / f"{args.out}.md", text)
     print(text)
     return report
 

@@ -36,7 +36,8 @@ def _disc(shape, centre, radius):
 
 def test_claim_scores_match_pixel_counts_and_picks():
     """Two true particles (discs of radius 5), one predicted as a disc of radius 6 → pixels and
-    picks scored against hand counts; a band of ignored pixels (true negatives otherwise) never counts."""
+    picks scored against hand counts; a band of ignored pixels (true negatives otherwise) never
+    counts."""
     shape = (64, 64)
     a, b = _disc(shape, (20, 20), 5), _disc(shape, (44, 44), 5)
     mask = (a | b).astype(np.uint8)
