@@ -76,6 +76,13 @@ DATASETS = {
 }
 
 
+def require_datasets(data_dir: Path) -> None:
+    """Exit with a one-line message unless ``data_dir`` holds every folder of ``DATASETS``."""
+    if not all((data_dir / DATASETS[d][0]).is_dir() for d in DATASETS):
+        sys.exit(f"{data_dir}: expected {', '.join(v[0] for v in DATASETS.values())} "
+                 "here; give --data-dir")
+
+
 def general_split(dataset: str, micrograph: str) -> str:
     """``test``, ``val`` or ``train``: the role of ``micrograph`` in ``data=general``."""
     held_out = DATASETS[dataset][4]
@@ -162,4 +169,4 @@ def train_run(run_dir: Path, overrides: list[str], log: Path | None = None
 
 __all__ = ["DATASETS", "DATA_DIR_HELP", "DEFAULT_DATA_DIR", "ROOT", "general_split", "inside",
            "load_average",
-           "mask_truth", "portable", "train_run", "write_results"]
+           "mask_truth", "portable", "require_datasets", "train_run", "write_results"]

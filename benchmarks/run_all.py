@@ -12,7 +12,8 @@ command, so quick numbers are never mistaken for full ones); results in
 ``benchmarks/results/``. The peers stay optional: Topaz is compared when ``--topaz`` or a
 ``topaz`` on the PATH exists, ASPIRE when ``--aspire-python`` is given; otherwise their
 comparisons are skipped (``--no-topaz`` / ``--no-aspire``). Benchmarks on real data
-(``crf_effect``, ``real_data_cv``, ``real_transfer``, ``contrast_stats``, ``sim_ablation``)
+(``crf_effect``, ``real_data_cv``, ``real_transfer``, ``contrast_stats``, ``sim_ablation``,
+``leave_one_out``)
 are skipped when ``--data-dir`` has no EMPIAR-10017 folder. ``quickstart`` times the README's
 first commands (``--quick``: its training runs 2 epochs instead of the default 10).
 
@@ -129,6 +130,12 @@ def _sim_ablation(r: dict[str, Any]) -> str:
                                         for row in r.get("rows") or [])
 
 
+def _leave_one_out(r: dict[str, Any]) -> str:
+    return "held-out F1 (best): " + ", ".join(
+        f"{row['held_out']} {row['picker'].split(' ')[0]} {_fmt(row.get('f1'), '.3f')} "
+        f"({_fmt(row.get('best_f1'), '.3f')})" for row in r.get("rows") or [])
+
+
 def _keys(r: dict[str, Any]) -> str:
     return ", ".join(k for k in r if k not in ("machine", "load_before", "load_after"))[:60]
 
@@ -191,6 +198,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("sim_ablation", ["--variants", "full", "no_looks", "--epochs", "1",
                                "--work-dir", "benchmarks/work/sim_ablation_quick"],
               real_data=True, outputs=(), headline=_sim_ablation),
+    Benchmark("leave_one_out", ["--held-out", "EMPIAR-10059", "--epochs", "1",
+                                "--work-dir", "benchmarks/work/leave_one_out_quick"],
+              real_data=True, outputs=(), headline=_leave_one_out),
 )
 NAMES = tuple(b.name for b in BENCHMARKS)
 
@@ -219,14 +229,14 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
                 else ["--no-aspire"])
     elif bench.name in ("crf_effect", "real_data_cv", "contrast_stats"):
         cmd += ["--data-dir", str(data_dir)]
-    elif bench.name in ("real_transfer", "sim_ablation"):
+    elif bench.name in ("real_transfer", "sim_ablation", "leave_one_out"):
         cmd += ["--data-dir", str(data_dir), "--results-dir", str(results_dir),
                 "--out", bench.name]
     elif bench.name == "train_throughput" and mode == "full":
         import torch
 
         cmd += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
-    if bench.name in ("real_transfer", "noise_sweep") and topaz is not None:
+    if bench.name in ("real_transfer", "noise_sweep", "leave_one_out") and topaz is not None:
         cmd += ["--topaz", str(topaz)]   # optional peer (pick_speed says --no-topaz instead)
     return cmd + passed_on
 

@@ -1,14 +1,15 @@
 """What each ingredient of the general simulation buys on real micrographs: an ablation.
 
     python benchmarks/sim_ablation.py [--data-dir DIR] [--variants full no_looks ...]
-        [--epochs 8] [--seed 12345] [--repeat-seeds 1] [--repeat full raw_contrast ...]
+        [--epochs 8] [--seed 12345] [--repeat-seeds 1] [--repeat full calibrated_contrast ...]
         [--work-dir benchmarks/work/sim_ablation] [--out sim_ablation]
         [--results-dir benchmarks/results]
 
 Every variant trains the same simulation-only picker (``experiment=general`` with the real
 source switched off: ``data.weights.real=0 data.eval_sources=[sim]``, 192² crops, U-Net
 ResNet-18, checkpoint and threshold chosen on simulated validation micrographs only), with one
-ingredient of ``conf/simulator/general.yaml`` removed, and is scored zero-shot on every real
+ingredient of ``conf/simulator/general.yaml`` removed (or, for ``calibrated_contrast``, one
+that was taken out of it added back), and is scored zero-shot on every real
 micrograph of the shared sets (EMPIAR-10017, -10059, -10947) exactly as
 ``benchmarks/real_transfer.py`` scores pickers (Hungarian matching within half a diameter,
 pooled per dataset): F1 at the stored threshold, best F1 over thresholds, AP. No real pixel
@@ -31,8 +32,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DATA_DIR_HELP, DATASETS, DEFAULT_DATA_DIR, ROOT,  # noqa: E402
-                     load_average, train_run, write_results)
+from _common import (DATA_DIR_HELP, DEFAULT_DATA_DIR, ROOT,  # noqa: E402
+                     load_average, require_datasets, train_run,
+                     write_results)
 
 from cryoparticle.io.atomic import write_text_atomic  # noqa: E402
 
@@ -55,9 +57,6 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "one_protein": ("apoferritin and random blobs (beta-galactosidase only)",
                     [f"{SIM}.volume.species="
                      "[{source: default, particle_diameter_a: 190.0, weight: 1.0}]"]),
-    "raw_contrast": ("calibrated contrast (no low-frequency gain, no inverted micrographs)",
-                     [f"{SIM}.contrast.low_frequency_gain=1.0",
-                      f"{SIM}.contrast.flip_probability=0.0"]),
     "white_noise": ("coloured noise and ice gradients (detector MTF, 1/f background)",
                     [f"{SIM}.noise.mtf_at_nyquist=1.0", f"{SIM}.noise.pink_fraction=0.0",
                      f"{SIM}.noise.ice_gradient=0.0"]),
@@ -67,14 +66,24 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "fixed_size": ("pixel-size jitter (±30 % particle size in pixels)",
                    [f"{SIM}.pixel_size_scale=1.0"]),
 }
+#: name -> (what is added, overrides that add it): ingredients the mix no longer has
+ADDED: dict[str, tuple[str, list[str]]] = {
+    "calibrated_contrast": (
+        "(added) the contrast calibration: low-frequency gain -0.2-0.4, 5 % inverted "
+        "(in the mix until the ablation showed it hurts)",
+        [f"++{SIM}.contrast.low_frequency_gain=[-0.2,0.4]",
+         f"++{SIM}.contrast.low_frequency_cutoff_diameters=0.5",
+         f"++{SIM}.contrast.flip_probability=0.05"]),
+}
 ALL_REMOVED = "all_removed"
+CHOICES = [*VARIANTS, *ADDED, ALL_REMOVED]
 
 
 def variant_overrides(name: str) -> list[str]:
     """The overrides of a variant; ``all_removed`` = every ingredient removed at once."""
     if name == ALL_REMOVED:
         return [o for v in VARIANTS.values() for o in v[1]]
-    return VARIANTS[name][1]
+    return {**VARIANTS, **ADDED}[name][1]
 
 
 def plan_runs(variants: list[str], seed: int, repeat: list[str], repeat_seeds: int
@@ -113,7 +122,7 @@ def row(label: str, removed: str, results: dict[str, Any], train_s: float) -> di
 def markdown(rows: list[dict[str, Any]], floor: float | None) -> str:
     datasets = list(rows[0]["datasets"])
     full = next((r for r in rows if r["variant"] == "full"), None)
-    head = ("| removed | " + " | ".join(f"{d} F1 (best)" for d in datasets)
+    head = ("| removed (or added) | " + " | ".join(f"{d} F1 (best)" for d in datasets)
             + " | mean F1 | mean best F1 | Δ mean best F1 vs full |")
     lines = [head, "|" + "---|" * (len(datasets) + 4)]
     for r in rows:
@@ -131,14 +140,13 @@ def markdown(rows: list[dict[str, Any]], floor: float | None) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
-    parser.add_argument("--variants", nargs="+", default=[*VARIANTS, ALL_REMOVED],
-                        choices=[*VARIANTS, ALL_REMOVED])
+    parser.add_argument("--variants", nargs="+", default=CHOICES, choices=CHOICES)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--repeat-seeds", type=int, default=1, metavar="N",
                         help="retrain the --repeat variants with N more seeds (the noise floor)")
     parser.add_argument("--repeat", nargs="+", default=["full"],
-                        choices=[*VARIANTS, ALL_REMOVED], metavar="VARIANT",
+                        choices=CHOICES, metavar="VARIANT",
                         help="the variants --repeat-seeds retrains (default: full)")
     parser.add_argument("--work-dir", type=Path,
                         default=ROOT / "benchmarks" / "work" / "sim_ablation")
@@ -146,9 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
     args = parser.parse_args(argv)
-    if not all((args.data_dir / DATASETS[d][0]).is_dir() for d in DATASETS):
-        sys.exit(f"{args.data_dir}: expected {', '.join(v[0] for v in DATASETS.values())} "
-                 "here; give --data-dir")
+    require_datasets(args.data_dir)
     args.work_dir = args.work_dir.resolve()
     load_before = load_average()
     runs = plan_runs(args.variants, args.seed, args.repeat, args.repeat_seeds)
@@ -158,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      *variant_overrides(variant), *args.overrides]
         ckpt, train_s = train_run(args.work_dir / "runs" / label, overrides)
         removed = ("every ingredient below" if variant == ALL_REMOVED
-                   else VARIANTS[variant][0]) + ("" if seed == args.seed else f", seed {seed}")
+                   else {**VARIANTS, **ADDED}[variant][0])
+        removed += "" if seed == args.seed else f", seed {seed}"
         rows.append(row(label, removed, score_variant(label, ckpt, args), train_s))
         print(f"{label}: mean F1 {rows[-1]['mean_f1']:.3f}, "
               f"mean best F1 {rows[-1]['mean_best_f1']:.3f}", flush=True)

@@ -27,15 +27,21 @@ def compose(config_name: str, overrides: list[str] | None = None,
 
 
 def simulator_config(name: str = "empiar10017", overrides: list[str] | None = None) -> DictConfig:
-    """The ``simulator`` config group option ``name`` with overrides such as ``'noise.snr=0.05'``."""
-    cfg = compose("simulate", [f"simulator={name}"] + [f"simulator.{o}" for o in overrides or []])
+    """The ``simulator`` config group option ``name`` with overrides such as ``'noise.snr=0.05'``
+    (Hydra's ``+``/``++``/``~`` prefixes add, force or delete a key:
+    ``'++contrast.flip_probability=1'``)."""
+    def scoped(override: str) -> str:
+        key = override.lstrip("+~")
+        return f"{override[:len(override) - len(key)]}simulator.{key}"
+
+    cfg = compose("simulate", [f"simulator={name}"] + [scoped(o) for o in overrides or []])
     return cfg.simulator
 
 
 def crf_params(name: str = "dense", **overrides: Any) -> dict[str, Any]:
     """The CRF energy's parameters in ``cryoparticle/conf/crf/<name>.yaml`` (those every
-    implementation shares, :func:`cryoparticle.crf.checks.check_params`), with ``overrides`` applied; the
-    keyword arguments of :class:`~cryoparticle.crf.DenseCRF` and
+    implementation shares, :func:`cryoparticle.crf.checks.check_params`), with ``overrides``
+    applied; the keyword arguments of :class:`~cryoparticle.crf.DenseCRF` and
     :class:`~cryoparticle.crf.MeanFieldCRF` alike."""
     import inspect
 

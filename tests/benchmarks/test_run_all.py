@@ -37,7 +37,7 @@ def test_quick_dry_run_lists_every_readme_benchmark_without_real_data_or_peers(t
     assert set(cmds) == {"simulate_speed", "crf_speed", "pick_speed", "train_throughput",
                          "quickstart", "method_claim", "noise_sweep"}
     for name in ("crf_effect", "real_data_cv", "real_transfer", "contrast_stats",
-                 "sim_ablation"):
+                 "sim_ablation", "leave_one_out"):
         assert f"skip {name}: no EMPIAR-10017 data" in result.stdout
     for name, cmd in cmds.items():
         assert cmd.startswith(f"benchmarks/{name}.py "), cmd

@@ -33,7 +33,6 @@ def test_each_variant_removes_its_ingredient_and_nothing_else():
     expected = {  # variant -> (config key, value in the full mix, value once removed)
         "no_looks": ("look.quantise.probability", 0.7, 0.0),
         "fixed_snr": ("noise.snr", [0.005, 0.5], 0.1),
-        "raw_contrast": ("contrast.low_frequency_gain", [-0.2, 0.4], 1.0),
         "white_noise": ("noise.pink_fraction", [0.0, 0.5], 0.0),
         "no_crowding": ("particles.aggregation.probability", 0.3, 0.0),
         "fixed_size": ("pixel_size_scale", [0.77, 1.3], 1.0),
@@ -49,6 +48,19 @@ def test_each_variant_removes_its_ingredient_and_nothing_else():
     everything = _simulator(sim_ablation.variant_overrides(sim_ablation.ALL_REMOVED))
     assert everything.noise.snr == 0.1 and everything.look.quantise.probability == 0.0
     assert everything.particles.coverage is None and len(everything.volume.species) == 1
+    assert get(everything, "contrast") is None
+
+
+def test_calibrated_contrast_adds_back_what_the_mix_no_longer_has():
+    full = _simulator([])
+    assert get(full, "contrast") is None          # the shipped mix: the CTF's contrast only
+    calibrated = _simulator(sim_ablation.variant_overrides("calibrated_contrast"))
+    assert get(calibrated, "contrast") == {"low_frequency_gain": [-0.2, 0.4],
+                                           "low_frequency_cutoff_diameters": 0.5,
+                                           "flip_probability": 0.05}
+    rest = OmegaConf.to_container(calibrated)
+    rest.pop("contrast")
+    assert rest == OmegaConf.to_container(full)
 
 
 def _row(name: str, f1s: list[float]) -> dict:
@@ -79,9 +91,10 @@ def test_bad_arguments_stop_before_training(tmp_path, args):
 
 
 def test_repeated_variants_get_the_following_seeds_and_their_own_runs():
-    runs = sim_ablation.plan_runs(["full", "raw_contrast"], 7, ["full", "raw_contrast"], 2)
-    assert runs == [("full", "full", 7), ("raw_contrast", "raw_contrast", 7),
+    runs = sim_ablation.plan_runs(["full", "calibrated_contrast"], 7,
+                                  ["full", "calibrated_contrast"], 2)
+    assert runs == [("full", "full", 7), ("calibrated_contrast", "calibrated_contrast", 7),
                     ("full_seed8", "full", 8), ("full_seed9", "full", 9),
-                    ("raw_contrast_seed8", "raw_contrast", 8),
-                    ("raw_contrast_seed9", "raw_contrast", 9)]
+                    ("calibrated_contrast_seed8", "calibrated_contrast", 8),
+                    ("calibrated_contrast_seed9", "calibrated_contrast", 9)]
     assert sim_ablation.plan_runs(["no_looks"], 1, ["full"], 0) == [("no_looks", "no_looks", 1)]

@@ -15,7 +15,7 @@ from cryoparticle.simulate.volume import volume_diameter_a
 
 QUIET = ["contaminants.ice_blobs.probability=0", "contaminants.aggregates.probability=0",
          "contaminants.carbon_edge.probability=0", "noise.ice_gradient=0",
-         "look=null", "contrast.flip_probability=0"]
+         "look=null", "++contrast.flip_probability=0"]
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +53,19 @@ def test_measured_snr_matches_the_drawn_snr():
     # drawn in the upper decade, where one 512² micrograph measures the SNR to a few %
     noisy = MicrographSimulator(simulator_config("general", QUIET + ["noise.snr=[0.05,0.5]"]))
     clean = MicrographSimulator(simulator_config("general", QUIET + ["noise.snr=[1e9,1e9]"]))
-    for seed in range(2):
+    ratios = []
+    for seed in range(4):
         a, b = noisy.simulate((9, seed), 512), clean.simulate((9, seed), 512)
         assert np.array_equal(a.mask, b.mask)
         x, s = a.image.astype(np.float64), b.image.astype(np.float64)
         alpha = (x * s).mean() / (s * s).mean()
         measured = alpha**2 * s.var() / (x - alpha * s).var()
         assert 0.05 <= a.metadata["snr"] <= 0.5
-        # the regression's own sampling error is ≈ 2 / (512 · √snr) relative
-        assert measured == pytest.approx(a.metadata["snr"], rel=0.05)
+        ratios.append(measured / a.metadata["snr"])
+    # one micrograph's estimate scatters by several % (1/f noise and large smooth particles
+    # have few independent low-frequency samples); a wrong SNR definition is a bias
+    assert all(0.88 <= r <= 1.12 for r in ratios), ratios
+    assert np.mean(ratios) == pytest.approx(1.0, abs=0.04), ratios
 
 
 def test_snr_is_log_uniform_over_the_range(general):
@@ -163,7 +167,7 @@ def test_disc_labels_have_the_area_of_the_particle_disc():
 
 def test_contrast_flip_inverts_the_micrograph():
     flip = MicrographSimulator(simulator_config("general", QUIET[:-1] + [
-        "contrast.flip_probability=1"]))
+        "++contrast.flip_probability=1"]))
     keep = MicrographSimulator(simulator_config("general", QUIET))
     a, b = flip.simulate((4, 4), 128), keep.simulate((4, 4), 128)
     assert a.metadata["contrast_flipped"] and not b.metadata["contrast_flipped"]
@@ -173,7 +177,8 @@ def test_contrast_flip_inverts_the_micrograph():
 def test_low_frequency_gain_sets_the_mean_particle_contrast():
     def disc_contrast(gain: float) -> float:
         sim = MicrographSimulator(simulator_config("general", QUIET + [
-            f"contrast.low_frequency_gain={gain}", "noise.snr=1.0"]))
+            f"++contrast.low_frequency_gain={gain}",
+            "++contrast.low_frequency_cutoff_diameters=0.5", "noise.snr=1.0"]))
         values = []
         for i in range(4):
             mic = sim.simulate((6, i), 256)

@@ -1,0 +1,191 @@
+"""Picking a dataset never seen in training: the general recipe, leave one dataset out.
+
+    python benchmarks/leave_one_out.py [--data-dir DIR] [--held-out EMPIAR-10017 ...]
+        [--variants full calibrated_contrast] [--epochs 8] [--seed 12345]
+        [--topaz PATH_TO_topaz] [--work-dir benchmarks/work/leave_one_out]
+        [--out leave_one_out] [--results-dir benchmarks/results] [-- OVERRIDE ...]
+
+The shipped general model has seen micrographs of all three shared real sets, so its scores on
+their test micrographs say little about a protein and a look it has never met, which is what a
+user brings. For each held-out dataset this trains the general recipe (``experiment=general``:
+simulation + the real micrographs of the *other* datasets; their validation micrographs and the
+simulated ones choose the checkpoint, and the threshold is the one best on the other datasets'
+real validation micrographs, as for the shipped model) and scores it on *every* micrograph of
+the held-out dataset exactly as ``benchmarks/real_transfer.py`` does (Hungarian matching within
+half a diameter, striped borders excluded, the exported model run through ``predict.py``): F1
+at the stored threshold, best F1, AP. ``--topaz`` adds Topaz's shipped general model on the
+same micrographs in the same run. ``--variants`` trains each held-out split once per simulation
+variant of ``benchmarks/sim_ablation.py`` (e.g. ``full`` against ``calibrated_contrast``).
+
+Runs are cached in ``--work-dir`` (a finished training has ``DONE``, a scored run its JSON): a
+rerun resumes. Writes ``<results-dir>/<out>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (DATA_DIR_HELP, DATASETS, DEFAULT_DATA_DIR, ROOT,  # noqa: E402
+                     load_average, require_datasets, train_run,
+                     write_results)
+from sim_ablation import CHOICES, variant_overrides  # noqa: E402
+
+from cryoparticle.io.atomic import write_text_atomic  # noqa: E402
+
+TOPAZ = "Topaz resnet16_u64 (shipped)"
+
+
+def _quote(value: Any) -> str:
+    """A scalar as a Hydra override value (strings single-quoted)."""
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(value)
+
+
+def held_out_overrides(held_out: str, data_dir: Path) -> list[str]:
+    """``train.py`` overrides of the general recipe without dataset ``held_out`` (a key of
+    ``DATASETS``): its entry removed from ``data.sources.real.datasets`` and its micrographs
+    from the explicit validation and test lists; the others' roots under ``data_dir``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    folder = DATASETS[held_out][0]
+    with initialize_config_dir(str(ROOT / "cryoparticle" / "conf"), version_base=None):
+        cfg = compose("train", overrides=["experiment=general"])
+    real = cfg.data.sources.real
+    entries = []
+    for entry in OmegaConf.to_container(real.datasets, resolve=False):
+        name = Path(str(entry["root"])).name
+        if name == folder:
+            continue
+        entry["root"] = str(Path(data_dir).resolve() / name)
+        entries.append("{" + ", ".join(f"{k}: {_quote(v)}" for k, v in entry.items()) + "}")
+    if len(entries) == len(real.datasets):
+        raise SystemExit(f"{held_out}: not a dataset of data=general ({folder}/ not listed)")
+    overrides = ["data.sources.real.datasets=[" + ", ".join(entries) + "]"]
+    for split in ("val", "test"):
+        names = [n for n in OmegaConf.to_container(real.split[split])
+                 if not str(n).startswith(folder + "/")]
+        overrides.append(f"data.sources.real.split.{split}=[" + ", ".join(map(_quote, names))
+                         + "]")
+    return overrides
+
+
+def export(ckpt: Path, target: Path, threshold: float | None = None) -> Path:
+    """The best checkpoint as ``predict.py`` gets the shipped model: diameter estimated per
+    micrograph from the cores; ``threshold`` stored (None: the training validation's)."""
+    from cryoparticle.models.packaged import export_checkpoint
+
+    if not target.is_file():
+        export_checkpoint(ckpt, target, threshold=threshold,
+                          extra={"estimate_diameter": True, "core_fraction": 0.5,
+                                 "source": ckpt.name})
+    return target
+
+
+def calibrate(label: str, held_out: str, ckpt: Path, args: argparse.Namespace) -> float:
+    """The threshold with the best F1 pooled over the validation micrographs of the *other*
+    real datasets, as the shipped model's is chosen (cached as JSON)."""
+    import real_transfer
+
+    cache = args.work_dir / "scores" / f"{label}_val.json"
+    if cache.is_file():
+        record = json.loads(cache.read_text())
+    else:
+        others = [d for d in DATASETS if d != held_out]
+        record = real_transfer.main(
+            ["--data-dir", str(args.data_dir), "--ckpt", f"{label}={ckpt}", "--micrographs",
+             "val", "--datasets", *others, "--work", str(args.work_dir / "transfer_val"),
+             "--out", f"{label}_val", "--results-dir", str(args.work_dir / "scores")])
+    return float(record["pooled_best_threshold"][f"ours: {label}"]["threshold"])
+
+
+def score(label: str, held_out: str, ckpt: Path, topaz: Path | None,
+          args: argparse.Namespace) -> dict[str, Any]:
+    """Scores on every micrograph of ``held_out`` (cached as JSON)."""
+    import real_transfer
+
+    cache = args.work_dir / "scores" / f"{label}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())["results"][held_out]
+    argv = ["--data-dir", str(args.data_dir), "--ckpt", f"{label}={ckpt}", "--micrographs",
+            "all", "--datasets", held_out, "--work", str(args.work_dir / "transfer"),
+            "--out", label, "--results-dir", str(args.work_dir / "scores")]
+    if topaz is not None:
+        argv += ["--topaz", str(topaz)]
+    return real_transfer.main(argv)["results"][held_out]
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| held out | picker | threshold | P | R | F1 | best F1 (at) | AP |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['held_out']} | {r['picker']} | {r['threshold']:.2f} | "
+                     f"{r['precision']:.3f} | {r['recall']:.3f} | **{r['f1']:.3f}** | "
+                     f"{r['best_f1']:.3f} ({r['best_threshold']:.2f}) | {r['ap']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
+    parser.add_argument("--held-out", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--variants", nargs="+", default=["full"], choices=CHOICES,
+                        help="simulation variants of benchmarks/sim_ablation.py (default: full)")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--topaz", type=Path, default=None,
+                        help="the topaz executable (pip install topaz-em); omitted: not run")
+    parser.add_argument("--work-dir", type=Path,
+                        default=ROOT / "benchmarks" / "work" / "leave_one_out")
+    parser.add_argument("--out", default="leave_one_out")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
+    args = parser.parse_args(argv)
+    require_datasets(args.data_dir)
+    args.work_dir = args.work_dir.resolve()
+    os.environ["CRYOPARTICLE_DATA"] = str(args.data_dir.resolve())
+    plan = {d: held_out_overrides(d, args.data_dir) for d in args.held_out}  # checked first
+    load_before = load_average()
+    rows = []
+    for held_out, data_overrides in plan.items():
+        for i, variant in enumerate(args.variants):
+            label = f"{DATASETS[held_out][0]}_{variant}"
+            overrides = ["experiment=general", f"trainer.max_epochs={args.epochs}",
+                         f"seed={args.seed}", *data_overrides, *variant_overrides(variant),
+                         *args.overrides]
+            best, train_s = train_run(args.work_dir / "runs" / label, overrides)
+            run = args.work_dir / "runs" / label
+            threshold = calibrate(label, held_out, export(best, run / "exported_val.ckpt"), args)
+            ckpt = export(best, run / "exported.ckpt", threshold)
+            results = score(label, held_out, ckpt, args.topaz if i == 0 else None, args)
+            keep = ("threshold", "precision", "recall", "f1", "best_f1", "best_threshold", "ap")
+            for picker, r in results.items():
+                name = variant if picker.startswith("ours") else picker
+                rows.append({"held_out": held_out, "picker": name, "train_minutes":
+                             train_s / 60 if picker.startswith("ours") else None,
+                             **{k: r[k] for k in keep}})
+                print(f"{held_out} {name}: F1 {r['f1']:.3f}, best {r['best_f1']:.3f}, "
+                      f"AP {r['ap']:.3f}", flush=True)
+    report = {"recipe": {"experiment": "general", "epochs": args.epochs, "seed": args.seed,
+                         "variants": {v: variant_overrides(v) for v in args.variants},
+                         "extra_overrides": args.overrides,
+                         "scoring": "benchmarks/real_transfer.py --micrographs all"},
+              "machine": {"load_average_before": load_before}, "rows": rows}
+    text = markdown(rows)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    write_results(args.results_dir / f"{args.out}.json", report,
+                  {"DATA_DIR": args.data_dir, "WORK_DIR": args.work_dir})
+    write_text_atomic(args.results_dir / f"{args.out}.md", text)
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""benchmarks/leave_one_out.py: the held-out dataset is gone from the composed training config
+(and only it), and bad arguments stop before anything trains."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import leave_one_out  # noqa: E402
+from _common import DATASETS  # noqa: E402
+
+
+def _real(overrides: list[str]):
+    with initialize_config_dir(str(ROOT / "cryoparticle" / "conf"), version_base=None):
+        return compose("train", overrides=["experiment=general", *overrides]).data.sources.real
+
+
+@pytest.mark.parametrize("held_out", list(DATASETS))
+def test_held_out_dataset_leaves_training_validation_and_test(tmp_path, held_out):
+    full = _real([])
+    real = _real(leave_one_out.held_out_overrides(held_out, tmp_path))
+    folder = DATASETS[held_out][0]
+    roots = [Path(str(d.root)) for d in real.datasets]
+    assert [r.name for r in roots] == [Path(str(d.root)).name for d in full.datasets
+                                       if Path(str(d.root)).name != folder]
+    assert all(r.parent == tmp_path.resolve() for r in roots)
+    for split in ("val", "test"):
+        assert list(real.split[split]) == [n for n in full.split[split]
+                                           if not n.startswith(folder + "/")]
+        assert len(real.split[split]) == len(full.split[split]) - 1
+    # the other datasets keep their own settings (pixel-size convention of the PNGs)
+    kept = {Path(str(d.root)).name: d for d in full.datasets}
+    for entry in real.datasets:
+        ref = kept[Path(str(entry.root)).name]
+        assert {k: v for k, v in entry.items() if k != "root"} == \
+            {k: v for k, v in ref.items() if k != "root"}
+
+
+def test_table_has_one_row_per_picker_and_held_out_set():
+    rows = [{"held_out": "EMPIAR-10059", "picker": p, "threshold": 0.25, "precision": 0.5,
+             "recall": 0.6, "f1": 0.545, "best_f1": 0.6, "best_threshold": 0.2, "ap": 0.4}
+            for p in ("full", leave_one_out.TOPAZ)]
+    lines = leave_one_out.markdown(rows).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| EMPIAR-10059 | full | 0.25 |")
+    assert "**0.545**" in lines[3] and "0.600 (0.20)" in lines[3]
+
+
+@pytest.mark.parametrize("args", [["--held-out", "EMPIAR-0"], ["--variants", "nonsense"], []])
+def test_bad_arguments_stop_before_training(tmp_path, args):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "leave_one_out.py"),
+                             "--data-dir", str(tmp_path / "missing"),
+                             "--work-dir", str(tmp_path / "work"), *args],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert ("invalid choice" in result.stderr) if args else ("give --data-dir" in result.stderr)
+    assert not (tmp_path / "work").exists()
