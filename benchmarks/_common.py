@@ -144,6 +144,19 @@ def write_results(path: Path, record: Any, folders: dict[str, Path | str | None]
     write_json(path, portable(record, folders))
 
 
+def write_report(results_dir: Path, out: str, record: Any, text: str,
+                 folders: dict[str, Path | str | None] | None = None) -> None:
+    """``results_dir/out.json`` (:func:`write_results`) and ``results_dir/out.md`` (``text``),
+    both written atomically."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from cryoparticle.io.atomic import write_text_atomic
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_results(results_dir / f"{out}.json", record, folders)
+    write_text_atomic(results_dir / f"{out}.md", text)
+
+
 def train_run(run_dir: Path, overrides: list[str], log: Path | None = None
               ) -> tuple[Path, float]:
     """Run ``train.py`` into ``run_dir`` (its output to ``log``, default ``run_dir/train.log``)
@@ -169,4 +182,5 @@ def train_run(run_dir: Path, overrides: list[str], log: Path | None = None
 
 __all__ = ["DATASETS", "DATA_DIR_HELP", "DEFAULT_DATA_DIR", "ROOT", "general_split", "inside",
            "load_average",
-           "mask_truth", "portable", "require_datasets", "train_run", "write_results"]
+           "mask_truth", "portable", "require_datasets", "train_run", "write_report",
+           "write_results"]

@@ -24,7 +24,6 @@ rerun resumes. Writes ``<results-dir>/<out>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -33,10 +32,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (DATA_DIR_HELP, DATASETS, DEFAULT_DATA_DIR, ROOT,  # noqa: E402
                      load_average, require_datasets, train_run,
-                     write_results)
+                     write_report)
 from sim_ablation import CHOICES, variant_overrides  # noqa: E402
 
-from cryoparticle.io.atomic import write_text_atomic  # noqa: E402
 
 TOPAZ = "Topaz resnet16_u64 (shipped)"
 
@@ -78,14 +76,15 @@ def held_out_overrides(held_out: str, data_dir: Path) -> list[str]:
 
 
 def export(ckpt: Path, target: Path, threshold: float | None = None) -> Path:
-    """The best checkpoint as ``predict.py`` gets the shipped model: diameter estimated per
-    micrograph from the cores; ``threshold`` stored (None: the training validation's)."""
-    from cryoparticle.models.packaged import export_checkpoint
+    """The best checkpoint exported as the shipped model is (``python -m
+    cryoparticle.models.packaged export --estimate-diameter --core-fraction 0.5``);
+    ``threshold`` stored (None: the training validation's)."""
+    from cryoparticle.models import packaged
 
     if not target.is_file():
-        export_checkpoint(ckpt, target, threshold=threshold,
-                          extra={"estimate_diameter": True, "core_fraction": 0.5,
-                                 "source": ckpt.name})
+        packaged.main(["export", str(ckpt), str(target), "--estimate-diameter",
+                       "--core-fraction", "0.5",
+                       *([] if threshold is None else ["--threshold", str(threshold)])])
     return target
 
 
@@ -94,15 +93,11 @@ def calibrate(label: str, held_out: str, ckpt: Path, args: argparse.Namespace) -
     real datasets, as the shipped model's is chosen (cached as JSON)."""
     import real_transfer
 
-    cache = args.work_dir / "scores" / f"{label}_val.json"
-    if cache.is_file():
-        record = json.loads(cache.read_text())
-    else:
-        others = [d for d in DATASETS if d != held_out]
-        record = real_transfer.main(
-            ["--data-dir", str(args.data_dir), "--ckpt", f"{label}={ckpt}", "--micrographs",
-             "val", "--datasets", *others, "--work", str(args.work_dir / "transfer_val"),
-             "--out", f"{label}_val", "--results-dir", str(args.work_dir / "scores")])
+    others = [d for d in DATASETS if d != held_out]
+    record = real_transfer.cached_main(
+        args.work_dir / "scores", f"{label}_val",
+        ["--data-dir", str(args.data_dir), "--ckpt", f"{label}={ckpt}", "--micrographs", "val",
+         "--datasets", *others, "--work", str(args.work_dir / "transfer_val")])
     return float(record["pooled_best_threshold"][f"ours: {label}"]["threshold"])
 
 
@@ -111,15 +106,11 @@ def score(label: str, held_out: str, ckpt: Path, topaz: Path | None,
     """Scores on every micrograph of ``held_out`` (cached as JSON)."""
     import real_transfer
 
-    cache = args.work_dir / "scores" / f"{label}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())["results"][held_out]
     argv = ["--data-dir", str(args.data_dir), "--ckpt", f"{label}={ckpt}", "--micrographs",
-            "all", "--datasets", held_out, "--work", str(args.work_dir / "transfer"),
-            "--out", label, "--results-dir", str(args.work_dir / "scores")]
+            "all", "--datasets", held_out, "--work", str(args.work_dir / "transfer")]
     if topaz is not None:
         argv += ["--topaz", str(topaz)]
-    return real_transfer.main(argv)["results"][held_out]
+    return real_transfer.cached_main(args.work_dir / "scores", label, argv)["results"][held_out]
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -179,10 +170,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "scoring": "benchmarks/real_transfer.py --micrographs all"},
               "machine": {"load_average_before": load_before}, "rows": rows}
     text = markdown(rows)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    write_results(args.results_dir / f"{args.out}.json", report,
-                  {"DATA_DIR": args.data_dir, "WORK_DIR": args.work_dir})
-    write_text_atomic(args.results_dir / f"{args.out}.md", text)
+    write_report(args.results_dir, args.out, report, text,
+                 {"DATA_DIR": args.data_dir, "WORK_DIR": args.work_dir})
     print(text)
     return report
 

@@ -24,7 +24,6 @@ a rerun resumes. Writes ``<results-dir>/<out>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (DATA_DIR_HELP, DEFAULT_DATA_DIR, ROOT,  # noqa: E402
                      load_average, require_datasets, train_run,
-                     write_results)
+                     write_report)
 
-from cryoparticle.io.atomic import write_text_atomic  # noqa: E402
 
 SIM = "data.sources.sim.simulator"
 BASE = ["experiment=general", "data.weights.real=0", "data.eval_sources=[sim]",
@@ -77,13 +75,14 @@ ADDED: dict[str, tuple[str, list[str]]] = {
 }
 ALL_REMOVED = "all_removed"
 CHOICES = [*VARIANTS, *ADDED, ALL_REMOVED]
+_SINGLE = {**VARIANTS, **ADDED}
 
 
 def variant_overrides(name: str) -> list[str]:
     """The overrides of a variant; ``all_removed`` = every ingredient removed at once."""
     if name == ALL_REMOVED:
         return [o for v in VARIANTS.values() for o in v[1]]
-    return {**VARIANTS, **ADDED}[name][1]
+    return _SINGLE[name][1]
 
 
 def plan_runs(variants: list[str], seed: int, repeat: list[str], repeat_seeds: int
@@ -100,14 +99,10 @@ def score_variant(label: str, ckpt: Path, args: argparse.Namespace) -> dict[str,
     """Zero-shot scores of one checkpoint on every real micrograph (cached as JSON)."""
     import real_transfer
 
-    cache = args.work_dir / "scores" / f"{label}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())["results"]
-    record = real_transfer.main(["--data-dir", str(args.data_dir), "--ckpt", f"{label}={ckpt}",
-                                 "--micrographs", "all", "--work",
-                                 str(args.work_dir / "transfer"), "--out", label,
-                                 "--results-dir", str(args.work_dir / "scores")])
-    return record["results"]
+    return real_transfer.cached_main(
+        args.work_dir / "scores", label,
+        ["--data-dir", str(args.data_dir), "--ckpt", f"{label}={ckpt}", "--micrographs", "all",
+         "--work", str(args.work_dir / "transfer")])["results"]
 
 
 def row(label: str, removed: str, results: dict[str, Any], train_s: float) -> dict[str, Any]:
@@ -164,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      *variant_overrides(variant), *args.overrides]
         ckpt, train_s = train_run(args.work_dir / "runs" / label, overrides)
         removed = ("every ingredient below" if variant == ALL_REMOVED
-                   else {**VARIANTS, **ADDED}[variant][0])
+                   else _SINGLE[variant][0])
         removed += "" if seed == args.seed else f", seed {seed}"
         rows.append(row(label, removed, score_variant(label, ckpt, args), train_s))
         print(f"{label}: mean F1 {rows[-1]['mean_f1']:.3f}, "
@@ -178,10 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "seed_spread_mean_best_f1": floor,
               "machine": {"load_average_before": load_before}, "rows": rows}
     text = markdown(rows, floor)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    write_results(args.results_dir / f"{args.out}.json", report,
-                  {"DATA_DIR": args.data_dir, "WORK_DIR": args.work_dir})
-    write_text_atomic(args.results_dir / f"{args.out}.md", text)
+    write_report(args.results_dir, args.out, report, text,
+                 {"DATA_DIR": args.data_dir, "WORK_DIR": args.work_dir})
     print(text)
     return report
 
