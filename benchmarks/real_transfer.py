@@ -21,6 +21,9 @@ it, with the threshold stored in the checkpoint; Topaz: score 0, i.e. p ≥ 0.5)
 best F1 over thresholds with that threshold (ours: extraction re-run on the probability maps
 predict wrote, thresholds 0.05–0.95; Topaz: over its scores), and the average precision of the
 picks ranked by score (ours: the picks at the stored threshold; Topaz: every candidate).
+``predict.py`` drops picks whose box (1.5 diameters) would stick out of the micrograph, and
+CryoPPP's expert picks leave those particles out too; Topaz keeps them, so its picks are also
+scored with the same edge rule (row "boxes inside"), like for like.
 ``--micrographs test`` uses only the test micrographs of ``data=general`` (never trained on),
 ``val`` its validation micrographs (and prints the threshold best pooled over the datasets);
 ``all`` uses every micrograph (for checkpoints that saw no real pixels). Writes
@@ -92,6 +95,9 @@ def scores(picks: pd.DataFrame, truth: pd.DataFrame, radius: float, threshold: f
             "n_truth": len(truth)}
 
 
+TOPAZ_BOXES_INSIDE = "Topaz resnet16_u64 (shipped), boxes inside"
+"""Topaz's picks kept only where a box of 1.5 diameters fits in the micrograph, as ours are."""
+
 THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 """Thresholds of the sweep of our pickers (extraction re-run on the saved probability maps)."""
 
@@ -101,7 +107,8 @@ def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | 
     """``predict.py`` as a user runs it (the stored threshold, diameter estimate, borders):
     its picks, the threshold, seconds per micrograph; and the picks at every threshold of
     :data:`THRESHOLDS`, extracted from the probability maps predict wrote with the same
-    diameter and extraction options (coordinates scaled to the original micrograph)."""
+    diameter, extraction options and edge margin (coordinates scaled to the original
+    micrograph)."""
     import json
 
     from cryoparticle.io.coords import scale_coordinates
@@ -132,9 +139,10 @@ def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | 
         prob, _ = read_mrc(out / f"{path.stem}_prob.mrc", mmap=False)
         binned_px = float(info["pixel_size_a"]) * float(info["bin_factor"])
         diameter = float(info["particle_diameter_a"]) / binned_px
+        margin = float(info.get("edge_margin_px") or 0.0) / float(info["bin_factor"])
         for t in THRESHOLDS:
             found = extract_particles(prob, diameter, threshold=float(t), micrograph=path.stem,
-                                      **options)
+                                      border_px=margin, **options)
             sweep[t].append(scale_coordinates(found, float(info["bin_factor"])))
     tables = {t: pd.concat(v, ignore_index=True) for t, v in sweep.items()}
     return picks, float(facts["picking_threshold"]), wall / len(data["paths"]), tables
@@ -143,11 +151,23 @@ def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | 
 def run_topaz(topaz: Path, data: dict[str, Any], out: Path) -> tuple[pd.DataFrame, float]:
     """Topaz 0.3's shipped general picker (resnet16_u64) on the micrographs binned to about
     7.08 Å/px (integer factor), radius half the particle diameter there; all picks with scores
-    (threshold −6) for the curve."""
+    (threshold −6) for the curve. Cached in ``out``: a rerun on the same micrographs (names and
+    sizes) with the same Topaz reads the picks and the time back (delete ``out`` to remeasure)."""
+    import json
+
+    from cryoparticle.io.coords import read_topaz
+
+    factor = bin_factor(data["pixel_size_a"])
+    stamp = {"topaz": str(topaz), "factor": factor, "diameter_px": data["diameter_px"],
+             "inputs": [[p.name, p.stat().st_size] for p in data["paths"]]}
+    done = out / "done.json"
+    if done.is_file():
+        cached = json.loads(done.read_text())
+        if cached.get("stamp") == stamp:
+            return read_topaz(out / "picks.txt", data["diameter_px"]), cached["s_per_micrograph"]
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    factor = bin_factor(data["pixel_size_a"])
     start = time.perf_counter()
     try:
         images = preprocess(topaz, data["paths"], factor, out / "pre")
@@ -156,7 +176,26 @@ def run_topaz(topaz: Path, data: dict[str, Any], out: Path) -> tuple[pd.DataFram
                         out / "picks.txt", data["diameter_px"])
     except RuntimeError as exc:
         sys.exit(str(exc))
-    return picks, (time.perf_counter() - start) / len(data["paths"])
+    speed = (time.perf_counter() - start) / len(data["paths"])
+    done.write_text(json.dumps({"stamp": stamp, "s_per_micrograph": speed}) + "\n")
+    return picks, speed
+
+
+def boxes_inside(picks: pd.DataFrame, borders: dict[str, Any], diameter_px: float
+                 ) -> pd.DataFrame:
+    """The picks whose box (:data:`~cryoparticle.picking.settings.BOX_PER_DIAMETER` diameters)
+    lies inside their micrograph (shape from ``borders``): ``predict.py``'s default edge rule,
+    applied to another picker's picks for a like-for-like row."""
+    from cryoparticle.picking.settings import BOX_PER_DIAMETER
+
+    margin = BOX_PER_DIAMETER * diameter_px / 2
+    keep = np.zeros(len(picks), bool)
+    for name, rows in picks.groupby("micrograph").indices.items():
+        height, width = np.shape(borders[name])
+        x, y = picks["x"].to_numpy()[rows], picks["y"].to_numpy()[rows]
+        keep[rows] = ((x >= margin) & (x <= width - 1 - margin) & (y >= margin)
+                      & (y <= height - 1 - margin))
+    return picks[keep]
 
 
 def _in_radii(table: pd.DataFrame, radius: float, dataset: str) -> pd.DataFrame:
@@ -224,14 +263,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = {f"ours: {label}": ("ours", ckpt) for label, ckpt in ckpts.items()}
         if args.topaz is not None:
             runs["Topaz resnet16_u64 (shipped)"] = ("topaz", str(args.topaz))
+            runs[TOPAZ_BOXES_INSIDE] = ("topaz-boxes-inside", str(args.topaz))
+        topaz_picks = None
         for picker, (kind, where) in runs.items():
             out = args.work / "picks" / name / picker.replace(" ", "_").replace(":", "")
             sweep = None
             if kind == "ours":
                 picks, threshold, speed, sweep = run_ours(where, data, out, args.predict)
                 sweep = {t: inside(p, data["borders"]) for t, p in sweep.items()}
-            else:
+            elif kind == "topaz":
                 (picks, speed), threshold = run_topaz(Path(where), data, out), 0.0
+                topaz_picks = (picks, speed)
+            else:  # the same Topaz picks with predict.py's edge rule
+                picks, speed = boxes_inside(topaz_picks[0], data["borders"],
+                                            data["diameter_px"]), topaz_picks[1]
+                threshold = 0.0
             picks = inside(picks, data["borders"])
             result = scores(picks, truth, radius, threshold, sweep)
             # in units of each dataset's radius, for the threshold pooled over datasets

@@ -17,6 +17,11 @@ from typing import Any
 from cryoparticle.data.preprocess import Normalisation
 from cryoparticle.errors import InputError, check_positive, file_error, param_error
 
+#: The default box side (``box_size: null``) in particle diameters. It also sets the default edge
+#: margin (``extraction.border_px: null``): half of it, so every pick's box lies inside the
+#: micrograph.
+BOX_PER_DIAMETER = 1.5
+
 #: Coordinate formats and the file each writes (``NAME`` + suffix).
 FORMAT_SUFFIXES: dict[str, str] = {"star": ".star", "box": ".box", "csv": ".csv",
                                    "topaz": ".txt"}
@@ -49,13 +54,13 @@ def whole(name: str, value: Any, minimum: int, *, optional: bool = False) -> int
 @dataclass(frozen=True)
 class Extraction:
     """Options of :func:`~cryoparticle.picking.extract.extract_particles` (``border_px`` in
-    pixels of the original micrograph)."""
+    pixels of the original micrograph; None: half the box, :meth:`Settings.edge_margin_px`)."""
 
     min_size_fraction: float = 0.25
     max_size_fraction: float = 3.0
     min_distance_fraction: float = 0.5
     split_touching: bool = True
-    border_px: float = 0.0
+    border_px: float | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> Extraction:
@@ -68,6 +73,8 @@ class Extraction:
         for name in ("min_size_fraction", "max_size_fraction", "min_distance_fraction",
                      "border_px"):
             value = getattr(out, name)
+            if value is None and name == "border_px":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                     not math.isfinite(value) or value < 0:
                 raise param_error(f"extraction.{name}", value, "must be a number ≥ 0")
@@ -108,6 +115,22 @@ class Settings:
         times :attr:`particle_diameter_a`."""
         return (self.diameter_range[0] * self.particle_diameter_a,
                 self.diameter_range[1] * self.particle_diameter_a)
+
+    def box_px(self, diameter_px: float) -> int:
+        """The box side (pixels of the original micrograph) for particles of ``diameter_px``
+        (same pixels): ``box_size``, else :data:`BOX_PER_DIAMETER` diameters."""
+        if self.box_size is not None:
+            return self.box_size
+        return max(1, round(BOX_PER_DIAMETER * diameter_px))
+
+    def edge_margin_px(self, diameter_px: float) -> float:
+        """Picks whose centre is closer than this to the micrograph's edge (original pixels)
+        are dropped: ``extraction.border_px``, else half the box (:meth:`box_px`), so that
+        every pick can be extracted whole (RELION's extraction discards cut-off boxes, and
+        expert picks such as CryoPPP's leave such particles out)."""
+        if self.extraction.border_px is not None:
+            return float(self.extraction.border_px)
+        return self.box_px(diameter_px) / 2
 
     def outputs(self, name: str) -> list[Path]:
         """Every file written for micrograph ``name``; the STAR file (the done marker) last."""

@@ -109,6 +109,7 @@ class Result:
     tile_size: int | None = None
     particle_diameter_a: float | None = None   # the diameter picked with (Å)
     diameter_estimated: bool = False           # estimated from the probability map
+    edge_margin_px: float | None = None        # picks closer to the edge dropped (original px)
     read_s: float = 0.0
     segment_s: float = 0.0
     extract_s: float = 0.0
@@ -231,12 +232,14 @@ class PickWriter(BasePredictionWriter):
         diameter_a = picking_diameter_a(prob, s, binned_px)
         result.particle_diameter_a = diameter_a
         result.diameter_estimated = s.estimate_diameter
+        diameter_orig = diameter_a / pixel_size_a
+        result.edge_margin_px = s.edge_margin_px(diameter_orig)
         ex = s.extraction
         picks = extract_particles(prob, diameter_a / binned_px, threshold=s.threshold,
                                   min_size_fraction=ex.min_size_fraction,
                                   max_size_fraction=ex.max_size_fraction,
                                   min_distance_fraction=ex.min_distance_fraction,
-                                  border_px=ex.border_px / factor_y,
+                                  border_px=result.edge_margin_px / factor_y,
                                   split_touching=ex.split_touching, micrograph=record["path"])
         # Binned pixel i sits at original i × factor (fourier_bin's grid), per axis.
         picks_orig = scale_coordinates(picks, factor_y)
@@ -251,7 +254,6 @@ class PickWriter(BasePredictionWriter):
 
         start = time.perf_counter()
         out = s.output_dir
-        diameter_orig = diameter_a / pixel_size_a
         title = (f"{name}: {len(picks)} particles, threshold {s.threshold:g}, "
                  f"{binned_px:.3g} Å/px, diameter {diameter_a:.0f} Å"
                  + (" (estimated)" if s.estimate_diameter else ""))
@@ -263,8 +265,7 @@ class PickWriter(BasePredictionWriter):
             save_figure_png(out / f"{name}{OVERLAY_SUFFIX}",
                             picks_figure(record["image"][0].cpu().numpy(), picks, title))
         if "box" in s.formats:
-            box = s.box_size if s.box_size is not None else max(1, round(1.5 * diameter_orig))
-            write_box(out / f"{name}.box", picks_orig, box)
+            write_box(out / f"{name}.box", picks_orig, s.box_px(diameter_orig))
         if "csv" in s.formats:
             write_cryoppp_csv(out / f"{name}.csv", picks_orig)
         if "topaz" in s.formats:

@@ -245,9 +245,17 @@ def test_coordinates_in_every_format_are_original_pixels_x_column_y_row(full_run
     rows, cols, _ = MICROGRAPHS[name]
     formats = read_every_format(out, name)
     assert set(formats) == {"star", "box", "csv", "topaz"}
+    # by default no box sticks out of the micrograph: particles that close to an edge are not
+    # picked, the others are
+    margin = 1.5 * DIAMETER_PX / 2
+    size = np.array([cols, rows], float)
+    clear = ((truth >= margin + TOLERANCE_PX) & (truth <= size - 1 - margin - TOLERANCE_PX)
+             ).all(axis=1)
     for fmt, picks in formats.items():
-        precision, recall = match(picks, truth)
+        precision = match(picks, truth)[0]
+        recall = match(picks, truth[clear])[1]
         assert recall >= 0.8 and precision >= 0.8, (fmt, precision, recall, picks, truth)
+        assert ((picks >= margin - 0.5) & (picks <= size - 1 - margin + 0.5)).all(), fmt
         # x is a column (< width), y a row (< height): on a non-square micrograph a transposed
         # table would not match
         assert (picks[:, 0] < cols).all() and (picks[:, 1] < rows).all()
@@ -582,7 +590,7 @@ def test_micrograph_smaller_than_a_particle_is_one_line_and_the_others_are_picke
     write_mrc(folder / "tiny.mrc", np.random.default_rng(4).normal(size=(8, 8)), MIC_PX)
     out = tmp_path / "out"
     code = call_main(monkeypatch, f"ckpt_path={ckpt}", f"input={folder}", f"output_dir={out}",
-                     "progress_bar=false", "num_workers=0")
+                     "progress_bar=false", "num_workers=0", "extraction.border_px=0")
     assert code == 1
     lines = [line for line in capsys.readouterr().err.splitlines()
              if line.startswith("failed: ")]
@@ -735,7 +743,7 @@ def test_config_holds_every_parameter():
                        "tile_batch_size": None, "fit_tiles": True,
                        "num_workers": 2}.items():
         assert cfg[key] == value, key
-    assert cfg.extraction.min_distance_fraction is None and cfg.extraction.border_px == 0
+    assert cfg.extraction.min_distance_fraction is None and cfg.extraction.border_px is None
     assert {"accelerator", "devices", "strategy"} <= set(cfg.trainer)
     missing = compose("predict")
     from omegaconf import OmegaConf
@@ -1004,6 +1012,7 @@ def test_estimated_diameter_drives_extraction_and_what_is_written(tmp_path, esti
     prob = _discs((224, 400), centres, 40.0)
     factor = 2.0  # the micrograph at 3.54 Å/px: everything written in its pixels
     extra = ["estimate_diameter=true"] if estimate else []
+    extra.append("extraction.border_px=0")  # a touching pair sits at the edge
     settings = _settings(tmp_path / "est", *extra, estimate=True if estimate is None else None)
     assert settings.estimate_diameter
     csv_picks, record = _pick_map(settings, prob, factor)
@@ -1017,11 +1026,39 @@ def test_estimated_diameter_drives_extraction_and_what_is_written(tmp_path, esti
 
     # An explicit particle_diameter_a always wins: no estimate, the diameter written as given.
     given = _settings(tmp_path / "given", "estimate_diameter=true", "particle_diameter_a=150",
-                      estimate=True)
+                      "extraction.border_px=0", estimate=True)
     assert not given.estimate_diameter
     csv_given, record = _pick_map(given, prob, factor)
     assert record["particle_diameter_a"] == 150.0 and record["diameter_estimated"] is False
     assert (csv_given["Diameter"] == round(150 / 3.54)).all()
+
+
+@pytest.mark.parametrize("extra, margin", [([], 0.75 * 40), (["box_size=100"], 50.0),
+                                           (["extraction.border_px=12"], 12.0),
+                                           (["extraction.border_px=0"], 0.0)])
+def test_picks_whose_box_would_be_cut_off_are_dropped_by_default(tmp_path, extra, margin):
+    """Discs of 20 binned px (40 px of the micrograph, binned 2×) on a grid reaching the edges:
+    by default a pick is kept only if its box (1.5 diameters, or box_size) lies inside the
+    micrograph, i.e. its centre is at least half the box from every edge;
+    extraction.border_px sets that margin itself (0: every disc is picked)."""
+    factor, diameter = 2.0, 40.0
+    step = np.arange(6.0, 250.0, 24.0)  # binned centres from 6 px of the edge inwards
+    centres = np.array([(x, y) for y in step for x in step])
+    prob = _discs((256, 256), centres, diameter / factor)
+    settings = _settings(tmp_path / "out", f"particle_diameter_a={diameter * 7.08 / factor}",
+                         *extra)
+    csv_picks, record = _pick_map(settings, prob, factor)
+    assert record["edge_margin_px"] == pytest.approx(margin)
+    xy = csv_picks[["X-Coordinate", "Y-Coordinate"]].to_numpy(float)
+    original = centres * factor
+    size = 256 * factor
+    inside = ((original >= margin - 2) & (original <= size - 1 - margin + 2)).all(axis=1)
+    clear = ((original >= margin + 2) & (original <= size - 1 - margin - 2)).all(axis=1)
+    assert len(xy) >= clear.sum() and len(xy) <= inside.sum()
+    edge = np.minimum(xy, size - 1 - xy).min(axis=1)
+    assert (edge >= margin - 1e-6).all()
+    if margin == 0:
+        assert len(xy) == len(centres)
 
 
 def test_too_little_foreground_falls_back_to_the_checkpoint_diameter(tmp_path):
@@ -1042,7 +1079,7 @@ def test_padding_of_replicated_rows_and_columns_gets_no_pick(sims, tmp_path):
     image, px = read_micrograph(sims[0] / "wide.mrc")
     padded = np.pad(image, ((30, 0), (0, 24)), mode="edge")
     write_mrc(tmp_path / "padded.mrc", padded, px)
-    settings = _settings(tmp_path / "out", "border_margin_px=10")
+    settings = _settings(tmp_path / "out", "border_margin_px=10", "extraction.border_px=0")
     record = MicrographFiles([tmp_path / "padded.mrc"], ["padded"], settings)[0]
     assert record["error"] is None
     assert record["border"] == (40, 0, 0, 34)  # top, bottom, left, right (+ the 10 px margin)
@@ -1054,7 +1091,8 @@ def test_padding_of_replicated_rows_and_columns_gets_no_pick(sims, tmp_path):
     kept, _ = _pick_map(settings, prob, 2.0, border=record["border"])
     xy = kept[["X-Coordinate", "Y-Coordinate"]].to_numpy(float)
     assert len(xy) and (xy[:, 1] >= 40 - 0.5).all() and (xy[:, 0] < width - 34 + 0.5).all()
-    everything, _ = _pick_map(_settings(tmp_path / "all", "drop_border=false"), prob, 2.0,
+    everything, _ = _pick_map(_settings(tmp_path / "all", "drop_border=false",
+                                        "extraction.border_px=0"), prob, 2.0,
                               border=record["border"])
     inner = ((everything["Y-Coordinate"] >= 40) & (everything["X-Coordinate"] < width - 34))
     assert (~inner).sum() > 0 and inner.sum() == len(xy)
@@ -1074,7 +1112,8 @@ def test_coarser_micrograph_is_fourier_padded_and_picked_in_its_own_pixels(ckpt,
     write_mrc(tmp_path / "coarse.mrc", coarse, px * 3)
     truth = sims[1]["wide"].to_numpy(float) * np.array([128 / 384, 85 / 256])
     out = tmp_path / "out"
-    summary = run(config(ckpt, tmp_path / "coarse.mrc", out))
+    summary = run(config(ckpt, tmp_path / "coarse.mrc", out,
+                         "extraction.border_px=0"))  # 85 px: most particles near an edge
     assert summary.exit_code == 0, summary.failures
     record = summary.micrographs[0]
     assert record["original_shape"] == (85, 128)

@@ -1,0 +1,72 @@
+"""benchmarks/real_transfer.py without real data: the edge rule applied to another picker's
+picks, and the cache that lets a rerun skip Topaz (a stand-in ``topaz`` script records its
+calls; the real Topaz is an optional peer, never a test dependency)."""
+
+from __future__ import annotations
+
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import real_transfer  # noqa: E402
+
+from cryoparticle.picking.settings import BOX_PER_DIAMETER  # noqa: E402
+
+
+def test_boxes_inside_keeps_the_picks_whose_box_fits_in_their_micrograph():
+    diameter = 20.0  # box 30 px: centres at least 15 px from every edge
+    assert BOX_PER_DIAMETER * diameter / 2 == 15.0
+    borders = {"a": np.zeros((100, 200), bool), "b": np.zeros((60, 60), bool)}
+    rows = [("a", 15.0, 15.0), ("a", 14.9, 50.0), ("a", 184.0, 84.0), ("a", 184.1, 50.0),
+            ("a", 100.0, 84.1), ("b", 30.0, 30.0), ("b", 30.0, 44.0), ("b", 45.0, 30.0)]
+    picks = pd.DataFrame(rows, columns=["micrograph", "x", "y"]).assign(diameter=diameter,
+                                                                          score=1.0)
+    kept = real_transfer.boxes_inside(picks, borders, diameter)
+    assert list(kept.index) == [0, 2, 5, 6]
+
+
+def _fake_topaz(path: Path, calls: Path) -> Path:
+    """A ``topaz`` that copies inputs on ``preprocess`` and writes one pick per micrograph on
+    ``extract``, appending its sub-command to ``calls``."""
+    path.write_text(f"""#!{sys.executable}
+import shutil, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open({str(calls)!r}, "a") as f:
+    f.write(args[0] + "\\n")
+out = Path(args[args.index("-o") + 1])
+files = [a for a in args if a.endswith(".mrc")]
+if args[0] == "preprocess":
+    for name in files:
+        shutil.copy(name, out / Path(name).name)
+else:
+    lines = ["image_name\\tx_coord\\ty_coord\\tscore"]
+    lines += [f"{{Path(n).stem}}\\t40\\t50\\t1.5" for n in files]
+    out.write_text("\\n".join(lines) + "\\n")
+""")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+def test_topaz_picks_are_cached_until_the_inputs_change(tmp_path):
+    calls = tmp_path / "calls.txt"
+    topaz = _fake_topaz(tmp_path / "topaz", calls)
+    paths = [tmp_path / "m1.mrc", tmp_path / "m2.mrc"]
+    for path in paths:
+        path.write_bytes(b"0" * 64)
+    data = {"paths": paths, "pixel_size_a": 1.77, "diameter_px": 108.0}
+    out = tmp_path / "out"
+    picks, speed = real_transfer.run_topaz(topaz, data, out)
+    assert calls.read_text().split() == ["preprocess", "extract"]
+    assert sorted(picks["micrograph"]) == ["m1", "m2"] and (picks["x"] == 40).all()
+    again, speed_again = real_transfer.run_topaz(topaz, data, out)
+    assert calls.read_text().split() == ["preprocess", "extract"]  # nothing rerun
+    pd.testing.assert_frame_equal(again, picks)
+    assert speed_again == speed
+    paths[1].write_bytes(b"0" * 65)  # another micrograph under the same name: measured again
+    real_transfer.run_topaz(topaz, data, out)
+    assert calls.read_text().split() == ["preprocess", "extract"] * 2
