@@ -109,13 +109,8 @@ def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | 
     :data:`THRESHOLDS`, extracted from the probability maps predict wrote with the same
     diameter, extraction options and edge margin (coordinates scaled to the original
     micrograph)."""
-    import json
-
-    from cryoparticle.io.coords import scale_coordinates
-    from cryoparticle.io.mrc import read_mrc
     from cryoparticle.models.packaged import resolve_checkpoint
     from cryoparticle.models.segmenter import load_segmenter
-    from cryoparticle.picking.extract import extract_particles
 
     if out.exists():
         shutil.rmtree(out)
@@ -128,24 +123,38 @@ def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | 
     if result.returncode != 0:
         sys.exit(f"predict.py failed ({ckpt}):\n{result.stderr[-2000:]}")
     facts = load_segmenter(resolve_checkpoint(ckpt)).inference_facts()
-    options = dict(facts.get("extraction") or {})
-    summary = {m["name"]: m for m in json.loads((out / "predict_summary.json").read_text())
-               ["micrographs"]}
     picks = pd.concat([read_star(out / f"{p.stem}.star").assign(micrograph=p.stem)
                        for p in data["paths"]], ignore_index=True)
-    sweep: dict[float, list[pd.DataFrame]] = {t: [] for t in THRESHOLDS}
-    for path in data["paths"]:
+    tables = extraction_sweep(out, data["paths"], dict(facts.get("extraction") or {}),
+                              THRESHOLDS)
+    return picks, float(facts["picking_threshold"]), wall / len(data["paths"]), tables
+
+
+def extraction_sweep(out: Path, paths: list[Path], options: dict[str, Any],
+                     thresholds: tuple[float, ...]) -> dict[float, pd.DataFrame]:
+    """The picks at every threshold, extracted from the probability maps ``predict.py`` wrote
+    in ``out`` (``write_probability=true``) with the diameter and edge margin it used for each
+    micrograph and the extraction ``options``; coordinates in original pixels."""
+    import json
+
+    from cryoparticle.io.coords import scale_coordinates
+    from cryoparticle.io.mrc import read_mrc
+    from cryoparticle.picking.extract import extract_particles
+
+    summary = {m["name"]: m for m in json.loads((out / "predict_summary.json").read_text())
+               ["micrographs"]}
+    sweep: dict[float, list[pd.DataFrame]] = {t: [] for t in thresholds}
+    for path in paths:
         info = summary[path.stem]
         prob, _ = read_mrc(out / f"{path.stem}_prob.mrc", mmap=False)
         binned_px = float(info["pixel_size_a"]) * float(info["bin_factor"])
         diameter = float(info["particle_diameter_a"]) / binned_px
         margin = float(info.get("edge_margin_px") or 0.0) / float(info["bin_factor"])
-        for t in THRESHOLDS:
+        for t in thresholds:
             found = extract_particles(prob, diameter, threshold=float(t), micrograph=path.stem,
                                       border_px=margin, **options)
             sweep[t].append(scale_coordinates(found, float(info["bin_factor"])))
-    tables = {t: pd.concat(v, ignore_index=True) for t, v in sweep.items()}
-    return picks, float(facts["picking_threshold"]), wall / len(data["paths"]), tables
+    return {t: pd.concat(v, ignore_index=True) for t, v in sweep.items()}
 
 
 def run_topaz(topaz: Path, data: dict[str, Any], out: Path) -> tuple[pd.DataFrame, float]:

@@ -16,7 +16,9 @@ pytest.importorskip("ipykernel")
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 120
-NOTEBOOK_BUDGET_S = 60
+# A guard against a notebook grown to full size (they take 10–40 s on an idle 2-core CPU), not a
+# speed test: loose enough that a loaded machine does not fail it.
+NOTEBOOK_BUDGET_S = 300
 
 
 def _code_cells(nb) -> list:

@@ -52,12 +52,17 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike[str] | None) -> Path:
 
 def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[str], *,
                       half: bool = True, extra: dict[str, Any] | None = None,
-                      threshold: float | None = None) -> Path:
+                      threshold: float | None = None,
+                      extraction: dict[str, Any] | None = None) -> Path:
     """Write ``target``: ``source``'s weights (float16 when ``half``), hyperparameters and
     inference facts, without optimizer/scheduler/callback state; atomically.
 
     Loading casts the weights back to the model's float32 parameters. ``extra`` is stored
     under ``checkpoint["cryoparticle"]["export"]`` (e.g. the training command and scores).
+    ``threshold`` and ``extraction`` (options of
+    :func:`~cryoparticle.picking.extract.extract_particles`, e.g. ``{"min_size_fraction": 0.2}``)
+    replace the trained ones, which the export keeps as ``trained_threshold`` and
+    ``trained_extraction``.
     """
     source, target = Path(source), Path(target)
     try:
@@ -73,14 +78,25 @@ def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
         slim["state_dict"] = {k: v.half() if v.is_floating_point() else v
                               for k, v in checkpoint["state_dict"].items()}
     facts = dict(slim.get("cryoparticle") or {})
+    previous = facts.get("export") or {}  # re-exporting an export: keep what training stored
     facts["export"] = {"half": bool(half), **(extra or {})}
+    for key in ("trained_threshold", "trained_extraction", "source"):
+        if key in previous:
+            facts["export"][key] = previous[key]
     if threshold is not None:  # the picking threshold, wherever a loader reads it
         if not 0.0 <= float(threshold) <= 1.0:
             raise param_error("threshold", threshold, "must be a probability in [0, 1]")
-        facts["export"]["trained_threshold"] = facts.get("picking_threshold")
+        facts["export"].setdefault("trained_threshold", facts.get("picking_threshold"))
         facts["picking_threshold"] = float(threshold)
         slim["hyper_parameters"] = {**slim.get("hyper_parameters", {}),
                                     "picking_threshold": float(threshold)}
+    if extraction:
+        from cryoparticle.picking.extract import check_extraction_options
+
+        merged = {**(facts.get("extraction") or {}), **check_extraction_options(extraction)}
+        facts["export"].setdefault("trained_extraction", facts.get("extraction"))
+        facts["extraction"] = merged
+        slim["hyper_parameters"] = {**slim.get("hyper_parameters", {}), "extraction": merged}
     slim["cryoparticle"] = facts
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -107,10 +123,25 @@ def export_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(export) if isinstance(export, dict) else {}
 
 
+def _option(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--extraction``: ``true``/``false`` as booleans, else a number."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise param_error("--extraction", item, "must be KEY=VALUE, e.g. min_size_fraction=0.2")
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    try:
+        return key, float(value)
+    except ValueError:
+        raise param_error(f"--extraction {key}", value, "must be a number or true/false") \
+            from None
+
+
 @exit_on_input_error
 def main(argv: Sequence[str] | None = None) -> Path:
     """``python -m cryoparticle.models.packaged export SOURCE [TARGET] [--full-precision]
-    [--estimate-diameter] [--core-fraction F]``: a shippable checkpoint (default target: the packaged general
+    [--estimate-diameter] [--core-fraction F] [--threshold T] [--extraction KEY=VALUE ...]``:
+    a shippable checkpoint (default target: the packaged general
     model's file in this checkout)."""
     parser = argparse.ArgumentParser(prog="python -m cryoparticle.models.packaged",
                                      description=main.__doc__)
@@ -128,15 +159,28 @@ def main(argv: Sequence[str] | None = None) -> Path:
                              "--micrographs val); default: the checkpoint's")
     export.add_argument("--core-fraction", type=float, default=None,
                         help="the network marks this share of each diameter (core targets)")
+    export.add_argument("--diameter-threshold", type=float, default=None,
+                        help="with --estimate-diameter: estimate at this probability threshold "
+                             "(where the network's regions are the cores of --core-fraction) "
+                             "instead of the picking threshold")
+    export.add_argument("--extraction", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extraction option to store (repeatable), e.g. "
+                             "min_size_fraction=0.2; default: the checkpoint's")
     args = parser.parse_args(argv)
+    extraction = dict(_option(item) for item in args.extraction)
+    if args.diameter_threshold is not None and not 0.0 <= args.diameter_threshold <= 1.0:
+        raise param_error("--diameter-threshold", args.diameter_threshold,
+                          "must be a probability in [0, 1]")
     target = args.target or Path(str(resources.files("cryoparticle.models") / "weights"
                                      / PACKAGED["general"]))
     out = export_checkpoint(args.source, target, half=not args.full_precision,
-                            threshold=args.threshold,
+                            threshold=args.threshold, extraction=extraction,
                             extra={"estimate_diameter": bool(args.estimate_diameter),
                                    "source": args.source.name,
                                    **({} if args.core_fraction is None
-                                      else {"core_fraction": args.core_fraction})})
+                                      else {"core_fraction": args.core_fraction}),
+                                   **({} if args.diameter_threshold is None
+                                      else {"diameter_threshold": args.diameter_threshold})})
     print(f"{out}: {out.stat().st_size / 1e6:.1f} MB", file=sys.stdout)
     return out
 

@@ -106,6 +106,9 @@ class Settings:
     #: the share of a particle's diameter the network marks (its training target's core
     #: fraction; 1 for whole-disc or particle-shaped targets): estimates are divided by it
     core_fraction: float = 1.0
+    #: the probability threshold the diameter is estimated at (the export's
+    #: ``diameter_threshold``; None: :attr:`threshold`)
+    diameter_threshold: float | None = None
     diameter_range: tuple[float, float] = (0.4, 2.5)
     drop_border: bool = True
     border_margin_px: int = 40
@@ -211,6 +214,11 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
                                    (facts.get("export") or {}).get("core_fraction"), optional=True)
     if core_fraction is not None and core_fraction > 1:
         raise file_error(ckpt_path, f"export.core_fraction={core_fraction} must be ≤ 1")
+    diameter_threshold = (facts.get("export") or {}).get("diameter_threshold")
+    if diameter_threshold is not None and not (isinstance(diameter_threshold, (int, float))
+                                               and 0.0 <= diameter_threshold <= 1.0):
+        raise file_error(ckpt_path, f"export.diameter_threshold={diameter_threshold!r} must be "
+                                    "a probability in [0, 1]")
     pixel_size_a = check_positive("micrograph_pixel_size_a", cfg.get("micrograph_pixel_size_a"),
                                   optional=True)
     diameter_px = check_positive("particle_diameter_px", cfg.get("particle_diameter_px"),
@@ -261,6 +269,7 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
         normalisation=normalisation,
         estimate_diameter=estimate,
         core_fraction=1.0 if core_fraction is None else float(core_fraction),
+        diameter_threshold=None if diameter_threshold is None else float(diameter_threshold),
         diameter_range=_diameter_range(cfg.get("diameter_range", [0.4, 2.5])),
         drop_border=flag("drop_border", cfg.get("drop_border", True)),
         border_margin_px=whole("border_margin_px", cfg.get("border_margin_px", 40), 0),

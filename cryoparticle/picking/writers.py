@@ -65,12 +65,15 @@ def picking_diameter_a(prob: np.ndarray, settings: Settings, binned_px: float) -
     of :func:`~cryoparticle.picking.extract.estimate_diameter_px` (the size of the regions the
     network marks, divided by ``settings.core_fraction``: a network trained on particle cores
     marks that share of each diameter) within :meth:`Settings.diameter_bounds_a` (that
-    diameter when there is too little foreground)."""
+    diameter when there is too little foreground), at ``settings.diameter_threshold`` (the
+    threshold the core fraction holds at) or else the picking threshold."""
     if not settings.estimate_diameter:
         return settings.particle_diameter_a
     low, high = settings.diameter_bounds_a()
     core = settings.core_fraction
-    estimate = estimate_diameter_px(prob, settings.threshold,
+    at = settings.threshold if settings.diameter_threshold is None else \
+        settings.diameter_threshold
+    estimate = estimate_diameter_px(prob, at,
                                     min_diameter_px=max(core * low / binned_px, 1.0),
                                     max_diameter_px=max(core * high / binned_px, 1.0))
     return settings.particle_diameter_a if estimate is None else estimate * binned_px / core

@@ -60,3 +60,23 @@ def test_bad_arguments_stop_before_training(tmp_path, args):
     assert result.returncode != 0
     assert ("invalid choice" in result.stderr) if args else ("give --data-dir" in result.stderr)
     assert not (tmp_path / "work").exists()
+
+
+def test_unseen_calibration_averages_over_sets_and_scores_each_on_the_others_choice():
+    a, b = leave_one_out.setting_key(0.1, 0.2), leave_one_out.setting_key(0.2, 0.1)
+    c = leave_one_out.setting_key(0.3, 0.3)
+    assert a == "min_size_fraction=0.1 threshold=0.2"
+    grids = {"X": {a: 0.9, b: 0.7, c: 0.1},     # a big set that likes a
+             "Y": {a: 0.5, b: 0.7, c: 0.1},
+             "Z": {a: 0.4, b: 0.7, c: 0.1}}
+    out = leave_one_out.unseen_calibration(grids)
+    # each set counts once: b (mean 0.70) beats a (mean 0.60)
+    assert out["chosen"] == b and out["mean_f1"] == pytest.approx(0.7)
+    assert out["f1"] == {"X": 0.7, "Y": 0.7, "Z": 0.7}
+    # nested: X is scored at what Y and Z chose (b); Y at X+Z's choice (a: 0.65 vs b: 0.70)
+    assert out["nested"]["X"] == {"setting": b, "f1": 0.7}
+    assert out["nested"]["Y"] == {"setting": b, "f1": 0.7}
+    tie = leave_one_out.unseen_calibration({"X": {a: 0.5, b: 0.5}})
+    assert tie["chosen"] == a and tie["nested"] == {}  # ties: grid order; one set: no nesting
+    text = leave_one_out.calibration_markdown({"variant": "full", **out})
+    assert "`" + b + "`" in text and "**0.700**" in text

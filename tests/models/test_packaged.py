@@ -54,6 +54,33 @@ def test_export_cli_and_bad_sources(trained, tmp_path, capsys):
     assert raw["cryoparticle"]["export"]["estimate_diameter"] is True
     packaged.main(["export", str(trained), str(target), "--threshold", "0.35"])
     assert load_segmenter(target).inference_facts()["picking_threshold"] == 0.35
+    # extraction options calibrated after training replace the trained ones, merged
+    packaged.main(["export", str(trained), str(target), "--extraction", "min_size_fraction=0.2",
+                   "--extraction", "split_touching=false"])
+    facts = load_segmenter(target).inference_facts()
+    assert facts["extraction"] == {"min_size_fraction": 0.2, "split_touching": False}
+    raw = torch.load(target, map_location="cpu", weights_only=True)
+    assert raw["cryoparticle"]["export"]["trained_extraction"] == {"min_size_fraction": 0.05}
+    # re-exporting the export with another threshold keeps what training stored
+    again = tmp_path / "again.ckpt"
+    packaged.main(["export", str(target), str(again), "--threshold", "0.2"])
+    raw = torch.load(again, map_location="cpu", weights_only=True)
+    assert raw["cryoparticle"]["export"]["trained_extraction"] == {"min_size_fraction": 0.05}
+    assert raw["cryoparticle"]["export"]["trained_threshold"] == 0.5
+    assert raw["cryoparticle"]["extraction"] == {"min_size_fraction": 0.2, "split_touching": False}
+    packaged.main(["export", str(trained), str(target), "--diameter-threshold", "0.5"])
+    raw = torch.load(target, map_location="cpu", weights_only=True)
+    assert raw["cryoparticle"]["export"]["diameter_threshold"] == 0.5
+    with pytest.raises(SystemExit):
+        packaged.main(["export", str(trained), str(target), "--diameter-threshold", "2"])
+    assert "--diameter-threshold" in capsys.readouterr().err
+    for bad, message in [("min_size_fraction", "KEY=VALUE"), ("min_size_fraction=big", "number"),
+                         ("no_such_option=1", "unknown option"),
+                         ("min_size_fraction=-1", "min_size_fraction")]:
+        with pytest.raises(SystemExit) as exit_info:
+            packaged.main(["export", str(trained), str(target), "--extraction", bad])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err, bad
     with pytest.raises(InputError, match="threshold"):
         packaged.export_checkpoint(trained, target, threshold=1.5)
     with pytest.raises(InputError, match="checkpoint not found"):

@@ -1061,6 +1061,31 @@ def test_picks_whose_box_would_be_cut_off_are_dropped_by_default(tmp_path, extra
         assert len(xy) == len(centres)
 
 
+def test_the_diameter_is_estimated_at_the_exports_diameter_threshold(tmp_path):
+    """Discs of 20 binned px (p 0.95) in a faint halo out to 30 px (p 0.3), picked at 0.2:
+    estimated at the picking threshold the halo counts (≈ 30 px); at the export's
+    diameter_threshold 0.5 only the discs do (≈ 20 px). Out of [0, 1] it is a one-line error."""
+    from cryoparticle.errors import InputError
+    from cryoparticle.picking.settings import build_settings
+
+    centres = np.array([(x, y) for y in (30, 80, 130, 180) for x in (30, 80, 130, 180)], float)
+    prob = np.maximum(_discs((210, 210), centres, 20.0), 0.3 * (_discs((210, 210), centres,
+                                                                       30.0) > 0.5))
+    found = {}
+    for label, export in [("picking", {}), ("export", {"diameter_threshold": 0.5})]:
+        facts = {"pixel_size_a": 7.08, "particle_diameter_a": 190.0, "picking_threshold": 0.2,
+                 "normalisation": None, "export": {"estimate_diameter": True, **export}}
+        cfg = compose("predict", ["input=x", f"output_dir={tmp_path / label}",
+                                  "extraction.border_px=0"])
+        _, record = _pick_map(build_settings(cfg, facts, Path("m.ckpt")), prob, 1.0)
+        found[label] = record["particle_diameter_a"] / 7.08
+    assert found["picking"] == pytest.approx(30, rel=0.1)
+    assert found["export"] == pytest.approx(20, rel=0.1)
+    facts["export"]["diameter_threshold"] = 1.5
+    with pytest.raises(InputError, match="m.ckpt: export.diameter_threshold=1.5"):
+        build_settings(cfg, facts, Path("m.ckpt"))
+
+
 def test_too_little_foreground_falls_back_to_the_checkpoint_diameter(tmp_path):
     settings = _settings(tmp_path / "few", "estimate_diameter=true")
     prob = _discs((128, 128), np.array([[40.0, 40.0], [90.0, 90.0]]), 30.0)  # 2 discs: < 5 peaks
