@@ -18,7 +18,8 @@ from cryoparticle.training import run
 
 FDR = ["debug=fdr", "data.crop_size=64", "data.eval_micrograph_size=80",
        "data.n_val_micrographs=1", "data.n_test_micrographs=1", "data.batch_size=2",
-       "print_config=false", "logger=csv", "callbacks=none"]
+       "print_config=false", "logger=csv", "callbacks=none",
+       "model.tile_size=96", "model.tile_overlap=16"]  # one tile per 80 px micrograph
 
 
 @pytest.mark.parametrize("trainer, precision", [("gpu", "16-mixed"), ("ddp", "16-mixed")])

@@ -59,6 +59,7 @@ def test_fast_dev_run_every_network(tmp_path, model):
     cfg = compose("train", [f"model={model}", "debug=fdr", "data.crop_size=64",
                             "data.eval_micrograph_size=80", "data.n_val_micrographs=1",
                             "data.n_test_micrographs=1", "data.batch_size=2", "print_config=false",
+                            "model.tile_size=96", "model.tile_overlap=16",
                             f"paths.output_dir={tmp_path}", "logger=csv"])
     metrics, _ = run(cfg)
     for key in ("test/iou", "test/f1", "test/precision", "test/recall", "test/loss"):
