@@ -157,6 +157,20 @@ def write_report(results_dir: Path, out: str, record: Any, text: str,
     write_text_atomic(results_dir / f"{out}.md", text)
 
 
+def add_training_options(parser: Any, name: str) -> None:
+    """The options of the benchmarks that train the general recipe per run (``sim_ablation``,
+    ``leave_one_out``): ``--data-dir``, ``--epochs``, ``--seed``, ``--work-dir``
+    (``benchmarks/work/<name>``), ``--out`` (``<name>``), ``--results-dir`` and the trailing
+    ``train.py`` overrides. Add a script's own options before calling this."""
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "work" / name)
+    parser.add_argument("--out", default=name)
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
+
+
 def train_run(run_dir: Path, overrides: list[str], log: Path | None = None
               ) -> tuple[Path, float]:
     """Run ``train.py`` into ``run_dir`` (its output to ``log``, default ``run_dir/train.log``)

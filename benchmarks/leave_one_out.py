@@ -40,13 +40,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DATA_DIR_HELP, DATASETS, DEFAULT_DATA_DIR, ROOT, inside,  # noqa: E402
-                     load_average, require_datasets, train_run,
-                     write_report)
+from _common import (DATASETS, ROOT, add_training_options, inside, load_average,  # noqa: E402
+                     require_datasets, train_run, write_report)
 from sim_ablation import CHOICES, variant_overrides  # noqa: E402
-
-
-TOPAZ = "Topaz resnet16_u64 (shipped)"
 
 
 def _quote(value: Any) -> str:
@@ -85,15 +81,28 @@ def held_out_overrides(held_out: str, data_dir: Path) -> list[str]:
     return overrides
 
 
+def shipped_export_flags() -> list[str]:
+    """The diameter estimation of the shipped general model's export (its ``core_fraction``
+    and ``diameter_threshold``, read from the packaged checkpoint), as ``export`` flags."""
+    from cryoparticle.models.packaged import export_facts, packaged_checkpoint
+
+    facts = export_facts(packaged_checkpoint())
+    flags = ["--estimate-diameter"] if facts.get("estimate_diameter") else []
+    for key in ("core_fraction", "diameter_threshold"):
+        if facts.get(key) is not None:
+            flags += [f"--{key.replace('_', '-')}", str(facts[key])]
+    return flags
+
+
 def export(ckpt: Path, target: Path, threshold: float | None = None) -> Path:
     """The best checkpoint exported as the shipped model is (``python -m
-    cryoparticle.models.packaged export --estimate-diameter --core-fraction 0.5``);
-    ``threshold`` stored (None: the training validation's)."""
+    cryoparticle.models.packaged export`` with :func:`shipped_export_flags`: the diameter
+    estimated per micrograph, at the shipped diameter threshold); ``threshold`` stored (None:
+    the training validation's)."""
     from cryoparticle.models import packaged
 
     if not target.is_file():
-        packaged.main(["export", str(ckpt), str(target), "--estimate-diameter",
-                       "--core-fraction", "0.5",
+        packaged.main(["export", str(ckpt), str(target), *shipped_export_flags(),
                        *([] if threshold is None else ["--threshold", str(threshold)])])
     return target
 
@@ -213,19 +222,12 @@ def calibration_markdown(calibration: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
     parser.add_argument("--held-out", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--variants", nargs="+", default=["full"], choices=CHOICES,
                         help="simulation variants of benchmarks/sim_ablation.py (default: full)")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--topaz", type=Path, default=None,
                         help="the topaz executable (pip install topaz-em); omitted: not run")
-    parser.add_argument("--work-dir", type=Path,
-                        default=ROOT / "benchmarks" / "work" / "leave_one_out")
-    parser.add_argument("--out", default="leave_one_out")
-    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
+    add_training_options(parser, "leave_one_out")
     args = parser.parse_args(argv)
     require_datasets(args.data_dir)
     args.work_dir = args.work_dir.resolve()

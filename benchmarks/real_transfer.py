@@ -95,7 +95,8 @@ def scores(picks: pd.DataFrame, truth: pd.DataFrame, radius: float, threshold: f
             "n_truth": len(truth)}
 
 
-TOPAZ_BOXES_INSIDE = "Topaz resnet16_u64 (shipped), boxes inside"
+TOPAZ = "Topaz resnet16_u64 (shipped)"
+TOPAZ_BOXES_INSIDE = f"{TOPAZ}, boxes inside"
 """Topaz's picks kept only where a box of 1.5 diameters fits in the micrograph, as ours are."""
 
 THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
@@ -271,21 +272,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         record["results"][name] = {}
         runs = {f"ours: {label}": ("ours", ckpt) for label, ckpt in ckpts.items()}
         if args.topaz is not None:
-            runs["Topaz resnet16_u64 (shipped)"] = ("topaz", str(args.topaz))
+            runs[TOPAZ] = ("topaz", str(args.topaz))
             runs[TOPAZ_BOXES_INSIDE] = ("topaz-boxes-inside", str(args.topaz))
-        topaz_picks = None
         for picker, (kind, where) in runs.items():
             out = args.work / "picks" / name / picker.replace(" ", "_").replace(":", "")
             sweep = None
             if kind == "ours":
                 picks, threshold, speed, sweep = run_ours(where, data, out, args.predict)
                 sweep = {t: inside(p, data["borders"]) for t, p in sweep.items()}
-            elif kind == "topaz":
-                (picks, speed), threshold = run_topaz(Path(where), data, out), 0.0
-                topaz_picks = (picks, speed)
-            else:  # the same Topaz picks with predict.py's edge rule
-                picks, speed = boxes_inside(topaz_picks[0], data["borders"],
-                                            data["diameter_px"]), topaz_picks[1]
+            else:  # Topaz's picks (cached: both rows share one run), as is or with our edge rule
+                picks, speed = run_topaz(Path(where), data, args.work / "picks" / name /
+                                         TOPAZ.replace(" ", "_"))
+                if kind == "topaz-boxes-inside":
+                    picks = boxes_inside(picks, data["borders"], data["diameter_px"])
                 threshold = 0.0
             picks = inside(picks, data["borders"])
             result = scores(picks, truth, radius, threshold, sweep)

@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DATA_DIR_HELP, DEFAULT_DATA_DIR, ROOT,  # noqa: E402
-                     load_average, require_datasets, train_run,
-                     write_report)
+from _common import (add_training_options, load_average, require_datasets,  # noqa: E402
+                     train_run, write_report)
 
 
 SIM = "data.sources.sim.simulator"
@@ -134,20 +133,13 @@ def markdown(rows: list[dict[str, Any]], floor: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
     parser.add_argument("--variants", nargs="+", default=CHOICES, choices=CHOICES)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--repeat-seeds", type=int, default=1, metavar="N",
                         help="retrain the --repeat variants with N more seeds (the noise floor)")
     parser.add_argument("--repeat", nargs="+", default=["full"],
                         choices=CHOICES, metavar="VARIANT",
                         help="the variants --repeat-seeds retrains (default: full)")
-    parser.add_argument("--work-dir", type=Path,
-                        default=ROOT / "benchmarks" / "work" / "sim_ablation")
-    parser.add_argument("--out", default="sim_ablation")
-    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
+    add_training_options(parser, "sim_ablation")
     args = parser.parse_args(argv)
     require_datasets(args.data_dir)
     args.work_dir = args.work_dir.resolve()

@@ -11,7 +11,15 @@
 * ``focal``: ``-Σ_c q_c α_c (1 - p_c)^γ log p_c`` averaged over the non-ignored pixels, with
   ``α`` the class weights (1 without) and ``q`` the (label-smoothed) one-hot target; γ = 0,
   no smoothing, no weights is plain cross-entropy;
-* ``ce_dice``: ``ce + dice_weight × dice``.
+* ``ce_dice``: ``ce + dice_weight × dice``;
+* ``nnpu``: the non-negative positive-unlabelled risk (Kiryo et al. 2017, NeurIPS; Topaz's
+  idea for pickers) for labels that miss particles, as CryoPPP's do. The labelled particle
+  pixels are the positive sample, every non-ignored pixel the unlabelled sample of all pixels,
+  whose particle share is ``π = labelled share / (1 − pu_missing_fraction)`` (per batch);
+  ``z = logit₁ − logit₀``, ``ℓ`` the logistic loss. Risk ``π·E_P[ℓ(z)] + max(0, E_U[ℓ(−z)] −
+  π·E_P[ℓ(−z)])``; when the bracket falls below ``−pu_beta`` its gradient is ``−pu_gamma ×``
+  the bracket's (the paper's defaults: 0 and 1). ``pu_missing_fraction = 0`` is plain
+  two-class cross-entropy on the labels.
 
 Pixels equal to ``ignore_index`` (255: uncertain pixels) add nothing to the loss nor to its
 gradient; a batch made only of them gives a loss of exactly 0 (finite, differentiable).
@@ -28,7 +36,7 @@ from torch import Tensor, nn
 from cryoparticle.errors import param_error
 
 #: Loss names accepted by :func:`build_loss`.
-LOSSES: tuple[str, ...] = ("ce", "dice", "focal", "ce_dice")
+LOSSES: tuple[str, ...] = ("ce", "dice", "focal", "ce_dice", "nnpu")
 
 
 def _zero(logits: Tensor) -> Tensor:
@@ -133,6 +141,45 @@ class FocalLoss(_WeightedLoss):
         return terms.sum(dim=1).mean().to(logits.dtype)
 
 
+class NonNegativePULoss(nn.Module):
+    """Non-negative PU risk of the particle class 1 (see the module docstring)."""
+
+    def __init__(self, missing_fraction: float = 0.1, beta: float = 0.0, gamma: float = 1.0,
+                 ignore_index: int = 255) -> None:
+        super().__init__()
+        if not 0.0 <= missing_fraction < 1.0:
+            raise param_error("loss.pu_missing_fraction", missing_fraction, "must be in [0, 1)")
+        if beta < 0 or gamma <= 0:
+            raise param_error("loss.pu_beta/pu_gamma", (beta, gamma), "need beta ≥ 0, gamma > 0")
+        self.missing_fraction, self.beta, self.gamma = float(missing_fraction), float(beta), \
+            float(gamma)
+        self.ignore_index = int(ignore_index)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        target = _check(logits, target)
+        if logits.shape[1] != 2:
+            raise param_error("loss.name", "nnpu", f"needs 2 classes, not {logits.shape[1]}")
+        valid = target != self.ignore_index
+        if not bool(valid.any()):
+            return _zero(logits)
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        z = (logits[:, 1] - logits[:, 0]).to(dtype)
+        positive = (target == 1) & valid
+        n_valid, n_positive = valid.sum(), positive.sum()
+        prior = n_positive.to(dtype) / n_valid.to(dtype) / (1.0 - self.missing_fraction)
+        unlabelled_negative = F.softplus(z)[valid].mean()   # E_U[ℓ(−z)]: called background
+        if bool(n_positive > 0):
+            positive_risk = prior * F.softplus(-z)[positive].mean()
+            negative_risk = unlabelled_negative - prior * F.softplus(z)[positive].mean()
+        else:
+            positive_risk, negative_risk = z.sum() * 0.0, unlabelled_negative
+        risk = positive_risk + negative_risk.clamp_min(0.0)
+        if bool(negative_risk < -self.beta):  # value: the risk; gradient: −γ ∇negative_risk
+            ascent = -self.gamma * negative_risk
+            risk = risk.detach() + ascent - ascent.detach()
+        return risk.to(logits.dtype)
+
+
 class CombinedLoss(nn.Module):
     """``first + weight × second``."""
 
@@ -148,11 +195,14 @@ class CombinedLoss(nn.Module):
 
 def build_loss(name: str = "ce", label_smoothing: float = 0.0,
                class_weights: list[float] | None = None, ignore_index: int = 255,
-               focal_gamma: float = 2.0, dice_weight: float = 1.0) -> nn.Module:
+               focal_gamma: float = 2.0, dice_weight: float = 1.0,
+               pu_missing_fraction: float = 0.1, pu_beta: float = 0.0,
+               pu_gamma: float = 1.0) -> nn.Module:
     """The loss ``name`` (one of :data:`LOSSES`) as a module called ``loss(logits, target)``.
 
     ``label_smoothing`` applies to ``ce``, ``focal`` and the ``ce`` part of ``ce_dice``;
-    ``class_weights`` (one per class) to ``ce`` and, as α, ``focal``; ``dice`` uses neither.
+    ``class_weights`` (one per class) to ``ce`` and, as α, ``focal``; ``dice`` uses neither;
+    ``pu_*`` to ``nnpu`` only.
     """
     if name not in LOSSES:
         raise param_error("loss.name", name, f"unknown loss; choose one of {', '.join(LOSSES)}")
@@ -166,5 +216,7 @@ def build_loss(name: str = "ce", label_smoothing: float = 0.0,
         return DiceLoss(ignore_index)
     if name == "focal":
         return FocalLoss(focal_gamma, class_weights, ignore_index, label_smoothing)
+    if name == "nnpu":
+        return NonNegativePULoss(pu_missing_fraction, pu_beta, pu_gamma, ignore_index)
     return CombinedLoss(CrossEntropyLoss(label_smoothing, class_weights, ignore_index),
                         DiceLoss(ignore_index), dice_weight)

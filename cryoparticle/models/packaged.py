@@ -65,6 +65,7 @@ def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
     ``trained_extraction``.
     """
     source, target = Path(source), Path(target)
+    _check_export_facts(extra or {})
     try:
         checkpoint = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -109,6 +110,19 @@ def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def _check_export_facts(extra: dict[str, Any]) -> None:
+    """The facts ``predict.py`` reads from an export, checked before anything is written:
+    ``core_fraction`` in (0, 1], ``diameter_threshold`` a probability."""
+    core = extra.get("core_fraction")
+    if core is not None and not (isinstance(core, (int, float)) and not isinstance(core, bool)
+                                 and 0.0 < core <= 1.0):
+        raise param_error("core_fraction", core, "must be in (0, 1]")
+    level = extra.get("diameter_threshold")
+    if level is not None and not (isinstance(level, (int, float))
+                                  and not isinstance(level, bool) and 0.0 <= level <= 1.0):
+        raise param_error("diameter_threshold", level, "must be a probability in [0, 1]")
 
 
 def export_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -168,9 +182,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
                              "min_size_fraction=0.2; default: the checkpoint's")
     args = parser.parse_args(argv)
     extraction = dict(_option(item) for item in args.extraction)
-    if args.diameter_threshold is not None and not 0.0 <= args.diameter_threshold <= 1.0:
-        raise param_error("--diameter-threshold", args.diameter_threshold,
-                          "must be a probability in [0, 1]")
     target = args.target or Path(str(resources.files("cryoparticle.models") / "weights"
                                      / PACKAGED["general"]))
     out = export_checkpoint(args.source, target, half=not args.full_precision,

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import leave_one_out  # noqa: E402
+import real_transfer  # noqa: E402
 from _common import DATASETS  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def test_held_out_dataset_leaves_training_validation_and_test(tmp_path, held_out
 def test_table_has_one_row_per_picker_and_held_out_set():
     rows = [{"held_out": "EMPIAR-10059", "picker": p, "threshold": 0.25, "precision": 0.5,
              "recall": 0.6, "f1": 0.545, "best_f1": 0.6, "best_threshold": 0.2, "ap": 0.4}
-            for p in ("full", leave_one_out.TOPAZ)]
+            for p in ("full", real_transfer.TOPAZ)]
     lines = leave_one_out.markdown(rows).splitlines()
     assert len(lines) == 4 and lines[2].startswith("| EMPIAR-10059 | full | 0.25 |")
     assert "**0.545**" in lines[3] and "0.600 (0.20)" in lines[3]
@@ -80,3 +81,17 @@ def test_unseen_calibration_averages_over_sets_and_scores_each_on_the_others_cho
     assert tie["chosen"] == a and tie["nested"] == {}  # ties: grid order; one set: no nesting
     text = leave_one_out.calibration_markdown({"variant": "full", **out})
     assert "`" + b + "`" in text and "**0.700**" in text
+
+
+def test_held_out_models_are_exported_as_the_shipped_model_is(tmp_path):
+    """The leave-one-out models estimate the diameter exactly as the shipped general model
+    does (its export's core fraction and diameter threshold), with their own threshold."""
+    from cryoparticle.models.packaged import export_facts, packaged_checkpoint
+    from cryoparticle.models.segmenter import load_segmenter
+
+    out = leave_one_out.export(packaged_checkpoint(), tmp_path / "held_out.ckpt", 0.3)
+    shipped, ours = export_facts(packaged_checkpoint()), export_facts(out)
+    for key in ("estimate_diameter", "core_fraction", "diameter_threshold"):
+        assert ours[key] == shipped[key], key
+    assert shipped["diameter_threshold"] != 0.3
+    assert load_segmenter(out).inference_facts()["picking_threshold"] == 0.3

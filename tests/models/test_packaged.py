@@ -73,7 +73,13 @@ def test_export_cli_and_bad_sources(trained, tmp_path, capsys):
     assert raw["cryoparticle"]["export"]["diameter_threshold"] == 0.5
     with pytest.raises(SystemExit):
         packaged.main(["export", str(trained), str(target), "--diameter-threshold", "2"])
-    assert "--diameter-threshold" in capsys.readouterr().err
+    assert "diameter_threshold=2.0" in capsys.readouterr().err
+    # the API checks what predict.py will read, before anything is written
+    target.unlink()
+    for bad in ({"diameter_threshold": -0.1}, {"core_fraction": 0.0}, {"core_fraction": 1.5}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            packaged.export_checkpoint(trained, target, extra=bad)
+        assert not target.exists()
     for bad, message in [("min_size_fraction", "KEY=VALUE"), ("min_size_fraction=big", "number"),
                          ("no_such_option=1", "unknown option"),
                          ("min_size_fraction=-1", "min_size_fraction")]:
