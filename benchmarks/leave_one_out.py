@@ -181,15 +181,30 @@ def best_setting(grids: dict[str, dict[str, float]]) -> tuple[str, float]:
     return best, mean[best]
 
 
-def unseen_calibration(grids: dict[str, dict[str, float]]) -> dict[str, Any]:
+def shipped_setting() -> str:
+    """The shipped general model's extraction (threshold, minimum region size) as a grid key."""
+    from cryoparticle.models.packaged import packaged_checkpoint
+    from cryoparticle.models.segmenter import load_segmenter
+
+    facts = load_segmenter(packaged_checkpoint()).inference_facts()
+    return setting_key(float((facts.get("extraction") or {}).get("min_size_fraction", 0.25)),
+                       float(facts["picking_threshold"]))
+
+
+def unseen_calibration(grids: dict[str, dict[str, float]], shipped: str | None = None
+                       ) -> dict[str, Any]:
     """Extraction settings for sets never seen in training: the best on average over the
     held-out sets (what to store in a model for new data), and, to say what that choice is
     worth on a set that took no part in it, each held-out set scored at the setting chosen on
-    the *other* held-out sets (nested; needs two sets or more)."""
+    the *other* held-out sets (nested; needs two sets or more). ``shipped``: a setting (the
+    shipped model's) whose F1 on each set is reported too, when the grid holds it."""
     chosen, mean = best_setting(grids)
     out: dict[str, Any] = {"chosen": chosen, "mean_f1": mean,
                            "f1": {name: grid[chosen] for name, grid in grids.items()},
                            "nested": {}}
+    if shipped is not None and all(shipped in grid for grid in grids.values()):
+        out["shipped"] = {"setting": shipped,
+                          "f1": {name: grid[shipped] for name, grid in grids.items()}}
     if len(grids) > 1:
         for name, grid in grids.items():
             setting, _ = best_setting({k: v for k, v in grids.items() if k != name})
@@ -208,15 +223,19 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def calibration_markdown(calibration: dict[str, Any]) -> str:
+    shipped = calibration.get("shipped")
     lines = [f"Extraction for unseen sets ({calibration['variant']}): best on average over the "
-             f"held-out sets `{calibration['chosen']}` (mean F1 {calibration['mean_f1']:.3f}).",
-             "", "| held out | F1 at it | setting chosen on the other held-out sets | F1 at that |",
-             "|---|---|---|---|"]
+             f"held-out sets `{calibration['chosen']}` (mean F1 {calibration['mean_f1']:.3f})"
+             + (f"; the shipped model's `{shipped['setting']}`." if shipped else "."),
+             "", "| held out | F1 at it | setting chosen on the other held-out sets | F1 at that |"
+             + (" F1 at the shipped setting |" if shipped else ""),
+             "|---|---|---|---|" + ("---|" if shipped else "")]
     for name, f1 in calibration["f1"].items():
         nested = calibration["nested"].get(name)
         lines.append(f"| {name} | {f1:.3f} | "
                      + (f"`{nested['setting']}` | **{nested['f1']:.3f}** |" if nested
-                        else "– | – |"))
+                        else "– | – |")
+                     + (f" {shipped['f1'][name]:.3f} |" if shipped else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -265,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "unseen_calibration": {"variant": args.variants[0],
                                      "min_size_fractions": list(GRID_MIN_SIZES),
                                      "thresholds": list(GRID_THRESHOLDS),
-                                     **unseen_calibration(grids)}}
+                                     **unseen_calibration(grids, shipped_setting())}}
     text = markdown(rows) + "\n" + calibration_markdown(report["unseen_calibration"])
     write_report(args.results_dir, args.out, report, text,
                  {"DATA_DIR": args.data_dir, "WORK_DIR": args.work_dir})

@@ -80,7 +80,14 @@ def test_unseen_calibration_averages_over_sets_and_scores_each_on_the_others_cho
     tie = leave_one_out.unseen_calibration({"X": {a: 0.5, b: 0.5}})
     assert tie["chosen"] == a and tie["nested"] == {}  # ties: grid order; one set: no nesting
     text = leave_one_out.calibration_markdown({"variant": "full", **out})
-    assert "`" + b + "`" in text and "**0.700**" in text
+    assert "`" + b + "`" in text and "**0.700**" in text and "shipped" not in text
+    shipped = leave_one_out.unseen_calibration(grids, shipped=a)
+    assert shipped["shipped"] == {"setting": a, "f1": {"X": 0.9, "Y": 0.5, "Z": 0.4}}
+    assert "shipped" not in leave_one_out.unseen_calibration(grids, "min_size_fraction=9 x")
+    text = leave_one_out.calibration_markdown({"variant": "full", **shipped})
+    assert "| X | 0.700 | `" + b + "` | **0.700** | 0.900 |" in text
+    # the shipped general model's own setting, read from its checkpoint
+    assert leave_one_out.shipped_setting() == leave_one_out.setting_key(0.2, 0.125)
 
 
 def test_held_out_models_are_exported_as_the_shipped_model_is(tmp_path):
