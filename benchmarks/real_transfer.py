@@ -106,8 +106,8 @@ THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | None = None
              ) -> tuple[pd.DataFrame, float, float, dict[float, pd.DataFrame]]:
     """``predict.py`` as a user runs it (the stored threshold, diameter estimate, borders):
-    its picks, the threshold, seconds per micrograph; and the picks at every threshold of
-    :data:`THRESHOLDS`, extracted from the probability maps predict wrote with the same
+    its picks, the threshold it used, seconds per micrograph; and the picks at every threshold
+    of :data:`THRESHOLDS` and at that one, extracted from the probability maps predict wrote with the same
     diameter, extraction options and edge margin (coordinates scaled to the original
     micrograph)."""
     from cryoparticle.models.packaged import resolve_checkpoint
@@ -123,12 +123,16 @@ def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | 
     wall = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"predict.py failed ({ckpt}):\n{result.stderr[-2000:]}")
+    import json
+
     facts = load_segmenter(resolve_checkpoint(ckpt)).inference_facts()
     picks = pd.concat([read_star(out / f"{p.stem}.star").assign(micrograph=p.stem)
                        for p in data["paths"]], ignore_index=True)
+    # the threshold predict used (the stored one, or a --predict threshold=...), in the sweep
+    used = float(json.loads((out / "predict_summary.json").read_text())["threshold"])
     tables = extraction_sweep(out, data["paths"], dict(facts.get("extraction") or {}),
-                              THRESHOLDS)
-    return picks, float(facts["picking_threshold"]), wall / len(data["paths"]), tables
+                              tuple(sorted({*THRESHOLDS, used})))
+    return picks, used, wall / len(data["paths"]), tables
 
 
 def extraction_sweep(out: Path, paths: list[Path], options: dict[str, Any],
