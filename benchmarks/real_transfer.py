@@ -107,9 +107,9 @@ def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | 
              ) -> tuple[pd.DataFrame, float, float, dict[float, pd.DataFrame]]:
     """``predict.py`` as a user runs it (the stored threshold, diameter estimate, borders):
     its picks, the threshold it used, seconds per micrograph; and the picks at every threshold
-    of :data:`THRESHOLDS` and at that one, extracted from the probability maps predict wrote with the same
-    diameter, extraction options and edge margin (coordinates scaled to the original
-    micrograph)."""
+    of :data:`THRESHOLDS` and at that one, extracted from the probability maps predict wrote,
+    with the same diameter, extraction options and edge margin (coordinates scaled to the
+    original micrograph)."""
     from cryoparticle.models.packaged import resolve_checkpoint
     from cryoparticle.models.segmenter import load_segmenter
 
