@@ -103,6 +103,19 @@ THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 """Thresholds of the sweep of our pickers (extraction re-run on the saved probability maps)."""
 
 
+def predict_extraction(overrides: list[str]) -> dict[str, Any]:
+    """The ``extraction.KEY=VALUE`` options among ``predict.py`` overrides, values parsed as
+    YAML (as Hydra reads them), so that the threshold sweep extracts as predict did."""
+    import yaml
+
+    options = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key.startswith("extraction.") and value != "null":
+            options[key.removeprefix("extraction.")] = yaml.safe_load(value)
+    return options
+
+
 def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | None = None
              ) -> tuple[pd.DataFrame, float, float, dict[float, pd.DataFrame]]:
     """``predict.py`` as a user runs it (the stored threshold, diameter estimate, borders):
@@ -130,8 +143,8 @@ def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | 
                        for p in data["paths"]], ignore_index=True)
     # the threshold predict used (the stored one, or a --predict threshold=...), in the sweep
     used = float(json.loads((out / "predict_summary.json").read_text())["threshold"])
-    tables = extraction_sweep(out, data["paths"], dict(facts.get("extraction") or {}),
-                              tuple(sorted({*THRESHOLDS, used})))
+    options = {**(facts.get("extraction") or {}), **predict_extraction(overrides or [])}
+    tables = extraction_sweep(out, data["paths"], options, tuple(sorted({*THRESHOLDS, used})))
     return picks, used, wall / len(data["paths"]), tables
 
 

@@ -70,3 +70,10 @@ def test_topaz_picks_are_cached_until_the_inputs_change(tmp_path):
     paths[1].write_bytes(b"0" * 65)  # another micrograph under the same name: measured again
     real_transfer.run_topaz(topaz, data, out)
     assert calls.read_text().split() == ["preprocess", "extract"] * 2
+
+
+def test_the_sweep_extracts_with_predicts_extraction_overrides():
+    assert real_transfer.predict_extraction(
+        ["threshold=0.25", "extraction.min_size_fraction=0.05", "tta=flips",
+         "extraction.split_touching=false", "extraction.border_px=null"]) == \
+        {"min_size_fraction": 0.05, "split_touching": False}
