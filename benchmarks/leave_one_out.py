@@ -185,10 +185,11 @@ def shipped_setting() -> str:
     """The shipped general model's extraction (threshold, minimum region size) as a grid key."""
     from cryoparticle.models.packaged import packaged_checkpoint
     from cryoparticle.models.segmenter import load_segmenter
+    from cryoparticle.picking.settings import Extraction
 
     facts = load_segmenter(packaged_checkpoint()).inference_facts()
-    return setting_key(float((facts.get("extraction") or {}).get("min_size_fraction", 0.25)),
-                       float(facts["picking_threshold"]))
+    extraction = Extraction.from_config(facts.get("extraction"))  # as predict.py reads it
+    return setting_key(extraction.min_size_fraction, float(facts["picking_threshold"]))
 
 
 def unseen_calibration(grids: dict[str, dict[str, float]], shipped: str | None = None
