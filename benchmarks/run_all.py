@@ -140,6 +140,17 @@ def _keys(r: dict[str, Any]) -> str:
     return ", ".join(k for k in r if k not in ("machine", "load_before", "load_after"))[:60]
 
 
+def _empty_picks(r: dict[str, Any]) -> str:
+    rows = r.get("rows") or {}
+    parts = []
+    for name, row in rows.items():
+        used = f"{row['threshold_used']:g}"
+        ours = row["picks_per_micrograph"].get(used)
+        topaz = (row.get("topaz") or {}).get("picks_per_micrograph", {}).get("0")
+        parts.append(f"{name} {ours:.0f}" + (f"/{topaz:.0f}" if topaz is not None else ""))
+    return "false picks per empty micrograph (ours/Topaz): " + ", ".join(parts)
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """One benchmark script: its arguments per mode and its headline figure."""
@@ -198,6 +209,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("sim_ablation", ["--variants", "full", "no_looks", "--epochs", "1",
                                "--work-dir", "benchmarks/work/sim_ablation_quick"],
               real_data=True, outputs=(), headline=_sim_ablation),
+    Benchmark("empty_picks", ["--n", "1", "--size", "512",
+                              "--work-dir", "benchmarks/work/empty_picks_quick"],
+              outputs=(), headline=_empty_picks),
     Benchmark("leave_one_out", ["--held-out", "EMPIAR-10059", "--epochs", "1",
                                 "--work-dir", "benchmarks/work/leave_one_out_quick"],
               real_data=True, outputs=(), headline=_leave_one_out),
@@ -232,11 +246,14 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
     elif bench.name in ("real_transfer", "sim_ablation", "leave_one_out"):
         cmd += ["--data-dir", str(data_dir), "--results-dir", str(results_dir),
                 "--out", bench.name]
+    elif bench.name == "empty_picks":
+        cmd += ["--results-dir", str(results_dir), "--out", bench.name]
     elif bench.name == "train_throughput" and mode == "full":
         import torch
 
         cmd += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
-    if bench.name in ("real_transfer", "noise_sweep", "leave_one_out") and topaz is not None:
+    if bench.name in ("real_transfer", "noise_sweep", "leave_one_out", "empty_picks") \
+            and topaz is not None:
         cmd += ["--topaz", str(topaz)]   # optional peer (pick_speed says --no-topaz instead)
     return cmd + passed_on
 

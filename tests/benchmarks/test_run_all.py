@@ -38,19 +38,20 @@ def test_quick_dry_run_lists_every_readme_benchmark_without_real_data_or_peers(t
     cmds = commands(result)
     # every script of benchmarks/ that writes README numbers, except the real-data ones
     assert set(cmds) == {"simulate_speed", "crf_speed", "pick_speed", "train_throughput",
-                         "quickstart", "method_claim", "noise_sweep"}
+                         "quickstart", "method_claim", "noise_sweep", "empty_picks"}
     for name in ("crf_effect", "real_data_cv", "real_transfer", "contrast_stats",
                  "sim_ablation", "leave_one_out"):
         assert f"skip {name}: no EMPIAR-10017 data" in result.stdout
     for name, cmd in cmds.items():
         assert cmd.startswith(f"benchmarks/{name}.py "), cmd
-        assert f"--json {tmp_path / 'res' / name}.json" in cmd
+        assert (f"--json {tmp_path / 'res' / name}.json" in cmd
+                or f"--results-dir {tmp_path / 'res'} --out {name}" in cmd), cmd
     assert "--no-aspire" in cmds["simulate_speed"]
     assert "--no-topaz" in cmds["pick_speed"] or "--topaz " in cmds["pick_speed"]
     assert "--sizes 1024 4096 --repeats 3" in cmds["crf_speed"]
     assert "--train-overrides trainer.max_epochs=2" in cmds["quickstart"]  # quick: fewer epochs
     assert f"--plot {tmp_path / 'res' / 'noise_sweep'}.png" in cmds["noise_sweep"]
-    for name in ("method_claim", "noise_sweep"):   # quick runs never reuse the full runs' work
+    for name in ("method_claim", "noise_sweep", "empty_picks"):  # quick: never the full work
         assert f"--work-dir benchmarks/work/{name}_quick" in cmds[name]
     assert not (tmp_path / "res").exists()          # a dry run writes nothing
 

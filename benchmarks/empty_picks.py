@@ -1,0 +1,195 @@
+"""False picks on micrographs without particles: what a picker does on empty ice.
+
+    python benchmarks/empty_picks.py [--ckpt general] [--n 2] [--size 1024]
+        [--simulators empiar10017 general] [--topaz TOPAZ]
+        [--work-dir benchmarks/work/empty_picks]
+        [--out empty_picks] [--results-dir benchmarks/results]
+
+The real sets the general model's extraction was chosen on are crowded (270–650 particles per
+micrograph), so they cannot tell how many picks a threshold makes where there is nothing to
+pick. This simulates ``--n`` micrographs of ``--size``² pixels with **no particle** (the
+simulators' ice, noise, CTF, contaminants and, for ``general``, preprocessing looks; at their
+pixel size) per ``--simulators`` entry, plus ``--n`` of pure white noise, runs ``predict.py`` on
+them as a user does (the checkpoint's threshold, extraction and diameter handling, every pick
+kept: ``extraction.border_px=0``) and counts the picks, then re-extracts the probability maps it
+wrote at other thresholds (same diameters, as ``real_transfer.py`` sweeps). Reported per
+micrograph and per 100 particle areas (disc areas of the diameter predict used), so that sizes
+compare. Every pick here is a false one. ``--topaz`` runs Topaz's shipped general picker
+(``resnet16_u64``) on the same micrographs in the same run (``topaz preprocess``, then
+``extract`` at its default score 0, radius half of 190 Å: Topaz's picks per micrograph).
+Writes ``<results-dir>/<out>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, load_average, write_report  # noqa: E402
+from _topaz import extract_command, extract_radius, preprocess_command  # noqa: E402
+
+#: Thresholds of the sweep (the threshold predict used is added)
+THRESHOLDS = (0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+
+
+def write_empty(work: Path, simulator: str, n: int, size: int, seed: int) -> list[Path]:
+    """``n`` micrographs without particles (``simulator``'s config; ``white_noise``: Gaussian
+    noise at the simulators' default pixel size), MRC with the pixel size in the header."""
+    import mrcfile
+
+    from cryoparticle.config import simulator_config
+    from cryoparticle.simulate.micrograph import MicrographSimulator
+
+    paths = []
+    pixel_size = float(simulator_config("empiar10017").pixel_size_a)
+    sim = None
+    if simulator != "white_noise":
+        cfg = simulator_config(simulator)
+        sim, pixel_size = MicrographSimulator(cfg), float(cfg.pixel_size_a)
+    for i in range(n):
+        path = work / "micrographs" / f"{simulator}_{i}.mrc"
+        if not path.is_file():
+            if sim is None:
+                image = np.random.default_rng([seed, i]).normal(size=(size, size))
+            else:
+                image = sim.simulate([seed, i], size, n_particles=0).image
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with mrcfile.new(path, overwrite=True) as mrc:
+                mrc.set_data(np.asarray(image, np.float32))
+                mrc.voxel_size = pixel_size
+        paths.append(path)
+    return paths
+
+
+def summary_pixel_size(out: Path) -> float:
+    """The micrographs' pixel size (Å/px) as predict.py read it."""
+    return float(json.loads((out / "predict_summary.json").read_text())
+                 ["micrographs"][0]["pixel_size_a"])
+
+
+def count_picks(out: Path, paths: list[Path], options: dict[str, Any], used: float
+                ) -> dict[str, Any]:
+    """Picks per micrograph and per 100 particle areas at each threshold of the sweep."""
+    import real_transfer
+
+    summary = {m["name"]: m for m in json.loads((out / "predict_summary.json").read_text())
+               ["micrographs"]}
+    thresholds = tuple(sorted({*THRESHOLDS, used}))
+    tables = real_transfer.extraction_sweep(out, paths, options, thresholds)
+    areas = 0.0
+    for path in paths:
+        info = summary[path.stem]
+        height, width = info["original_shape"][-2:]
+        diameter_px = float(info["particle_diameter_a"]) / float(info["pixel_size_a"])
+        areas += height * width / (math.pi * diameter_px ** 2 / 4)
+    return {"threshold_used": used,
+            "diameters_a": sorted({round(float(summary[p.stem]["particle_diameter_a"]), 1)
+                                   for p in paths}),
+            "picks_per_micrograph": {f"{t:g}": len(tables[t]) / len(paths) for t in thresholds},
+            "picks_per_100_particle_areas": {f"{t:g}": 100 * len(tables[t]) / areas
+                                             for t in thresholds}}
+
+
+def run_topaz(topaz: Path, paths: list[Path], out: Path, pixel_size_a: float
+              ) -> dict[str, Any]:
+    """Topaz's shipped picker on ``paths`` (already at about its 7 Å/px: no binning): picks
+    per micrograph at score ≥ 0 (p ≥ 0.5), its default."""
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    for cmd in (preprocess_command(topaz, paths, 1, out / "preprocessed"),
+                extract_command(topaz, "resnet16_u64", extract_radius(190.0 / pixel_size_a, 1),
+                                1, [out / "preprocessed" / p.name for p in paths],
+                                out / "picks.txt", threshold=0.0)):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"topaz failed: {' '.join(cmd[:2])}\n{done.stderr[-2000:]}")
+    picks = pd.read_csv(out / "picks.txt", sep="\t")
+    return {"threshold_used": 0.0,
+            "picks_per_micrograph": {"0": float((picks["score"] >= 0).sum()) / len(paths)}}
+
+
+def markdown(rows: dict[str, dict[str, Any]]) -> str:
+    thresholds = sorted({float(t) for r in rows.values() for t in r["picks_per_micrograph"]})
+    topaz = {name: r.pop("topaz") for name, r in rows.items() if "topaz" in r}
+    lines = ["| empty micrographs | diameter (Å) | " + " | ".join(
+        f"picks at {t:g}" for t in thresholds) + " |",
+             "|---|---|" + "---|" * len(thresholds)]
+    for name, r in rows.items():
+        cells = []
+        for t in thresholds:
+            count = r["picks_per_micrograph"][f"{t:g}"]
+            text = f"{count:.0f} ({r['picks_per_100_particle_areas'][f'{t:g}']:.1f})"
+            cells.append(f"**{text}**" if t == r["threshold_used"] else text)
+        lines.append(f"| {name} | {', '.join(f'{d:g}' for d in r['diameters_a'])} | "
+                     + " | ".join(cells) + " |")
+    text = ("\n".join(lines) + "\n\nPicks per micrograph (per 100 particle disc areas); bold: "
+            "the threshold predict used. Every pick is false: there are no particles.\n")
+    if topaz:
+        text += ("\nTopaz `resnet16_u64` (shipped) at its default score 0, picks per "
+                 "micrograph: " + ", ".join(f"{name} {t['picks_per_micrograph']['0']:.0f}"
+                                            for name, t in topaz.items()) + ".\n")
+    for name, t in topaz.items():
+        rows[name]["topaz"] = t
+    return text
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", default="general",
+                        help="checkpoint (default: the shipped general model)")
+    parser.add_argument("--n", type=int, default=2, help="micrographs per kind")
+    parser.add_argument("--size", type=int, default=1024, help="micrograph side (pixels)")
+    parser.add_argument("--simulators", nargs="+", default=["empiar10017", "general"])
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--topaz", type=Path, default=None,
+                        help="the topaz executable (pip install topaz-em); omitted: not run")
+    parser.add_argument("--work-dir", type=Path,
+                        default=ROOT / "benchmarks" / "work" / "empty_picks")
+    parser.add_argument("--out", default="empty_picks")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.size < 64:
+        parser.error("--n must be ≥ 1 and --size ≥ 64")
+    from cryoparticle.models.packaged import resolve_checkpoint
+    from cryoparticle.models.segmenter import load_segmenter
+
+    load_before = load_average()
+    facts = load_segmenter(resolve_checkpoint(args.ckpt)).inference_facts()
+    rows = {}
+    for kind in [*args.simulators, "white_noise"]:
+        paths = write_empty(args.work_dir, kind, args.n, args.size, args.seed)
+        out = args.work_dir / "picks" / kind
+        cmd = [sys.executable, str(ROOT / "predict.py"),
+               f"input=[{','.join(map(str, paths))}]", f"output_dir={out}",
+               f"ckpt_path={args.ckpt}", "write_probability=true", "overwrite=true",
+               "extraction.border_px=0", "progress_bar=false", "num_workers=0"]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"predict.py failed on {kind}:\n{done.stderr[-2000:]}")
+        used = float(json.loads((out / "predict_summary.json").read_text())["threshold"])
+        rows[kind] = count_picks(out, paths, dict(facts.get("extraction") or {}), used)
+        if args.topaz is not None:
+            pixel_size = float(summary_pixel_size(out))
+            rows[kind]["topaz"] = run_topaz(args.topaz, paths, args.work_dir / "topaz" / kind,
+                                            pixel_size)
+        print(f"{kind}: {rows[kind]}", flush=True)
+    record = {"benchmark": "empty_picks", "checkpoint": args.ckpt, "n": args.n,
+              "size": args.size, "seed": args.seed, "load_before": load_before,
+              "load_after": load_average(), "rows": rows}
+    text = markdown(rows)
+    write_report(args.results_dir, args.out, record, text, {"WORK_DIR": args.work_dir})
+    print(text)
+    return record
+
+
+if __name__ == "__main__":
+    main()
