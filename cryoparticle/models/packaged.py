@@ -65,7 +65,7 @@ def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
     ``trained_extraction``.
     """
     source, target = Path(source), Path(target)
-    _check_export_facts(extra or {})
+    check_export_facts(extra or {})
     try:
         checkpoint = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -112,17 +112,19 @@ def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
     return target
 
 
-def _check_export_facts(extra: dict[str, Any]) -> None:
-    """The facts ``predict.py`` reads from an export, checked before anything is written:
-    ``core_fraction`` in (0, 1], ``diameter_threshold`` a probability."""
-    core = extra.get("core_fraction")
-    if core is not None and not (isinstance(core, (int, float)) and not isinstance(core, bool)
-                                 and 0.0 < core <= 1.0):
-        raise param_error("core_fraction", core, "must be in (0, 1]")
-    level = extra.get("diameter_threshold")
-    if level is not None and not (isinstance(level, (int, float))
-                                  and not isinstance(level, bool) and 0.0 <= level <= 1.0):
-        raise param_error("diameter_threshold", level, "must be a probability in [0, 1]")
+def check_export_facts(export: dict[str, Any]) -> None:
+    """The facts ``predict.py`` reads from an export (``checkpoint["cryoparticle"]["export"]``),
+    checked by the exporter before anything is written and by the picker on loading:
+    ``core_fraction`` in (0, 1], ``diameter_threshold`` a probability in [0, 1]."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    core = export.get("core_fraction")
+    if core is not None and not (number(core) and 0.0 < core <= 1.0):
+        raise param_error("export.core_fraction", core, "must be in (0, 1]")
+    level = export.get("diameter_threshold")
+    if level is not None and not (number(level) and 0.0 <= level <= 1.0):
+        raise param_error("export.diameter_threshold", level, "must be a probability in [0, 1]")
 
 
 def export_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -200,5 +202,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["PACKAGED", "export_checkpoint", "export_facts", "main", "packaged_checkpoint",
-           "resolve_checkpoint"]
+__all__ = ["PACKAGED", "check_export_facts", "export_checkpoint", "export_facts", "main",
+           "packaged_checkpoint", "resolve_checkpoint"]

@@ -16,6 +16,7 @@ from typing import Any
 
 from cryoparticle.data.preprocess import Normalisation
 from cryoparticle.errors import InputError, check_positive, file_error, param_error
+from cryoparticle.models.packaged import check_export_facts
 
 #: The default box side (``box_size: null``) in particle diameters. It also sets the default edge
 #: margin (``extraction.border_px: null``): half of it, so every pick's box lies inside the
@@ -210,15 +211,13 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
     if estimate is None:
         estimate = bool((facts.get("export") or {}).get("estimate_diameter", False))
     estimate = flag("estimate_diameter", estimate) and diameter is None
-    core_fraction = check_positive("core_fraction",
-                                   (facts.get("export") or {}).get("core_fraction"), optional=True)
-    if core_fraction is not None and core_fraction > 1:
-        raise file_error(ckpt_path, f"export.core_fraction={core_fraction} must be ≤ 1")
-    diameter_threshold = (facts.get("export") or {}).get("diameter_threshold")
-    if diameter_threshold is not None and not (isinstance(diameter_threshold, (int, float))
-                                               and 0.0 <= diameter_threshold <= 1.0):
-        raise file_error(ckpt_path, f"export.diameter_threshold={diameter_threshold!r} must be "
-                                    "a probability in [0, 1]")
+    export = dict(facts.get("export") or {})
+    try:
+        check_export_facts(export)  # the exporter's own check
+    except InputError as exc:
+        raise file_error(ckpt_path, str(exc)) from None
+    core_fraction = export.get("core_fraction")
+    diameter_threshold = export.get("diameter_threshold")
     pixel_size_a = check_positive("micrograph_pixel_size_a", cfg.get("micrograph_pixel_size_a"),
                                   optional=True)
     diameter_px = check_positive("particle_diameter_px", cfg.get("particle_diameter_px"),
