@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_transfer  # noqa: E402
 from _common import ROOT, load_average, write_report  # noqa: E402
 from _topaz import extract_command, extract_radius, preprocess_command  # noqa: E402
 
@@ -69,21 +70,12 @@ def write_empty(work: Path, simulator: str, n: int, size: int, seed: int) -> lis
     return paths
 
 
-def summary_pixel_size(out: Path) -> float:
-    """The micrographs' pixel size (Å/px) as predict.py read it."""
-    return float(json.loads((out / "predict_summary.json").read_text())
-                 ["micrographs"][0]["pixel_size_a"])
-
-
-def count_picks(out: Path, paths: list[Path], options: dict[str, Any], used: float
+def count_picks(out: Path, paths: list[Path], tables: dict[float, Any], used: float
                 ) -> dict[str, Any]:
-    """Picks per micrograph and per 100 particle areas at each threshold of the sweep."""
-    import real_transfer
-
+    """Picks per micrograph and per 100 particle areas at each threshold of ``tables`` (the
+    sweep of :func:`real_transfer.run_ours` on predict's output in ``out``)."""
     summary = {m["name"]: m for m in json.loads((out / "predict_summary.json").read_text())
                ["micrographs"]}
-    thresholds = tuple(sorted({*THRESHOLDS, used}))
-    tables = real_transfer.extraction_sweep(out, paths, options, thresholds)
     areas = 0.0
     for path in paths:
         info = summary[path.stem]
@@ -91,11 +83,12 @@ def count_picks(out: Path, paths: list[Path], options: dict[str, Any], used: flo
         diameter_px = float(info["particle_diameter_a"]) / float(info["pixel_size_a"])
         areas += height * width / (math.pi * diameter_px ** 2 / 4)
     return {"threshold_used": used,
+            "pixel_size_a": float(summary[paths[0].stem]["pixel_size_a"]),
             "diameters_a": sorted({round(float(summary[p.stem]["particle_diameter_a"]), 1)
                                    for p in paths}),
-            "picks_per_micrograph": {f"{t:g}": len(tables[t]) / len(paths) for t in thresholds},
-            "picks_per_100_particle_areas": {f"{t:g}": 100 * len(tables[t]) / areas
-                                             for t in thresholds}}
+            "picks_per_micrograph": {f"{t:g}": len(v) / len(paths) for t, v in tables.items()},
+            "picks_per_100_particle_areas": {f"{t:g}": 100 * len(v) / areas
+                                             for t, v in tables.items()}}
 
 
 def run_topaz(topaz: Path, paths: list[Path], out: Path, pixel_size_a: float
@@ -159,28 +152,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.n < 1 or args.size < 64:
         parser.error("--n must be ≥ 1 and --size ≥ 64")
-    from cryoparticle.models.packaged import resolve_checkpoint
-    from cryoparticle.models.segmenter import load_segmenter
-
     load_before = load_average()
-    facts = load_segmenter(resolve_checkpoint(args.ckpt)).inference_facts()
     rows = {}
     for kind in [*args.simulators, "white_noise"]:
         paths = write_empty(args.work_dir, kind, args.n, args.size, args.seed)
         out = args.work_dir / "picks" / kind
-        cmd = [sys.executable, str(ROOT / "predict.py"),
-               f"input=[{','.join(map(str, paths))}]", f"output_dir={out}",
-               f"ckpt_path={args.ckpt}", "write_probability=true", "overwrite=true",
-               "extraction.border_px=0", "progress_bar=false", "num_workers=0"]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"predict.py failed on {kind}:\n{done.stderr[-2000:]}")
-        used = float(json.loads((out / "predict_summary.json").read_text())["threshold"])
-        rows[kind] = count_picks(out, paths, dict(facts.get("extraction") or {}), used)
+        _, used, _, tables = real_transfer.run_ours(args.ckpt, {"paths": paths}, out,
+                                                    ["extraction.border_px=0"], THRESHOLDS)
+        rows[kind] = count_picks(out, paths, tables, used)
         if args.topaz is not None:
-            pixel_size = float(summary_pixel_size(out))
             rows[kind]["topaz"] = run_topaz(args.topaz, paths, args.work_dir / "topaz" / kind,
-                                            pixel_size)
+                                            rows[kind]["pixel_size_a"])
         print(f"{kind}: {rows[kind]}", flush=True)
     record = {"benchmark": "empty_picks", "checkpoint": args.ckpt, "n": args.n,
               "size": args.size, "seed": args.seed, "load_before": load_before,

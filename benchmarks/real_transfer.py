@@ -33,6 +33,7 @@ scored with the same edge rule (row "boxes inside"), like for like.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -116,13 +117,14 @@ def predict_extraction(overrides: list[str]) -> dict[str, Any]:
     return options
 
 
-def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | None = None
+def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | None = None,
+             thresholds: tuple[float, ...] = THRESHOLDS
              ) -> tuple[pd.DataFrame, float, float, dict[float, pd.DataFrame]]:
     """``predict.py`` as a user runs it (the stored threshold, diameter estimate, borders):
     its picks, the threshold it used, seconds per micrograph; and the picks at every threshold
-    of :data:`THRESHOLDS` and at that one, extracted from the probability maps predict wrote,
-    with the same diameter, extraction options and edge margin (coordinates scaled to the
-    original micrograph)."""
+    of ``thresholds`` (default :data:`THRESHOLDS`) and at that one, extracted from the
+    probability maps predict wrote, with the same diameter, extraction options and edge margin
+    (coordinates scaled to the original micrograph)."""
     from cryoparticle.models.packaged import resolve_checkpoint
     from cryoparticle.models.segmenter import load_segmenter
 
@@ -136,15 +138,13 @@ def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | 
     wall = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"predict.py failed ({ckpt}):\n{result.stderr[-2000:]}")
-    import json
-
     facts = load_segmenter(resolve_checkpoint(ckpt)).inference_facts()
     picks = pd.concat([read_star(out / f"{p.stem}.star").assign(micrograph=p.stem)
                        for p in data["paths"]], ignore_index=True)
     # the threshold predict used (the stored one, or a --predict threshold=...), in the sweep
     used = float(json.loads((out / "predict_summary.json").read_text())["threshold"])
     options = {**(facts.get("extraction") or {}), **predict_extraction(overrides or [])}
-    tables = extraction_sweep(out, data["paths"], options, tuple(sorted({*THRESHOLDS, used})))
+    tables = extraction_sweep(out, data["paths"], options, tuple(sorted({*thresholds, used})))
     return picks, used, wall / len(data["paths"]), tables
 
 
@@ -153,14 +153,13 @@ def extraction_sweep(out: Path, paths: list[Path], options: dict[str, Any],
     """The picks at every threshold, extracted from the probability maps ``predict.py`` wrote
     in ``out`` (``write_probability=true``) with the diameter and edge margin it used for each
     micrograph and the extraction ``options``; coordinates in original pixels."""
-    import json
-
     from cryoparticle.io.coords import scale_coordinates
     from cryoparticle.io.mrc import read_mrc
     from cryoparticle.picking.extract import extract_particles
 
     summary = {m["name"]: m for m in json.loads((out / "predict_summary.json").read_text())
                ["micrographs"]}
+    options = {k: v for k, v in options.items() if k != "border_px"}  # the summary's margin
     sweep: dict[float, list[pd.DataFrame]] = {t: [] for t in thresholds}
     for path in paths:
         info = summary[path.stem]
@@ -180,8 +179,6 @@ def run_topaz(topaz: Path, data: dict[str, Any], out: Path) -> tuple[pd.DataFram
     7.08 Å/px (integer factor), radius half the particle diameter there; all picks with scores
     (threshold −6) for the curve. Cached in ``out``: a rerun on the same micrographs (names and
     sizes) with the same Topaz reads the picks and the time back (delete ``out`` to remeasure)."""
-    import json
-
     from cryoparticle.io.coords import read_topaz
 
     factor = bin_factor(data["pixel_size_a"])
@@ -246,8 +243,6 @@ def table(record: dict[str, Any]) -> str:
 def cached_main(results_dir: Path, out: str, argv: list[str]) -> dict[str, Any]:
     """The record of ``main(argv)`` written as ``results_dir/out.json``; read back when that
     file exists (a rerun of a benchmark built on this one resumes)."""
-    import json
-
     cache = results_dir / f"{out}.json"
     if cache.is_file():
         return json.loads(cache.read_text())

@@ -77,3 +77,24 @@ def test_the_sweep_extracts_with_predicts_extraction_overrides():
         ["threshold=0.25", "extraction.min_size_fraction=0.05", "tta=flips",
          "extraction.split_touching=false", "extraction.border_px=null"]) == \
         {"min_size_fraction": 0.05, "split_touching": False}
+
+
+def test_the_sweep_takes_the_edge_margin_predict_used_not_a_border_option(tmp_path):
+    """A ``--predict extraction.border_px=...`` override reaches the sweep's options; the edge
+    margin is the one in predict's summary (it already reflects that override)."""
+    import json
+
+    from cryoparticle.io.mrc import write_mrc
+
+    prob = np.zeros((64, 64), np.float32)
+    yy, xx = np.mgrid[:64, :64]
+    for cy, cx in ((32, 32), (32, 4)):   # one particle in the middle, one at the edge
+        prob[(yy - cy) ** 2 + (xx - cx) ** 2 <= 16] = 0.9
+    write_mrc(tmp_path / "m_prob.mrc", prob, 7.08)
+    summary = {"micrographs": [{"name": "m", "pixel_size_a": 7.08, "bin_factor": 1.0,
+                                "particle_diameter_a": 8 * 7.08, "edge_margin_px": 0.0}]}
+    (tmp_path / "predict_summary.json").write_text(json.dumps(summary))
+    tables = real_transfer.extraction_sweep(tmp_path, [tmp_path / "m.mrc"],
+                                            {"min_size_fraction": 0.2, "border_px": 12.0},
+                                            (0.5,))
+    assert len(tables[0.5]) == 2   # margin 0 from the summary: the edge particle is kept
