@@ -172,7 +172,7 @@ class NonNegativePULoss(nn.Module):
             positive_risk = prior * F.softplus(-z)[positive].mean()
             negative_risk = unlabelled_negative - prior * F.softplus(z)[positive].mean()
         else:
-            positive_risk, negative_risk = z.sum() * 0.0, unlabelled_negative
+            positive_risk, negative_risk = _zero(z), unlabelled_negative
         risk = positive_risk + negative_risk.clamp_min(0.0)
         if bool(negative_risk < -self.beta):  # value: the risk; gradient: −γ ∇negative_risk
             ascent = -self.gamma * negative_risk
