@@ -236,6 +236,18 @@ def test_nnpu_recovers_particles_the_labels_miss():
     assert pu_precision > 0.85
 
 
+def test_nnpu_without_labelled_particles_calls_everything_background():
+    """A batch with no labelled particle pixel: π = 0, the risk is cross-entropy against
+    background, whatever the missing share."""
+    logits, target = make_batch(8)
+    target[target == 1] = 0
+    x = logits.clone().requires_grad_(True)
+    loss = build_loss("nnpu", pu_missing_fraction=0.4)(x, target)
+    assert loss.item() == pytest.approx(ref_ce(logits, target), rel=1e-10)
+    loss.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
 def test_nnpu_bad_arguments():
     with pytest.raises(InputError, match="pu_missing_fraction"):
         build_loss("nnpu", pu_missing_fraction=1.0)
