@@ -157,13 +157,18 @@ def write_report(results_dir: Path, out: str, record: Any, text: str,
     write_text_atomic(results_dir / f"{out}.md", text)
 
 
-def add_training_options(parser: Any, name: str) -> None:
+def add_training_options(parser: Any, name: str, checkpoint: str = "best") -> None:
     """The options of the benchmarks that train the general recipe per run (``sim_ablation``,
-    ``leave_one_out``): ``--data-dir``, ``--epochs``, ``--seed``, ``--work-dir``
-    (``benchmarks/work/<name>``), ``--out`` (``<name>``), ``--results-dir`` and the trailing
-    ``train.py`` overrides. Add a script's own options before calling this."""
+    ``leave_one_out``): ``--data-dir``, ``--epochs``, ``--checkpoint`` (default
+    ``checkpoint``), ``--seed``, ``--work-dir`` (``benchmarks/work/<name>``), ``--out``
+    (``<name>``), ``--results-dir`` and the trailing ``train.py`` overrides. Add a script's own
+    options before calling this."""
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--checkpoint", choices=CHECKPOINTS, default=checkpoint,
+                        help="the training's checkpoint to measure: the best by validation pick "
+                        "F1, or the last epoch's (the shipped general model's; default: "
+                        f"{checkpoint})")
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "work" / name)
     parser.add_argument("--out", default=name)
@@ -171,10 +176,17 @@ def add_training_options(parser: Any, name: str) -> None:
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
 
 
-def train_run(run_dir: Path, overrides: list[str], log: Path | None = None
-              ) -> tuple[Path, float]:
+CHECKPOINTS = ("best", "last")
+"""Which checkpoint of a training :func:`train_run` returns."""
+
+
+def train_run(run_dir: Path, overrides: list[str], log: Path | None = None,
+              checkpoint: str = "best") -> tuple[Path, float]:
     """Run ``train.py`` into ``run_dir`` (its output to ``log``, default ``run_dir/train.log``)
-    unless a finished run is there (``run_dir/DONE``); (best checkpoint, training seconds)."""
+    unless a finished run is there (``run_dir/DONE``); (checkpoint, training seconds): the best
+    by the monitored validation metric, or with ``checkpoint="last"`` the last epoch's."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, not {checkpoint!r}")
     done = run_dir / "DONE"
     log = log or run_dir / "train.log"
     if not done.is_file():
@@ -188,13 +200,18 @@ def train_run(run_dir: Path, overrides: list[str], log: Path | None = None
         if result.returncode:
             sys.exit(f"training failed (exit {result.returncode}); see {log}")
         done.write_text(f"{time.perf_counter() - start:.1f}\n")
+    if checkpoint == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            sys.exit(f"training wrote no last checkpoint in {run_dir}")
+        return last, float(done.read_text())
     found = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"))
     if not found:
         sys.exit(f"training wrote no best checkpoint in {run_dir}")
     return found[-1], float(done.read_text())
 
 
-__all__ = ["DATASETS", "DATA_DIR_HELP", "DEFAULT_DATA_DIR", "ROOT", "general_split", "inside",
-           "load_average",
+__all__ = ["CHECKPOINTS", "DATASETS", "DATA_DIR_HELP", "DEFAULT_DATA_DIR", "ROOT",
+           "general_split", "inside", "load_average",
            "mask_truth", "portable", "require_datasets", "train_run", "write_report",
            "write_results"]

@@ -38,7 +38,7 @@ from _common import ROOT, load_average, write_report  # noqa: E402
 from _topaz import extract_command, extract_radius, preprocess_command  # noqa: E402
 
 #: Thresholds of the sweep (the threshold predict used is added)
-THRESHOLDS = (0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+THRESHOLDS = (0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 
 
 def write_empty(work: Path, simulator: str, n: int, size: int, seed: int) -> list[Path]:

@@ -2,6 +2,7 @@
 
     python benchmarks/leave_one_out.py [--data-dir DIR] [--held-out EMPIAR-10017 ...]
         [--variants full calibrated_contrast] [--epochs 8] [--seed 12345]
+        [--checkpoint best] [--empty-n 1] [--empty-limit 1.0]
         [--topaz PATH_TO_topaz] [--work-dir benchmarks/work/leave_one_out]
         [--out leave_one_out] [--results-dir benchmarks/results] [-- OVERRIDE ...]
 
@@ -24,6 +25,14 @@ average over the held-out sets is reported: the extraction to store in a model m
 data (the shipped one: ``export --threshold T --extraction min_size_fraction=S``). What that
 choice is worth on a set that took no part in it is each set's F1 at the setting chosen on the
 *other* held-out sets (nested), also reported.
+
+The real sets are crowded, so they cannot say what a setting picks where there is nothing to
+pick, which is most of a sparse data set. Each held-out model therefore also picks ``--empty-n``
+micrographs without particles of each kind of ``benchmarks/empty_picks.py`` (empty ice of both
+simulators, white noise), and the setting is chosen only among those with at most
+``--empty-limit`` false picks per 100 particle areas there (all settings if none is). The
+measured checkpoint is the best by the training's validation pick F1 (default, as for the
+shipped model) or the last epoch's (``--checkpoint last``).
 
 Runs are cached in ``--work-dir`` (a finished training has ``DONE``, a scored run its JSON): a
 rerun resumes. Writes ``<results-dir>/<out>.json`` and ``.md``.
@@ -134,7 +143,7 @@ def score(label: str, held_out: str, ckpt: Path, topaz: Path | None,
 
 #: The extraction settings the calibration for unseen sets tries on the saved probability maps
 GRID_MIN_SIZES = (0.05, 0.1, 0.2, 0.3)
-GRID_THRESHOLDS = (0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4)
+GRID_THRESHOLDS = (0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4)
 
 
 def setting_key(min_size_fraction: float, threshold: float) -> str:
@@ -172,10 +181,66 @@ def grid_f1(label: str, held_out: str, ckpt: Path, args: argparse.Namespace) -> 
     return grid
 
 
-def best_setting(grids: dict[str, dict[str, float]]) -> tuple[str, float]:
-    """The setting with the best F1 averaged over the sets (each set counts once, whatever
-    its number of particles); ties: the first in grid order."""
+EMPTY_KINDS = ("empiar10017", "general", "white_noise")
+"""Micrographs without particles each held-out model picks (``benchmarks/empty_picks.py``'s)."""
+
+
+def empty_grid(label: str, ckpt: Path, args: argparse.Namespace) -> dict[str, float]:
+    """False picks per 100 particle disc areas on micrographs *without* particles, for each
+    setting of the grid: ``--empty-n`` 1024² micrographs of each of :data:`EMPTY_KINDS` run
+    through ``predict.py`` (every pick kept up to the edge), re-extracted as :func:`grid_f1`
+    does, averaged over the kinds (cached as JSON). The crowded real sets cannot say what a
+    setting picks on empty ice, which a sparse data set is mostly made of."""
+    import json
+
+    import empty_picks
+    import real_transfer
+
+    from cryoparticle.models.segmenter import load_segmenter
+
+    cache = args.work_dir / "scores" / f"{label}_empty.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    options = dict(load_segmenter(ckpt).inference_facts().get("extraction") or {})
+    per_kind: dict[str, list[float]] = {}
+    for kind in EMPTY_KINDS:
+        paths = empty_picks.write_empty(args.work_dir / "empty", kind, args.empty_n, 1024,
+                                        args.seed)
+        out = args.work_dir / "empty" / "picks" / label / kind
+        _, used, _, _ = real_transfer.run_ours(str(ckpt), {"paths": paths}, out,
+                                               ["extraction.border_px=0"], (0.5,))
+        for size in GRID_MIN_SIZES:
+            tables = real_transfer.extraction_sweep(out, paths,
+                                                    {**options, "min_size_fraction": size},
+                                                    GRID_THRESHOLDS)
+            counts = empty_picks.count_picks(out, paths, tables, used)
+            for t in GRID_THRESHOLDS:
+                per_kind.setdefault(setting_key(size, t), []).append(
+                    counts["picks_per_100_particle_areas"][f"{t:g}"])
+    grid = {key: float(np.mean(values)) for key, values in per_kind.items()}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(grid, indent=1) + "\n")
+    return grid
+
+
+def allowed_settings(grids: dict[str, dict[str, float]],
+                     empty: dict[str, dict[str, float]] | None, limit: float | None
+                     ) -> list[str]:
+    """The settings of the grids whose false picks on empty micrographs, averaged over the
+    models of ``grids``' sets, are at most ``limit`` per 100 particle areas (all settings
+    without ``empty``/``limit``, or when none meets it)."""
     keys = list(next(iter(grids.values())))
+    if empty is None or limit is None:
+        return keys
+    quiet = [k for k in keys if np.mean([empty[name][k] for name in grids]) <= limit]
+    return quiet or keys
+
+
+def best_setting(grids: dict[str, dict[str, float]], keys: list[str] | None = None
+                 ) -> tuple[str, float]:
+    """The setting (of ``keys``, default all) with the best F1 averaged over the sets (each
+    set counts once, whatever its number of particles); ties: the first in grid order."""
+    keys = keys or list(next(iter(grids.values())))
     mean = {k: float(np.mean([grid[k] for grid in grids.values()])) for k in keys}
     best = max(keys, key=mean.__getitem__)
     return best, mean[best]
@@ -192,24 +257,37 @@ def shipped_setting() -> str:
     return setting_key(extraction.min_size_fraction, float(facts["picking_threshold"]))
 
 
-def unseen_calibration(grids: dict[str, dict[str, float]], shipped: str | None = None
-                       ) -> dict[str, Any]:
+def unseen_calibration(grids: dict[str, dict[str, float]], shipped: str | None = None,
+                       empty: dict[str, dict[str, float]] | None = None,
+                       empty_limit: float | None = None) -> dict[str, Any]:
     """Extraction settings for sets never seen in training: the best on average over the
     held-out sets (what to store in a model for new data), and, to say what that choice is
     worth on a set that took no part in it, each held-out set scored at the setting chosen on
     the *other* held-out sets (nested; needs two sets or more). ``shipped``: a setting (the
-    shipped model's) whose F1 on each set is reported too, when the grid holds it."""
-    chosen, mean = best_setting(grids)
+    shipped model's) whose F1 on each set is reported too, when the grid holds it. ``empty``
+    (:func:`empty_grid` of each set's model) and ``empty_limit``: choose only among the
+    settings that pick at most that many false particles per 100 particle areas on empty
+    micrographs (:func:`allowed_settings`; nested: by the other sets' models)."""
+    chosen, mean = best_setting(grids, allowed_settings(grids, empty, empty_limit))
     out: dict[str, Any] = {"chosen": chosen, "mean_f1": mean,
                            "f1": {name: grid[chosen] for name, grid in grids.items()},
                            "nested": {}}
+    if empty is not None:
+        out["empty_limit"] = empty_limit
+        out["empty_picks_per_100_areas"] = {name: empty[name][chosen] for name in grids}
     if shipped is not None and all(shipped in grid for grid in grids.values()):
         out["shipped"] = {"setting": shipped,
                           "f1": {name: grid[shipped] for name, grid in grids.items()}}
+        if empty is not None:
+            out["shipped"]["empty_picks_per_100_areas"] = {name: empty[name][shipped]
+                                                           for name in grids}
     if len(grids) > 1:
         for name, grid in grids.items():
-            setting, _ = best_setting({k: v for k, v in grids.items() if k != name})
+            others = {k: v for k, v in grids.items() if k != name}
+            setting, _ = best_setting(others, allowed_settings(others, empty, empty_limit))
             out["nested"][name] = {"setting": setting, "f1": grid[setting]}
+            if empty is not None:
+                out["nested"][name]["empty_picks_per_100_areas"] = empty[name][setting]
     return out
 
 
@@ -225,18 +303,34 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def calibration_markdown(calibration: dict[str, Any]) -> str:
     shipped = calibration.get("shipped")
+    empty = calibration.get("empty_picks_per_100_areas")
+    limit = calibration.get("empty_limit")
     lines = [f"Extraction for unseen sets ({calibration['variant']}): best on average over the "
              f"held-out sets `{calibration['chosen']}` (mean F1 {calibration['mean_f1']:.3f})"
+             + (f" among the settings with at most {limit:g} false picks per 100 particle "
+                "areas on empty micrographs" if empty is not None and limit is not None else "")
              + (f"; the shipped model's `{shipped['setting']}`." if shipped else "."),
              "", "| held out | F1 at it | setting chosen on the other held-out sets | F1 at that |"
-             + (" F1 at the shipped setting |" if shipped else ""),
-             "|---|---|---|---|" + ("---|" if shipped else "")]
+             + (" F1 at the shipped setting |" if shipped else "")
+             + (" empty-ice picks / 100 areas: chosen, nested" if empty is not None else "")
+             + (", shipped |" if empty is not None and shipped else
+                " |" if empty is not None else ""),
+             "|---|---|---|---|" + ("---|" if shipped else "") + ("---|" if empty else "")]
+
+    def picks(record: dict[str, Any] | None, name: str) -> str:
+        values = (record or {}).get("empty_picks_per_100_areas") or {}
+        value = values.get(name) if isinstance(values, dict) else values
+        return "–" if value is None else f"{value:.2f}"
+
     for name, f1 in calibration["f1"].items():
         nested = calibration["nested"].get(name)
         lines.append(f"| {name} | {f1:.3f} | "
                      + (f"`{nested['setting']}` | **{nested['f1']:.3f}** |" if nested
                         else "– | – |")
-                     + (f" {shipped['f1'][name]:.3f} |" if shipped else ""))
+                     + (f" {shipped['f1'][name]:.3f} |" if shipped else "")
+                     + (f" {picks(calibration, name)}, {picks(nested, name)}"
+                        + (f", {picks(shipped, name)}" if shipped else "") + " |"
+                        if empty is not None else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -247,8 +341,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="simulation variants of benchmarks/sim_ablation.py (default: full)")
     parser.add_argument("--topaz", type=Path, default=None,
                         help="the topaz executable (pip install topaz-em); omitted: not run")
+    parser.add_argument("--empty-n", type=int, default=1,
+                        help="micrographs without particles of each kind (default simulator, "
+                        "general simulator, white noise) each held-out model picks (0: none)")
+    parser.add_argument("--empty-limit", type=float, default=1.0,
+                        help="choose the extraction among the settings with at most this many "
+                        "false picks per 100 particle areas on them (default 1)")
     add_training_options(parser, "leave_one_out")
     args = parser.parse_args(argv)
+    if args.empty_n < 0 or args.empty_limit < 0:
+        parser.error("--empty-n and --empty-limit must be ≥ 0")
     require_datasets(args.data_dir)
     args.work_dir = args.work_dir.resolve()
     os.environ["CRYOPARTICLE_DATA"] = str(args.data_dir.resolve())
@@ -256,19 +358,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_before = load_average()
     rows = []
     grids: dict[str, dict[str, float]] = {}
+    empty: dict[str, dict[str, float]] = {}
     for held_out, data_overrides in plan.items():
         for i, variant in enumerate(args.variants):
             label = f"{DATASETS[held_out][0]}_{variant}"
             overrides = ["experiment=general", f"trainer.max_epochs={args.epochs}",
                          f"seed={args.seed}", *data_overrides, *variant_overrides(variant),
                          *args.overrides]
-            best, train_s = train_run(args.work_dir / "runs" / label, overrides)
+            best, train_s = train_run(args.work_dir / "runs" / label, overrides,
+                                      checkpoint=args.checkpoint)
             run = args.work_dir / "runs" / label
             threshold = calibrate(label, held_out, export(best, run / "exported_val.ckpt"), args)
             ckpt = export(best, run / "exported.ckpt", threshold)
             results = score(label, held_out, ckpt, args.topaz if i == 0 else None, args)
             if i == 0:
                 grids[held_out] = grid_f1(label, held_out, ckpt, args)
+                if args.empty_n > 0:
+                    empty[held_out] = empty_grid(label, ckpt, args)
             keep = ("threshold", "precision", "recall", "f1", "best_f1", "best_threshold", "ap")
             for picker, r in results.items():
                 name = variant if picker.startswith("ours") else picker
@@ -278,6 +384,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"{held_out} {name}: F1 {r['f1']:.3f}, best {r['best_f1']:.3f}, "
                       f"AP {r['ap']:.3f}", flush=True)
     report = {"recipe": {"experiment": "general", "epochs": args.epochs, "seed": args.seed,
+                         "checkpoint": args.checkpoint,
                          "variants": {v: variant_overrides(v) for v in args.variants},
                          "extra_overrides": args.overrides,
                          "scoring": "benchmarks/real_transfer.py --micrographs all"},
@@ -285,7 +392,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "unseen_calibration": {"variant": args.variants[0],
                                      "min_size_fractions": list(GRID_MIN_SIZES),
                                      "thresholds": list(GRID_THRESHOLDS),
-                                     **unseen_calibration(grids, shipped_setting())}}
+                                     **unseen_calibration(
+                                         grids, shipped_setting(), empty or None,
+                                         args.empty_limit if empty else None)}}
     text = markdown(rows) + "\n" + calibration_markdown(report["unseen_calibration"])
     write_report(args.results_dir, args.out, report, text,
                  {"DATA_DIR": args.data_dir, "WORK_DIR": args.work_dir})

@@ -100,7 +100,7 @@ TOPAZ = "Topaz resnet16_u64 (shipped)"
 TOPAZ_BOXES_INSIDE = f"{TOPAZ}, boxes inside"
 """Topaz's picks kept only where a box of 1.5 diameters fits in the micrograph, as ours are."""
 
-THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
+THRESHOLDS = (0.02, 0.03, *np.round(np.arange(0.05, 0.96, 0.05), 2))
 """Thresholds of the sweep of our pickers (extraction re-run on the saved probability maps)."""
 
 

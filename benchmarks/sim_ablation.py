@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for label, variant, seed in runs:
         overrides = [*BASE, f"trainer.max_epochs={args.epochs}", f"seed={seed}",
                      *variant_overrides(variant), *args.overrides]
-        ckpt, train_s = train_run(args.work_dir / "runs" / label, overrides)
+        ckpt, train_s = train_run(args.work_dir / "runs" / label, overrides,
+                                  checkpoint=args.checkpoint)
         removed = ("every ingredient below" if variant == ALL_REMOVED
                    else _SINGLE[variant][0])
         removed += "" if seed == args.seed else f", seed {seed}"
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fulls = [r["mean_best_f1"] for r, (_, variant, _) in zip(rows, runs) if variant == "full"]
     floor = float(max(fulls) - min(fulls)) if len(fulls) > 1 else None
     report = {"recipe": {"base": BASE, "epochs": args.epochs, "seed": args.seed,
+                         "checkpoint": args.checkpoint,
                          "extra_overrides": args.overrides,
                          "scoring": "benchmarks/real_transfer.py --micrographs all"},
               "variants": {v: variant_overrides(v) for v in args.variants},

@@ -92,6 +92,9 @@ class MicrographSimulator:
         _check_range("defocus_um", cfg.microscope.defocus_um, 0.0)
         _check_range("astigmatism_um", cfg.microscope.astigmatism_um, 0.0)
         _check_range("density_per_um2", cfg.particles.density_per_um2, 0.0)
+        empty = _value(cfg, "particles.empty_probability", 0.0)
+        if empty is not None and not 0.0 <= float(empty) <= 1.0:
+            raise param_error("particles.empty_probability", empty, "must be in [0, 1]")
         min_distance = cfg.particles.min_distance_a
         if min_distance is None and _value(cfg, "particles.min_distance_diameters") is None:
             raise param_error("min_distance_a", None, "give min_distance_a or "
@@ -145,9 +148,13 @@ class MicrographSimulator:
                    pixel_size_a: float | None = None, diameter_px: float | None = None,
                    variation: np.random.Generator | None = None) -> int:
         """Number of particles for a micrograph of this size (fixed count, drawn density, or
-        drawn coverage: the fraction of the area the particles' discs cover)."""
+        drawn coverage: the fraction of the area the particles' discs cover); none, with
+        probability ``particles.empty_probability``, when the count is not fixed (empty ice)."""
         if self.cfg.particles.count is not None:
             return int(self.cfg.particles.count)
+        empty = float(_value(self.cfg, "particles.empty_probability", 0.0) or 0.0)
+        if empty > 0.0 and (variation if variation is not None else rng).random() < empty:
+            return 0
         coverage = _value(self.cfg, "particles.coverage")
         if coverage is not None and diameter_px is not None and variation is not None:
             disc = math.pi * diameter_px * diameter_px / 4

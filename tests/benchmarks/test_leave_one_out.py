@@ -90,6 +90,30 @@ def test_unseen_calibration_averages_over_sets_and_scores_each_on_the_others_cho
     assert leave_one_out.shipped_setting() == leave_one_out.setting_key(0.2, 0.125)
 
 
+def test_unseen_calibration_keeps_to_settings_quiet_on_empty_micrographs():
+    a, b, c = (leave_one_out.setting_key(0.2, t) for t in (0.1, 0.2, 0.3))
+    grids = {"X": {a: 0.9, b: 0.8, c: 0.5}, "Y": {a: 0.8, b: 0.7, c: 0.6},
+             "Z": {a: 0.7, b: 0.6, c: 0.6}}
+    # false picks per 100 particle areas on empty micrographs, per set's model
+    empty = {"X": {a: 30.0, b: 0.5, c: 0.0}, "Y": {a: 20.0, b: 3.0, c: 0.1},
+             "Z": {a: 10.0, b: 0.2, c: 0.0}}
+    free = leave_one_out.unseen_calibration(grids)
+    assert free["chosen"] == a  # the best F1 picks empty ice
+    out = leave_one_out.unseen_calibration(grids, shipped=a, empty=empty, empty_limit=1.0)
+    # b: mean 10 / 3 > 1 would pick too much, so c (mean 0.03) although its F1 is lower
+    assert out["chosen"] == c and out["mean_f1"] == pytest.approx(0.5667, abs=1e-4)
+    assert out["empty_picks_per_100_areas"] == {"X": 0.0, "Y": 0.1, "Z": 0.0}
+    assert out["shipped"]["empty_picks_per_100_areas"] == {"X": 30.0, "Y": 20.0, "Z": 10.0}
+    # nested: Y is held out, so X's and Z's models decide: b (mean 0.35 ≤ 1) is allowed there
+    assert out["nested"]["Y"] == {"setting": b, "f1": 0.7, "empty_picks_per_100_areas": 3.0}
+    assert out["nested"]["X"]["setting"] == c  # Y's and Z's models: b means 1.6 > 1
+    # no setting meets the limit: choose among all rather than none
+    assert leave_one_out.unseen_calibration(grids, empty=empty, empty_limit=0.0)["chosen"] == a
+    text = leave_one_out.calibration_markdown({"variant": "full", **out})
+    assert "at most 1 false picks per 100 particle areas" in text
+    assert "| Y | 0.600 | `" + b + "` | **0.700** | 0.800 | 0.10, 3.00, 20.00 |" in text
+
+
 def test_held_out_models_are_exported_as_the_shipped_model_is(tmp_path):
     """The leave-one-out models estimate the diameter exactly as the shipped general model
     does (its export's core fraction and diameter threshold), with their own threshold."""
@@ -102,3 +126,21 @@ def test_held_out_models_are_exported_as_the_shipped_model_is(tmp_path):
         assert ours[key] == shipped[key], key
     assert shipped["diameter_threshold"] != 0.3
     assert load_segmenter(out).inference_facts()["picking_threshold"] == 0.3
+
+
+def test_a_finished_training_gives_its_best_or_its_last_checkpoint(tmp_path):
+    from _common import train_run
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("epoch_001-f1_0.60.ckpt", "epoch_003-f1_0.70.ckpt", "last.ckpt"):
+        (run / "checkpoints" / name).write_bytes(b"")
+    (run / "DONE").write_text("12.5\n")  # finished: nothing is trained again
+    best = train_run(run, ["experiment=general"])
+    assert best == (run / "checkpoints" / "epoch_003-f1_0.70.ckpt", 12.5)
+    assert train_run(run, [], checkpoint="last") == (run / "checkpoints" / "last.ckpt", 12.5)
+    with pytest.raises(ValueError, match="checkpoint must be one of"):
+        train_run(run, [], checkpoint="first")
+    (run / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(SystemExit, match="no last checkpoint"):
+        train_run(run, [], checkpoint="last")

@@ -15,13 +15,14 @@ from cryoparticle.simulate.volume import volume_diameter_a
 
 QUIET = ["contaminants.ice_blobs.probability=0", "contaminants.aggregates.probability=0",
          "contaminants.carbon_edge.probability=0", "noise.ice_gradient=0",
-         "look=null", "++contrast.flip_probability=0"]
+         "look=null", "particles.empty_probability=0", "++contrast.flip_probability=0"]
 
 
 @pytest.fixture(scope="module")
 def general():
     # a small pool of blob shapes: each costs a projector (tens of ms) the first time
-    return MicrographSimulator(simulator_config("general", ["volume.blobs.pool_size=8"]))
+    return MicrographSimulator(simulator_config("general", ["volume.blobs.pool_size=8",
+                                                            "particles.empty_probability=0"]))
 
 
 def _radial(power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -227,6 +228,24 @@ def test_crowded_micrographs_cover_most_of_the_area():
         "volume.species=[{source: apoferritin, particle_diameter_a: 130.0, weight: 1.0}]"]))
     fractions = [sim.simulate((2, i), 256).mask.mean() for i in range(3)]
     assert min(fractions) > 0.4  # CryoPPP's crowded sets: 54–63 % particle pixels
+
+
+def test_empty_probability_gives_micrographs_of_empty_ice():
+    def counts(probability: float) -> list[int]:
+        quiet = [q for q in QUIET if not q.startswith("particles.empty_probability")]
+        sim = MicrographSimulator(simulator_config("general", quiet + [
+            f"particles.empty_probability={probability}", "particles.coverage=[0.3,0.3]"]))
+        micrographs = [sim.simulate((4, i), 128) for i in range(40)]
+        if probability == 1.0:  # no particle, no label, but still a noisy micrograph
+            assert all(m.mask.max() == 0 and float(m.image.std()) > 0 for m in micrographs)
+        return [len(m.particles) for m in micrographs]
+
+    assert min(counts(0.0)) > 0
+    assert max(counts(1.0)) == 0
+    n_empty = sum(c == 0 for c in counts(0.5))
+    assert 10 <= n_empty <= 30  # Binomial(40, 0.5): outside [10, 30] with p < 0.002
+    with pytest.raises(ValueError, match="empty_probability"):
+        MicrographSimulator(simulator_config("general", ["particles.empty_probability=1.5"]))
 
 
 def test_aggregation_clusters_particles():
