@@ -112,6 +112,7 @@ def test_unseen_calibration_keeps_to_settings_quiet_on_empty_micrographs():
     text = leave_one_out.calibration_markdown({"variant": "full", **out})
     assert "at most 1 false picks per 100 particle areas" in text
     assert "| Y | 0.600 | `" + b + "` | **0.700** | 0.800 | 0.10, 3.00, 20.00 |" in text
+    assert "| X | 0.500 | `" + c + "` | **0.500** | 0.900 | 0.00, 0.00, 30.00 |" in text
 
 
 def test_held_out_models_are_exported_as_the_shipped_model_is(tmp_path):
