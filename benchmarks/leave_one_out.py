@@ -150,6 +150,22 @@ def setting_key(min_size_fraction: float, threshold: float) -> str:
     return f"min_size_fraction={min_size_fraction:g} threshold={threshold:g}"
 
 
+def grid_tables(folder: Path, paths: list[Path], ckpt: Path
+                ) -> dict[float, dict[float, Any]]:
+    """The picks of each minimum size of :data:`GRID_MIN_SIZES` and threshold of
+    :data:`GRID_THRESHOLDS` (``{size: {threshold: picks}}``), re-extracted from the probability
+    maps ``predict.py`` wrote in ``folder`` with ``ckpt``'s other extraction options."""
+    import real_transfer
+
+    from cryoparticle.models.segmenter import load_segmenter
+
+    options = dict(load_segmenter(ckpt).inference_facts().get("extraction") or {})
+    return {size: real_transfer.extraction_sweep(folder, paths,
+                                                 {**options, "min_size_fraction": size},
+                                                 GRID_THRESHOLDS)
+            for size in GRID_MIN_SIZES}
+
+
 def grid_f1(label: str, held_out: str, ckpt: Path, args: argparse.Namespace) -> dict[str, float]:
     """F1 on every micrograph of ``held_out`` for each setting of :data:`GRID_MIN_SIZES` ×
     :data:`GRID_THRESHOLDS`, re-extracted from the probability maps its scoring run wrote
@@ -158,7 +174,6 @@ def grid_f1(label: str, held_out: str, ckpt: Path, args: argparse.Namespace) -> 
 
     import real_transfer
 
-    from cryoparticle.models.segmenter import load_segmenter
     from cryoparticle.picking.evaluate import precision_recall_f1
 
     cache = args.work_dir / "scores" / f"{label}_grid.json"
@@ -168,12 +183,8 @@ def grid_f1(label: str, held_out: str, ckpt: Path, args: argparse.Namespace) -> 
                                         args.work_dir / "transfer" / "inputs")
     truth = inside(data["truth"], data["borders"])
     folder = args.work_dir / "transfer" / "picks" / held_out / f"ours_{label}"
-    options = dict(load_segmenter(ckpt).inference_facts().get("extraction") or {})
     grid = {}
-    for size in GRID_MIN_SIZES:
-        tables = real_transfer.extraction_sweep(folder, data["paths"],
-                                                {**options, "min_size_fraction": size},
-                                                GRID_THRESHOLDS)
+    for size, tables in grid_tables(folder, data["paths"], ckpt).items():
         for t, picks in tables.items():
             grid[setting_key(size, t)] = precision_recall_f1(
                 inside(picks, data["borders"]), truth, data["diameter_px"] / 2)["f1"]
@@ -198,23 +209,17 @@ def empty_grid(label: str, ckpt: Path, args: argparse.Namespace) -> dict[str, fl
     import empty_picks
     import real_transfer
 
-    from cryoparticle.models.segmenter import load_segmenter
-
     cache = args.work_dir / "scores" / f"{label}_empty.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    options = dict(load_segmenter(ckpt).inference_facts().get("extraction") or {})
     per_kind: dict[str, list[float]] = {}
     for kind in EMPTY_KINDS:
         paths = empty_picks.write_empty(args.work_dir / "empty", kind, args.empty_n, 1024,
                                         args.seed)
         out = args.work_dir / "empty" / "picks" / label / kind
         _, used, _, _ = real_transfer.run_ours(str(ckpt), {"paths": paths}, out,
-                                               ["extraction.border_px=0"], (0.5,))
-        for size in GRID_MIN_SIZES:
-            tables = real_transfer.extraction_sweep(out, paths,
-                                                    {**options, "min_size_fraction": size},
-                                                    GRID_THRESHOLDS)
+                                               ["extraction.border_px=0"], thresholds=())
+        for size, tables in grid_tables(out, paths, ckpt).items():
             counts = empty_picks.count_picks(out, paths, tables, used)
             for t in GRID_THRESHOLDS:
                 per_kind.setdefault(setting_key(size, t), []).append(

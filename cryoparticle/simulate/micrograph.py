@@ -93,7 +93,8 @@ class MicrographSimulator:
         _check_range("astigmatism_um", cfg.microscope.astigmatism_um, 0.0)
         _check_range("density_per_um2", cfg.particles.density_per_um2, 0.0)
         empty = _value(cfg, "particles.empty_probability", 0.0)
-        if empty is not None and not 0.0 <= float(empty) <= 1.0:
+        self.empty_probability = float(empty or 0.0)
+        if not 0.0 <= self.empty_probability <= 1.0:
             raise param_error("particles.empty_probability", empty, "must be in [0, 1]")
         min_distance = cfg.particles.min_distance_a
         if min_distance is None and _value(cfg, "particles.min_distance_diameters") is None:
@@ -152,8 +153,9 @@ class MicrographSimulator:
         probability ``particles.empty_probability``, when the count is not fixed (empty ice)."""
         if self.cfg.particles.count is not None:
             return int(self.cfg.particles.count)
-        empty = float(_value(self.cfg, "particles.empty_probability", 0.0) or 0.0)
-        if empty > 0.0 and (variation if variation is not None else rng).random() < empty:
+        if (self.empty_probability > 0.0
+                and (variation if variation is not None else rng).random()
+                < self.empty_probability):
             return 0
         coverage = _value(self.cfg, "particles.coverage")
         if coverage is not None and diameter_px is not None and variation is not None:
