@@ -136,6 +136,23 @@ def _leave_one_out(r: dict[str, Any]) -> str:
         f"({_fmt(row.get('best_f1'), '.3f')})" for row in r.get("rows") or [])
 
 
+def _crf_effect(r: dict[str, Any]) -> str:
+    """Pick F1 without a CRF and with each CRF, first network, first test set."""
+    network, results = next(iter((_dig(r, "domains", "synthetic") or {}).items()), (None, {}))
+    test_set, by_crf = next(iter((results.get("sets") or {}).items()), (None, {}))
+    if not by_crf:
+        return "n/a"
+    return f"pick F1 ({network}, {test_set}): " + ", ".join(
+        f"{crf} {_fmt(m.get('pick_f1'), '.3f')}" for crf, m in by_crf.items())
+
+
+def _real_data_cv(r: dict[str, Any]) -> str:
+    return "CV pick F1: " + ", ".join(
+        f"{row['network']} {row['init']} {row['target']} "
+        f"{_fmt(_dig(row, 'metrics', 'pick_f1'), '.3f')} (folds {len(row.get('folds') or [])})"
+        for row in r.get("rows") or [])
+
+
 def _keys(r: dict[str, Any]) -> str:
     return ", ".join(k for k in r if k not in ("machine", "load_before", "load_after"))[:60]
 
@@ -186,9 +203,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                              "--test-size", "512", "--n-real-test", "1", "--epochs", "1",
                              "--real-epochs", "1", "--samples", "64", "--rnn-epochs", "1",
                              "--feature-channels", "1"],
-              real_data=True, outputs=("--json", "--markdown")),
+              real_data=True, outputs=("--json", "--markdown"), headline=_crf_effect),
     Benchmark("real_data_cv", ["--folds", "5", "--only-folds", "0", *_CV_RECIPE],
-              ["--folds", "5", *_CV_RECIPE], real_data=True, outputs=("--json", "--markdown")),
+              ["--folds", "5", *_CV_RECIPE], real_data=True, outputs=("--json", "--markdown"),
+              headline=_real_data_cv),
     Benchmark("real_transfer", ["--micrographs", "test"], ["--micrographs", "test"],
               real_data=True, outputs=(), headline=_real_transfer),
     Benchmark("contrast_stats", ["--n", "40"], real_data=True, headline=_contrast_stats),

@@ -144,3 +144,12 @@ def test_headlines_summarise_the_results_they_are_given():
                             "EMPIAR-10059": {"ours: general": {"f1": 0.69}, "Topaz": {}}}}
     assert run_all._real_transfer(transfer) == ("F1 (ours: general/Topaz): 10017 0.848/0.601, "
                                                 "10059 0.690/n/a")
+    crf = {"domains": {"synthetic": {"unet": {"sets": {"SNR 0.1": {
+        "none": {"pick_f1": 0.9946}, "dense": {"pick_f1": 0.9884}}}}}}}
+    assert run_all._crf_effect(crf) == "pick F1 (unet, SNR 0.1): none 0.995, dense 0.988"
+    assert run_all._crf_effect({}) == "n/a"
+    cv = {"rows": [{"network": "unet", "init": "sim-only", "target": "ring", "folds": [0, 1],
+                    "metrics": {"pick_f1": 0.797}}]}
+    assert run_all._real_data_cv(cv) == "CV pick F1: unet sim-only ring 0.797 (folds 2)"
+    # every benchmark names a figure, not just the keys of its JSON
+    assert all(b.headline is not run_all._keys for b in run_all.BENCHMARKS)
