@@ -13,7 +13,7 @@ command, so quick numbers are never mistaken for full ones); results in
 ``topaz`` on the PATH exists, ASPIRE when ``--aspire-python`` is given; otherwise their
 comparisons are skipped (``--no-topaz`` / ``--no-aspire``). Benchmarks on real data
 (``crf_effect``, ``real_data_cv``, ``real_transfer``, ``contrast_stats``, ``sim_ablation``,
-``leave_one_out``)
+``leave_one_out``, ``particle_size``)
 are skipped when ``--data-dir`` has no EMPIAR-10017 folder. ``quickstart`` times the README's
 first commands (``--quick``: its training runs 2 epochs instead of the default 10).
 
@@ -153,6 +153,14 @@ def _real_data_cv(r: dict[str, Any]) -> str:
         for row in r.get("rows") or [])
 
 
+def _particle_size(r: dict[str, Any]) -> str:
+    rows = r.get("rows") or []
+    modes = list((rows[0].get("modes") or {}) if rows else [])
+    return "mean F1 over sets and sizes: " + ", ".join(
+        f"{m} {_fmt(sum(row['modes'][m]['f1'] for row in rows) / len(rows), '.3f')}"
+        for m in modes)
+
+
 def _keys(r: dict[str, Any]) -> str:
     return ", ".join(k for k in r if k not in ("machine", "load_before", "load_after"))[:60]
 
@@ -233,6 +241,14 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("leave_one_out", ["--held-out", "EMPIAR-10059", "--epochs", "1",
                                 "--work-dir", "benchmarks/work/leave_one_out_quick"],
               real_data=True, outputs=(), headline=_leave_one_out),
+    # after leave_one_out: its held-out models
+    Benchmark("particle_size", ["--datasets", "EMPIAR-10059", "--scales", "0.6", "1.0",
+                                "--loo-work-dir", "benchmarks/work/leave_one_out_quick",
+                                "--work-dir", "benchmarks/work/particle_size_quick",
+                                "--predict", "threshold=0.125",
+                                "extraction.min_size_fraction=0.2"],
+              ["--predict", "threshold=0.125", "extraction.min_size_fraction=0.2"],
+              real_data=True, outputs=(), headline=_particle_size),
 )
 NAMES = tuple(b.name for b in BENCHMARKS)
 
@@ -261,7 +277,7 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
                 else ["--no-aspire"])
     elif bench.name in ("crf_effect", "real_data_cv", "contrast_stats"):
         cmd += ["--data-dir", str(data_dir)]
-    elif bench.name in ("real_transfer", "sim_ablation", "leave_one_out"):
+    elif bench.name in ("real_transfer", "sim_ablation", "leave_one_out", "particle_size"):
         cmd += ["--data-dir", str(data_dir), "--results-dir", str(results_dir),
                 "--out", bench.name]
     elif bench.name == "empty_picks":

@@ -4,9 +4,12 @@
 :func:`micrograph_names` gives each its output name; :func:`check_pixel_sizes` refuses
 header-less formats without ``micrograph_pixel_size_a``. :class:`MicrographFiles` (a
 ``Dataset`` read in DataLoader workers) reads each micrograph (MRC/MRCS single image, TIFF, PNG,
-JPEG), Fourier-bins it to the checkpoint's pixel size and normalises it as in training (the checkpoint's normalisation); a
-micrograph that cannot be used (corrupt, truncated, a stack, NaN/Inf, constant, no pixel size,
-smaller than one particle) becomes an *error record*, not an exception, so the rest go on.
+JPEG), Fourier-bins (or pads) it to the checkpoint's pixel size — or, with a given particle
+diameter, to the one where the particles are as many pixels across as the checkpoint's
+(:meth:`Settings.resample_pixel_size_a`) — and normalises it as in training (the checkpoint's
+normalisation); a micrograph that cannot be used (corrupt, truncated, a stack, NaN/Inf,
+constant, no pixel size, smaller than one particle) becomes an *error record*, not an
+exception, so the rest go on.
 """
 
 from __future__ import annotations
@@ -212,13 +215,19 @@ class MicrographFiles(Dataset):
             raise file_error(path, f"is {image.shape[0]}×{image.shape[1]} px, smaller than one "
                                    f"particle ({diameter_px:.0f} px across at {px:g} Å/px): "
                                    "nothing can be picked")
-        target = self.settings.model_pixel_size_a
+        target = self.settings.resample_pixel_size_a()
+        if target != self.settings.model_pixel_size_a:
+            # matched to the particle size: at most MAX_UPSAMPLING × finer than the micrograph
+            target = max(target, px / MAX_UPSAMPLING)
         height, width = image.shape
         self._border = (border_widths(image, margin_px=self.settings.border_margin_px)
                         if self.settings.drop_border and min(image.shape) >= 8 else None)
         image = resample_to_model(path, image, px, target)
         factor = (height / image.shape[0], width / image.shape[1])
-        return self.settings.normalisation(image, target), factor, float(px)
+        # the normalisation's lengths (Å) as at the network's pixel size: the network sees
+        # the micrograph as if it were there
+        return (self.settings.normalisation(image, self.settings.model_pixel_size_a), factor,
+                float(px))
 
 
 def first_record(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -113,6 +113,23 @@ class Settings:
     diameter_range: tuple[float, float] = (0.4, 2.5)
     drop_border: bool = True
     border_margin_px: int = 40
+    #: the particle diameter (Å) the network learnt (the checkpoint's); with
+    #: ``match_diameter`` and a given diameter, micrographs are resampled so that their
+    #: particles are as many pixels across as these were (:meth:`resample_pixel_size_a`)
+    checkpoint_diameter_a: float | None = None
+    match_diameter: bool = False
+
+    def resample_pixel_size_a(self) -> float:
+        """The pixel size (Å/px) micrographs are resampled to before segmentation: the
+        network's, or, when ``match_diameter`` and the particle diameter was given (not the
+        checkpoint's, not estimated), the network's × given diameter / checkpoint's diameter,
+        so that the particles appear at the size the network learnt (a picker segments
+        particles well near the size it was trained on, less well far from it)."""
+        if (self.match_diameter and self.checkpoint_diameter_a and not self.estimate_diameter
+                and abs(self.particle_diameter_a - self.checkpoint_diameter_a)
+                > 1e-6 * self.checkpoint_diameter_a):
+            return self.model_pixel_size_a * self.particle_diameter_a / self.checkpoint_diameter_a
+        return self.model_pixel_size_a
 
     def diameter_bounds_a(self) -> tuple[float, float]:
         """``(min, max)`` particle diameter (Å) an estimate may take: ``diameter_range``
@@ -229,9 +246,12 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
                               f"× micrograph_pixel_size_a={pixel_size_a:g} Å/px is {from_px:g} Å, "
                               f"not particle_diameter_a={diameter:g} Å: give two of the three")
         diameter, estimate = from_px, False
+    learnt = facts.get("particle_diameter_a")
+    learnt = (float(learnt) if learnt is not None and math.isfinite(float(learnt))
+              and float(learnt) > 0 else None)
     if diameter is None:
-        diameter = facts.get("particle_diameter_a")
-        if diameter is None or not math.isfinite(float(diameter)) or float(diameter) <= 0:
+        diameter = learnt
+        if diameter is None:
             raise param_error("particle_diameter_a", None, "the checkpoint carries no particle "
                               "diameter: give particle_diameter_a (Å)")
     if diameter_px is not None and pixel_size_a is None:
@@ -272,6 +292,8 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
         diameter_range=_diameter_range(cfg.get("diameter_range", [0.4, 2.5])),
         drop_border=flag("drop_border", cfg.get("drop_border", True)),
         border_margin_px=whole("border_margin_px", cfg.get("border_margin_px", 40), 0),
+        checkpoint_diameter_a=learnt,
+        match_diameter=flag("match_diameter", cfg.get("match_diameter", False)),
     )
 
 

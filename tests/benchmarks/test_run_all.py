@@ -153,3 +153,7 @@ def test_headlines_summarise_the_results_they_are_given():
     assert run_all._real_data_cv(cv) == "CV pick F1: unet sim-only ring 0.797 (folds 2)"
     # every benchmark names a figure, not just the keys of its JSON
     assert all(b.headline is not run_all._keys for b in run_all.BENCHMARKS)
+    size = {"rows": [{"modes": {"estimated": {"f1": 0.5}, "matched": {"f1": 0.8}}},
+                     {"modes": {"estimated": {"f1": 0.7}, "matched": {"f1": 0.7}}}]}
+    assert run_all._particle_size(size) == ("mean F1 over sets and sizes: estimated 0.600, "
+                                            "matched 0.750")

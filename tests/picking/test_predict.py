@@ -1174,3 +1174,35 @@ def test_estimated_diameter_of_a_core_trained_network_is_the_whole_particle(tmp_
     facts["export"]["core_fraction"] = 2.0
     with pytest.raises(InputError, match="core_fraction"):
         build_settings(cfg, facts, tmp_path / "a.ckpt")
+
+
+@pytest.mark.parametrize("extra, side", [
+    ([], 128),                                              # the checkpoint's 7.08 Å/px
+    (["particle_diameter_a=95"], 256),                      # half the size: 3.54 Å/px
+    (["particle_diameter_a=95", "match_diameter=false"], 128),
+    (["particle_diameter_a=380"], 64),                      # twice the size: 14.16 Å/px
+    (["particle_diameter_a=47.5"], 512),                    # 1.77 Å/px: 2× upsampled
+    (["particle_diameter_a=30"], 512),                      # would need 3.2×: at most 2×
+    (["particle_diameter_px=13.4"], 512),                   # with the pixel size: 47.4 Å
+    (["particle_diameter_px=26.8"], 256),                   # 94.9 Å
+    (["estimate_diameter=true"], 128),                      # estimated: never matched
+])
+def test_a_given_diameter_resamples_particles_to_the_size_the_network_learnt(tmp_path, extra,
+                                                                             side):
+    """A micrograph of 3.54 Å/px, 256² px, picked with a checkpoint of 7.08 Å/px and 190 Å:
+    with a given particle diameter d (match_diameter, default true) it is resampled to
+    7.08 × d / 190 Å/px (so the particles are 190/7.08 px across, as in training), never
+    upsampled more than 2×; otherwise to the checkpoint's 7.08 Å/px. The normalised image
+    and the original-pixel factor follow."""
+    from cryoparticle.picking.inputs import MicrographFiles
+
+    path = tmp_path / "mic.mrc"
+    rng = np.random.default_rng(0)
+    write_mrc(path, rng.normal(size=(256, 256)).astype(np.float32), 3.54)
+    settings = _settings(tmp_path / "out", "micrograph_pixel_size_a=3.54", *extra)
+    record = MicrographFiles([path], ["mic"], settings)[0]
+    assert record["error"] is None
+    assert tuple(record["image"].shape) == (1, side, side)
+    assert record["factor"] == pytest.approx((256 / side, 256 / side))
+    assert record["pixel_size_a"] == 3.54 and record["original_shape"] == (256, 256)
+    assert float(record["image"].std()) == pytest.approx(1.0, abs=0.05)
