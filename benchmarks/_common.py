@@ -170,10 +170,16 @@ def add_training_options(parser: Any, name: str, checkpoint: str = "best") -> No
                         "F1, or the last epoch's (the shipped general model's; default: "
                         f"{checkpoint})")
     parser.add_argument("--seed", type=int, default=12345)
+    add_output_options(parser, name)
+    parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
+
+
+def add_output_options(parser: Any, name: str) -> None:
+    """``--work-dir`` (default ``benchmarks/work/<name>``), ``--out`` (``<name>``) and
+    ``--results-dir`` (``benchmarks/results``): where a benchmark works and what it writes."""
     parser.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "work" / name)
     parser.add_argument("--out", default=name)
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
 
 
 CHECKPOINTS = ("best", "last")

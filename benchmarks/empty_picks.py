@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_transfer  # noqa: E402
-from _common import ROOT, load_average, write_report  # noqa: E402
+from _common import add_output_options, load_average, write_report  # noqa: E402
 from _topaz import extract_command, extract_radius, preprocess_command  # noqa: E402
 
 #: Thresholds of the sweep (the threshold predict used is added)
@@ -145,10 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--topaz", type=Path, default=None,
                         help="the topaz executable (pip install topaz-em); omitted: not run")
-    parser.add_argument("--work-dir", type=Path,
-                        default=ROOT / "benchmarks" / "work" / "empty_picks")
-    parser.add_argument("--out", default="empty_picks")
-    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    add_output_options(parser, "empty_picks")
     args = parser.parse_args(argv)
     if args.n < 1 or args.size < 64:
         parser.error("--n must be ≥ 1 and --size ≥ 64")

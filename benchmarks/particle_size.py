@@ -33,8 +33,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_transfer  # noqa: E402
-from _common import (DATA_DIR_HELP, DATASETS, DEFAULT_DATA_DIR, ROOT, inside,  # noqa: E402
-                     load_average, require_datasets, write_report)
+from _common import (DATA_DIR_HELP, DATASETS, DEFAULT_DATA_DIR, ROOT,  # noqa: E402
+                     add_output_options, inside, load_average, require_datasets, write_report)
+
+from cryoparticle.io.jsonfile import write_json  # noqa: E402
+from cryoparticle.picking.evaluate import precision_recall_f1  # noqa: E402
 
 MODES = ("estimated", "given", "matched")
 
@@ -80,8 +83,7 @@ def measure(name: str, scale: float, mode: str, args: argparse.Namespace) -> dic
     picks, used, seconds, _ = real_transfer.run_ours(ckpt, data, out, overrides,
                                                      thresholds=())
     truth = inside(data["truth"], data["borders"])
-    scores = real_transfer.precision_recall_f1(inside(picks, data["borders"]), truth,
-                                               data["diameter_px"] / 2)
+    scores = precision_recall_f1(inside(picks, data["borders"]), truth, data["diameter_px"] / 2)
     summary = json.loads((out / "predict_summary.json").read_text())["micrographs"]
     result = {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
               "threshold": used, "s_per_micrograph": seconds,
@@ -89,7 +91,6 @@ def measure(name: str, scale: float, mode: str, args: argparse.Namespace) -> dic
               "network_pixel_size_a": float(np.median([m["pixel_size_a"] * m["bin_factor"]
                                                        for m in summary]))}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    from cryoparticle.io.jsonfile import write_json
     write_json(cache, {"stamp": stamp, "result": result})
     return result
 
@@ -122,10 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--predict", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra predict.py overrides, e.g. threshold=0.125")
-    parser.add_argument("--work-dir", type=Path,
-                        default=ROOT / "benchmarks" / "work" / "particle_size")
-    parser.add_argument("--out", default="particle_size")
-    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    add_output_options(parser, "particle_size")
     args = parser.parse_args(argv)
     if any(s <= 0 for s in args.scales):
         parser.error("--scales must be > 0")

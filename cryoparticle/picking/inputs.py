@@ -215,10 +215,7 @@ class MicrographFiles(Dataset):
             raise file_error(path, f"is {image.shape[0]}×{image.shape[1]} px, smaller than one "
                                    f"particle ({diameter_px:.0f} px across at {px:g} Å/px): "
                                    "nothing can be picked")
-        target = self.settings.resample_pixel_size_a()
-        if target != self.settings.model_pixel_size_a:
-            # matched to the particle size: at most MAX_UPSAMPLING × finer than the micrograph
-            target = max(target, px / MAX_UPSAMPLING)
+        target = self.settings.resample_pixel_size_a(px)
         height, width = image.shape
         self._border = (border_widths(image, margin_px=self.settings.border_margin_px)
                         if self.settings.drop_border and min(image.shape) >= 8 else None)

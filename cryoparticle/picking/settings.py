@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryoparticle.data.preprocess import Normalisation
+from cryoparticle.data.preprocess import MAX_UPSAMPLING, Normalisation
 from cryoparticle.errors import InputError, check_positive, file_error, param_error
 from cryoparticle.models.packaged import check_export_facts
 
@@ -117,18 +117,21 @@ class Settings:
     #: ``match_diameter`` and a given diameter, micrographs are resampled so that their
     #: particles are as many pixels across as these were (:meth:`resample_pixel_size_a`)
     checkpoint_diameter_a: float | None = None
-    match_diameter: bool = False
+    match_diameter: bool = True
 
-    def resample_pixel_size_a(self) -> float:
-        """The pixel size (Å/px) micrographs are resampled to before segmentation: the
-        network's, or, when ``match_diameter`` and the particle diameter was given (not the
-        checkpoint's, not estimated), the network's × given diameter / checkpoint's diameter,
-        so that the particles appear at the size the network learnt (a picker segments
-        particles well near the size it was trained on, less well far from it)."""
+    def resample_pixel_size_a(self, micrograph_pixel_size_a: float) -> float:
+        """The pixel size (Å/px) a micrograph of ``micrograph_pixel_size_a`` is resampled to
+        before segmentation: the network's, or, when ``match_diameter`` and the particle
+        diameter was given (not the checkpoint's, not estimated), the network's × given
+        diameter / checkpoint's diameter, so that the particles appear at the size the network
+        learnt (a picker segments particles well near the size it was trained on, less well far
+        from it) — never finer than the micrograph's / ``MAX_UPSAMPLING``."""
         if (self.match_diameter and self.checkpoint_diameter_a and not self.estimate_diameter
                 and abs(self.particle_diameter_a - self.checkpoint_diameter_a)
                 > 1e-6 * self.checkpoint_diameter_a):
-            return self.model_pixel_size_a * self.particle_diameter_a / self.checkpoint_diameter_a
+            matched = self.model_pixel_size_a * self.particle_diameter_a / \
+                self.checkpoint_diameter_a
+            return max(matched, micrograph_pixel_size_a / MAX_UPSAMPLING)
         return self.model_pixel_size_a
 
     def diameter_bounds_a(self) -> tuple[float, float]:
@@ -293,7 +296,7 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
         drop_border=flag("drop_border", cfg.get("drop_border", True)),
         border_margin_px=whole("border_margin_px", cfg.get("border_margin_px", 40), 0),
         checkpoint_diameter_a=learnt,
-        match_diameter=flag("match_diameter", cfg.get("match_diameter", False)),
+        match_diameter=flag("match_diameter", cfg.get("match_diameter", True)),
     )
 
 
