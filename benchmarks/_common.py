@@ -190,13 +190,21 @@ def train_run(run_dir: Path, overrides: list[str], log: Path | None = None,
               checkpoint: str = "best") -> tuple[Path, float]:
     """Run ``train.py`` into ``run_dir`` (its output to ``log``, default ``run_dir/train.log``)
     unless a finished run is there (``run_dir/DONE``); (checkpoint, training seconds): the best
-    by the monitored validation metric, or with ``checkpoint="last"`` the last epoch's."""
+    by the monitored validation metric, or with ``checkpoint="last"`` the last epoch's.
+
+    The overrides are recorded in ``run_dir/overrides.txt``: a finished run trained with other
+    overrides is never reused for these (an error names the folder)."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, not {checkpoint!r}")
-    done = run_dir / "DONE"
+    done, recorded = run_dir / "DONE", run_dir / "overrides.txt"
     log = log or run_dir / "train.log"
+    wanted = "\n".join(overrides) + "\n"
+    if done.is_file() and recorded.is_file() and recorded.read_text() != wanted:
+        sys.exit(f"{run_dir}: a finished training with other overrides (see overrides.txt); "
+                 "delete it or give another --work-dir")
     if not done.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
+        recorded.write_text(wanted)
         cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
                "print_config=false", "test=false", "logger=csv", *overrides]
         print("  $", " ".join(cmd[1:]), flush=True)

@@ -4,10 +4,13 @@
                                  [--results-dir DIR] [--data-dir DIR]
                                  [--topaz PATH] [--aspire-python PATH] [--dry-run]
 
-``--quick``: settings whose total fits in about 30 minutes on a 2-core CPU (fewer repeats,
-sizes, networks and epochs than the README's tables; the JSON of each benchmark records its
-command, so quick numbers are never mistaken for full ones); results in
-``benchmarks/results/quick/`` unless ``--results-dir``. ``--full``: every script's own defaults
+``--quick``: reduced settings (fewer repeats, sizes, networks, epochs and crops than the
+README's tables, the ablation and held-out trainings scored on fewer micrographs, Topaz not run
+on the held-out set of ``leave_one_out``; the JSON of each benchmark records its command, so
+quick numbers are never mistaken for full ones), meant for about 30 minutes on a 2-core CPU
+(the README gives the measured total); results in ``benchmarks/results/quick/`` unless
+``--results-dir``; the scripts that cache trainings work in ``benchmarks/work/<name>_quick``,
+never in a full run's folder. ``--full``: every script's own defaults
 (the README's settings; a GPU is used where the script can use one), results in
 ``benchmarks/results/``. The peers stay optional: Topaz is compared when ``--topaz`` or a
 ``topaz`` on the PATH exists, ASPIRE when ``--aspire-python`` is given; otherwise their
@@ -188,13 +191,18 @@ class Benchmark:
     #: The JSON option of the script (``--json``) and further result files (``--markdown``).
     outputs: tuple[str, ...] = ("--json",)
     headline: Callable[[dict[str, Any]], str] = _keys
+    #: The modes in which the script gets ``--topaz`` (when Topaz is given): the optional peer
+    #: in the same run. ``pick_speed`` gets ``--no-topaz`` otherwise.
+    topaz_modes: tuple[str, ...] = ()
 
 
-#: real_data_cv's README rows: U-Net, discs with a 2 px ignore ring, 8 epochs, robust normalisation
-#: (options before ``--``, train.py overrides after it).
-_CV_RECIPE = ["--networks", "unet", "--targets", "ring", "--epochs", "8", "--",
+#: real_data_cv's README rows: U-Net, discs with a 2 px ignore ring, robust normalisation
+#: (options before ``--``, train.py overrides after it), 8 epochs (quick: 3, one fold).
+_CV_RECIPE = ["--networks", "unet", "--targets", "ring", "--",
               "data.normalisation={method: robust, clip_percentiles: [0.5, 99.5], "
               "background_sigma_a: 1000.0}"]
+
+BOTH = ("quick", "full")
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("simulate_speed", ["--repeats", "2", "--crops", "10", "--loader-crops", "32"],
@@ -204,19 +212,22 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ["--sizes", "1024", "2048", "4096", "--repeats", "3", "--threads", "1",
                "--workers", "1", "--train-step", "--train-repeats", "5"],
               headline=_crf_speed),
-    Benchmark("pick_speed", ["--n", "1"], headline=_pick_speed),
+    Benchmark("pick_speed", ["--n", "1"], headline=_pick_speed, topaz_modes=BOTH),
     Benchmark("train_throughput", ["--networks", "unet", "deeplabv3", "--steps", "3",
                                    "--pipeline-batches", "3"], headline=_train_throughput),
     Benchmark("crf_effect", ["--networks", "unet", "--snrs", "0.1", "--n-test", "2",
                              "--test-size", "512", "--n-real-test", "1", "--epochs", "1",
                              "--real-epochs", "1", "--samples", "64", "--rnn-epochs", "1",
-                             "--feature-channels", "1"],
+                             "--feature-channels", "1",
+                             "--work-dir", "benchmarks/work/crf_effect_quick"],
               real_data=True, outputs=("--json", "--markdown"), headline=_crf_effect),
-    Benchmark("real_data_cv", ["--folds", "5", "--only-folds", "0", *_CV_RECIPE],
-              ["--folds", "5", *_CV_RECIPE], real_data=True, outputs=("--json", "--markdown"),
+    Benchmark("real_data_cv", ["--folds", "5", "--only-folds", "0", "--epochs", "3",
+                               "--work-dir", "benchmarks/work/real_data_cv_quick", *_CV_RECIPE],
+              ["--folds", "5", "--epochs", "8", *_CV_RECIPE], real_data=True,
+              outputs=("--json", "--markdown"),
               headline=_real_data_cv),
     Benchmark("real_transfer", ["--micrographs", "test"], ["--micrographs", "test"],
-              real_data=True, outputs=(), headline=_real_transfer),
+              real_data=True, outputs=(), headline=_real_transfer, topaz_modes=BOTH),
     Benchmark("contrast_stats", ["--n", "40"], real_data=True, headline=_contrast_stats),
     Benchmark("quickstart", ["--train-overrides", "trainer.max_epochs=2"],
               headline=_quickstart),
@@ -231,18 +242,26 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                               "--work-dir", "benchmarks/work/noise_sweep_quick"],
               ["--epochs", "2", "--samples", "384", "--topaz-epochs", "2",
                "--topaz-epoch-size", "25"],
-              outputs=("--json", "--markdown", "--plot"), headline=_noise_sweep),
+              outputs=("--json", "--markdown", "--plot"), headline=_noise_sweep,
+              topaz_modes=BOTH),
+    # quick: no seed repeat, scored on the 3 test micrographs, 256 crops (a smoke run: the
+    # README's table needs --full)
     Benchmark("sim_ablation", ["--variants", "full", "no_looks", "--epochs", "1",
-                               "--work-dir", "benchmarks/work/sim_ablation_quick"],
+                               "--repeat-seeds", "0", "--micrographs", "test",
+                               "--work-dir", "benchmarks/work/sim_ablation_quick",
+                               "--", "data.train_samples_per_epoch=256"],
               real_data=True, outputs=(), headline=_sim_ablation),
     Benchmark("empty_picks", ["--n", "1", "--size", "512",
                               "--work-dir", "benchmarks/work/empty_picks_quick"],
-              outputs=(), headline=_empty_picks),
+              outputs=(), headline=_empty_picks, topaz_modes=BOTH),
     Benchmark("leave_one_out", ["--held-out", "EMPIAR-10059", "--epochs", "1",
-                                "--work-dir", "benchmarks/work/leave_one_out_quick"],
-              real_data=True, outputs=(), headline=_leave_one_out),
+                                "--work-dir", "benchmarks/work/leave_one_out_quick",
+                                "--", "data.train_samples_per_epoch=256"],
+              real_data=True, outputs=(), headline=_leave_one_out,
+              topaz_modes=("full",)),   # Topaz on the 10 held-out micrographs: 10+ min here
     # after leave_one_out: its held-out models
-    Benchmark("particle_size", ["--datasets", "EMPIAR-10059", "--scales", "0.6", "1.0",
+    Benchmark("particle_size", ["--datasets", "EMPIAR-10059", "--scales", "0.6",
+                                "--modes", "estimated", "matched",
                                 "--loo-work-dir", "benchmarks/work/leave_one_out_quick",
                                 "--work-dir", "benchmarks/work/particle_size_quick",
                                 "--predict", "threshold=0.125",
@@ -269,9 +288,10 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
     suffix = {"--json": ".json", "--markdown": ".md", "--plot": ".png"}
     for option in bench.outputs:
         cmd += [option, str(results_dir / f"{bench.name}{suffix[option]}")]
+    peer = topaz if mode in bench.topaz_modes else None
     if bench.name == "pick_speed":
         cmd += ["--data-dir", str(data_dir)]
-        cmd += ["--topaz", str(topaz)] if topaz is not None else ["--no-topaz"]
+        cmd += ["--topaz", str(peer)] if peer is not None else ["--no-topaz"]
     elif bench.name == "simulate_speed":
         cmd += (["--aspire-python", str(aspire_python)] if aspire_python is not None
                 else ["--no-aspire"])
@@ -286,9 +306,8 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
         import torch
 
         cmd += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
-    if bench.name in ("real_transfer", "noise_sweep", "leave_one_out", "empty_picks") \
-            and topaz is not None:
-        cmd += ["--topaz", str(topaz)]   # optional peer (pick_speed says --no-topaz instead)
+    if peer is not None and bench.name != "pick_speed":
+        cmd += ["--topaz", str(peer)]   # the optional peer in the same run
     return cmd + passed_on
 
 
@@ -328,7 +347,9 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--quick", action="store_true", help="≤ 30 min on a 2-core CPU")
+    mode.add_argument("--quick", action="store_true",
+                      help="reduced settings (meant for ~30 min on a 2-core CPU; the README "
+                           "gives the measured total)")
     mode.add_argument("--full", action="store_true", help="the README's settings (GPU)")
     p.add_argument("--only", nargs="+", choices=NAMES, default=None, metavar="NAME",
                    help=f"run only these ({', '.join(NAMES)})")

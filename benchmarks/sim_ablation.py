@@ -2,6 +2,7 @@
 
     python benchmarks/sim_ablation.py [--data-dir DIR] [--variants full no_looks ...]
         [--epochs 8] [--seed 12345] [--repeat-seeds 1] [--repeat full calibrated_contrast ...]
+        [--micrographs all|test]
         [--work-dir benchmarks/work/sim_ablation] [--out sim_ablation]
         [--results-dir benchmarks/results]
 
@@ -10,7 +11,8 @@ source switched off: ``data.weights.real=0 data.eval_sources=[sim]``, 192² crop
 ResNet-18, checkpoint and threshold chosen on simulated validation micrographs only), with one
 ingredient of ``conf/simulator/general.yaml`` removed (or, for ``calibrated_contrast``, one
 that was taken out of it added back), and is scored zero-shot on every real
-micrograph of the shared sets (EMPIAR-10017, -10059, -10947) exactly as
+micrograph of the shared sets (EMPIAR-10017, -10059, -10947; ``--micrographs test``: only
+``data=general``'s test micrograph of each, the quick run's setting) exactly as
 ``benchmarks/real_transfer.py`` scores pickers (Hungarian matching within half a diameter,
 pooled per dataset): F1 at the stored threshold, best F1 over thresholds, AP. No real pixel
 is seen in training or model selection. ``--repeat-seeds N`` retrains the full mix (and the
@@ -95,13 +97,15 @@ def plan_runs(variants: list[str], seed: int, repeat: list[str], repeat_seeds: i
 
 
 def score_variant(label: str, ckpt: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Zero-shot scores of one checkpoint on every real micrograph (cached as JSON)."""
+    """Zero-shot scores of one checkpoint on the real micrographs ``args.micrographs`` (cached
+    as JSON, one file per selection)."""
     import real_transfer
 
+    cache = label if args.micrographs == "all" else f"{label}_{args.micrographs}"
     return real_transfer.cached_main(
-        args.work_dir / "scores", label,
-        ["--data-dir", str(args.data_dir), "--ckpt", f"{label}={ckpt}", "--micrographs", "all",
-         "--work", str(args.work_dir / "transfer")])["results"]
+        args.work_dir / "scores", cache,
+        ["--data-dir", str(args.data_dir), "--ckpt", f"{label}={ckpt}",
+         "--micrographs", args.micrographs, "--work", str(args.work_dir / "transfer")])["results"]
 
 
 def row(label: str, removed: str, results: dict[str, Any], train_s: float) -> dict[str, Any]:
@@ -139,6 +143,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", nargs="+", default=["full"],
                         choices=CHOICES, metavar="VARIANT",
                         help="the variants --repeat-seeds retrains (default: full)")
+    parser.add_argument("--micrographs", choices=["all", "test"], default="all",
+                        help="score on every real micrograph, or on data=general's test "
+                             "micrograph of each set (faster, noisier)")
     add_training_options(parser, "sim_ablation")
     args = parser.parse_args(argv)
     require_datasets(args.data_dir)
@@ -162,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"recipe": {"base": BASE, "epochs": args.epochs, "seed": args.seed,
                          "checkpoint": args.checkpoint,
                          "extra_overrides": args.overrides,
-                         "scoring": "benchmarks/real_transfer.py --micrographs all"},
+                         "scoring": "benchmarks/real_transfer.py --micrographs "
+                                    + args.micrographs},
               "variants": {v: variant_overrides(v) for v in args.variants},
               "seed_spread_mean_best_f1": floor,
               "machine": {"load_average_before": load_before}, "rows": rows}

@@ -145,3 +145,17 @@ def test_a_finished_training_gives_its_best_or_its_last_checkpoint(tmp_path):
     (run / "checkpoints" / "last.ckpt").unlink()
     with pytest.raises(SystemExit, match="no last checkpoint"):
         train_run(run, [], checkpoint="last")
+
+
+def test_a_finished_training_with_other_overrides_is_never_reused(tmp_path):
+    """A rerun with changed options must not silently score the old training."""
+    from _common import train_run
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "epoch_001-f1_0.60.ckpt").write_bytes(b"")
+    (run / "DONE").write_text("3.0\n")
+    (run / "overrides.txt").write_text("experiment=general\ntrainer.max_epochs=1\n")
+    assert train_run(run, ["experiment=general", "trainer.max_epochs=1"])[1] == 3.0
+    with pytest.raises(SystemExit, match=f"{run}: a finished training with other overrides"):
+        train_run(run, ["experiment=general", "trainer.max_epochs=8"])

@@ -157,3 +157,51 @@ def test_headlines_summarise_the_results_they_are_given():
                      {"modes": {"estimated": {"f1": 0.7}, "matched": {"f1": 0.7}}}]}
     assert run_all._particle_size(size) == ("mean F1 over sets and sizes: estimated 0.600, "
                                             "matched 0.750")
+
+
+def test_topaz_joins_each_benchmark_only_in_the_modes_it_is_affordable(tmp_path):
+    """Quick: Topaz beside pick_speed, real_transfer, noise_sweep and empty_picks, but not
+    leave_one_out (Topaz on all ten held-out micrographs takes longer than the whole quick
+    budget allows); full: everywhere it is a peer. No Topaz given: nowhere."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    topaz = tmp_path / "topaz"
+    peers = {"pick_speed", "real_transfer", "noise_sweep", "empty_picks", "leave_one_out"}
+    for mode, expected in (("quick", peers - {"leave_one_out"}), ("full", peers)):
+        given = {b.name for b in run_all.BENCHMARKS
+                 if f"--topaz={topaz}" in "=".join(run_all.command(b, mode, tmp_path, tmp_path,
+                                                                   topaz, None))}
+        assert given == expected, mode
+    speed = next(b for b in run_all.BENCHMARKS if b.name == "pick_speed")
+    assert "--no-topaz" in run_all.command(speed, "quick", tmp_path, tmp_path, None, None)
+    assert not any("--topaz" in run_all.command(b, "full", tmp_path, tmp_path, None, None)
+                   for b in run_all.BENCHMARKS)
+
+
+def test_quick_runs_work_in_their_own_folders(tmp_path):
+    """A quick run never writes into (or reuses) the work folder of a full run: every script
+    that caches work in its --work-dir gets benchmarks/work/<name>_quick in quick mode, and
+    another in full."""
+    import importlib
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import run_all
+        checked = set()
+        for bench in run_all.BENCHMARKS:
+            parser = script_parser(importlib.import_module(bench.name))
+            if "--work-dir" not in parser._option_string_actions or bench.name in (
+                    "pick_speed", "quickstart"):   # these start afresh (a temporary folder)
+                continue
+            quick = run_all.command(bench, "quick", tmp_path, tmp_path, None, None)
+            full = run_all.command(bench, "full", tmp_path, tmp_path, None, None)
+            folder = f"benchmarks/work/{bench.name}_quick"
+            assert quick[quick.index("--work-dir") + 1] == folder, bench.name
+            assert folder not in full, bench.name
+            checked.add(bench.name)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert {"crf_effect", "real_data_cv", "sim_ablation", "leave_one_out"} <= checked

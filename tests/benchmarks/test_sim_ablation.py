@@ -98,3 +98,26 @@ def test_repeated_variants_get_the_following_seeds_and_their_own_runs():
                     ("calibrated_contrast_seed8", "calibrated_contrast", 8),
                     ("calibrated_contrast_seed9", "calibrated_contrast", 9)]
     assert sim_ablation.plan_runs(["no_looks"], 1, ["full"], 0) == [("no_looks", "no_looks", 1)]
+
+
+@pytest.mark.parametrize("which,cache", [("all", "no_looks"), ("test", "no_looks_test")])
+def test_scoring_uses_the_selected_micrographs_and_caches_each_selection_apart(
+        tmp_path, monkeypatch, which, cache):
+    import argparse
+
+    import real_transfer
+
+    calls = []
+
+    def fake_cached_main(results_dir, out, argv):
+        calls.append((results_dir, out, argv))
+        return {"results": {"EMPIAR-10017": {}}}
+
+    monkeypatch.setattr(real_transfer, "cached_main", fake_cached_main)
+    args = argparse.Namespace(work_dir=tmp_path, data_dir=tmp_path / "data", micrographs=which)
+    assert sim_ablation.score_variant("no_looks", tmp_path / "a.ckpt", args) == \
+        {"EMPIAR-10017": {}}
+    (results_dir, out, argv), = calls
+    assert results_dir == tmp_path / "scores" and out == cache
+    assert argv[argv.index("--micrographs") + 1] == which
+    assert argv[argv.index("--ckpt") + 1] == f"no_looks={tmp_path / 'a.ckpt'}"
