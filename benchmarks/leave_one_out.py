@@ -160,10 +160,9 @@ def grid_tables(folder: Path, paths: list[Path], ckpt: Path
     from cryoparticle.models.segmenter import load_segmenter
 
     options = dict(load_segmenter(ckpt).inference_facts().get("extraction") or {})
-    return {size: real_transfer.extraction_sweep(folder, paths,
-                                                 {**options, "min_size_fraction": size},
-                                                 GRID_THRESHOLDS)
-            for size in GRID_MIN_SIZES}
+    options.pop("min_size_fraction", None)
+    return real_transfer.extraction_grid(folder, paths, options, GRID_THRESHOLDS,
+                                         GRID_MIN_SIZES)
 
 
 def grid_f1(label: str, held_out: str, ckpt: Path, args: argparse.Namespace) -> dict[str, float]:

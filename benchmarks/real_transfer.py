@@ -153,14 +153,25 @@ def extraction_sweep(out: Path, paths: list[Path], options: dict[str, Any],
     """The picks at every threshold, extracted from the probability maps ``predict.py`` wrote
     in ``out`` (``write_probability=true``) with the diameter and edge margin it used for each
     micrograph and the extraction ``options``; coordinates in original pixels."""
+    size = options.get("min_size_fraction", 0.25)
+    rest = {k: v for k, v in options.items() if k != "min_size_fraction"}
+    return extraction_grid(out, paths, rest, thresholds, (size,))[size]
+
+
+def extraction_grid(out: Path, paths: list[Path], options: dict[str, Any],
+                    thresholds: tuple[float, ...], min_size_fractions: tuple[float, ...]
+                    ) -> dict[float, dict[float, pd.DataFrame]]:
+    """As :func:`extraction_sweep` for every minimum region size too: ``{size: {threshold:
+    picks}}`` (one watershed per map and threshold, whatever the number of sizes)."""
     from cryoparticle.io.coords import scale_coordinates
     from cryoparticle.io.mrc import read_mrc
-    from cryoparticle.picking.extract import extract_particles
+    from cryoparticle.picking.extract import extract_particles_by_min_size
 
     summary = {m["name"]: m for m in json.loads((out / "predict_summary.json").read_text())
                ["micrographs"]}
     options = {k: v for k, v in options.items() if k != "border_px"}  # the summary's margin
-    sweep: dict[float, list[pd.DataFrame]] = {t: [] for t in thresholds}
+    grid: dict[float, dict[float, list[pd.DataFrame]]] = {
+        s: {t: [] for t in thresholds} for s in min_size_fractions}
     for path in paths:
         info = summary[path.stem]
         prob, _ = read_mrc(out / f"{path.stem}_prob.mrc", mmap=False)
@@ -168,10 +179,13 @@ def extraction_sweep(out: Path, paths: list[Path], options: dict[str, Any],
         diameter = float(info["particle_diameter_a"]) / binned_px
         margin = float(info.get("edge_margin_px") or 0.0) / float(info["bin_factor"])
         for t in thresholds:
-            found = extract_particles(prob, diameter, threshold=float(t), micrograph=path.stem,
-                                      border_px=margin, **options)
-            sweep[t].append(scale_coordinates(found, float(info["bin_factor"])))
-    return {t: pd.concat(v, ignore_index=True) for t, v in sweep.items()}
+            found = extract_particles_by_min_size(
+                prob, diameter, min_size_fractions, threshold=float(t), micrograph=path.stem,
+                border_px=margin, **options)
+            for s, picks in found.items():
+                grid[s][t].append(scale_coordinates(picks, float(info["bin_factor"])))
+    return {s: {t: pd.concat(v, ignore_index=True) for t, v in by_t.items()}
+            for s, by_t in grid.items()}
 
 
 def run_topaz(topaz: Path, data: dict[str, Any], out: Path) -> tuple[pd.DataFrame, float]:

@@ -170,32 +170,70 @@ def extract_particles(prob: Any, particle_diameter_px: float, *, threshold: floa
         pixels of ``prob``, ``score`` = mean probability of the region, sorted by descending
         score. No particle → an empty table with the standard columns.
     """
+    return extract_particles_by_min_size(
+        prob, particle_diameter_px, (min_size_fraction,), threshold=threshold,
+        max_size_fraction=max_size_fraction, min_distance_fraction=min_distance_fraction,
+        border_px=border_px, split_touching=split_touching,
+        micrograph=micrograph)[min_size_fraction]
+
+
+def extract_particles_by_min_size(prob: Any, particle_diameter_px: float,
+                                  min_size_fractions: Any, *, threshold: float = 0.5,
+                                  max_size_fraction: float = 3.0,
+                                  min_distance_fraction: float = 0.5, border_px: int = 0,
+                                  split_touching: bool = True, micrograph: str = ""
+                                  ) -> dict[float, pd.DataFrame]:
+    """:func:`extract_particles` at several ``min_size_fractions`` at once: ``{fraction:
+    table}``, each equal to ``extract_particles(..., min_size_fraction=fraction)``. The regions
+    (threshold, components, watershed, centres and scores) do not depend on the minimum size, so
+    they are found once; only the area filter and the suppression run per fraction (a sweep
+    of extraction settings costs one watershed per threshold)."""
     array = _as_probability_map(prob)
     diameter = _check_fraction("particle_diameter_px", particle_diameter_px, allow_zero=False)
     threshold = _check_fraction("threshold", threshold)
     if threshold > 1:
         raise param_error("threshold", threshold, "must be in [0, 1]")
-    min_size = _check_fraction("min_size_fraction", min_size_fraction)
+    min_sizes = [_check_fraction("min_size_fraction", f) for f in min_size_fractions]
     max_size = _check_fraction("max_size_fraction", max_size_fraction)
     min_distance = _check_fraction("min_distance_fraction", min_distance_fraction) * diameter
     border = _check_fraction("border_px", border_px)
-    out = empty_particles()
-    if not array.size:
-        return out
+    disc_area = math.pi * (diameter / 2) ** 2
+    regions = _region_statistics(array, threshold, max_size * disc_area, round(min_distance),
+                                 split_touching)
+    out = {}
+    for given, min_size in zip(min_size_fractions, min_sizes, strict=True):
+        if regions is None:
+            out[given] = empty_particles()
+            continue
+        x, y, score, area, mass = regions
+        height, width = array.shape
+        valid = (area > 0) & (mass > 0) & (area >= min_size * disc_area)
+        valid &= (x >= border) & (x <= width - 1 - border) & (y >= border) \
+            & (y <= height - 1 - border)
+        out[given] = _suppressed_table(x[valid], y[valid], score[valid], diameter,
+                                       min_distance, micrograph)
+    return out
 
+
+def _region_statistics(array: np.ndarray, threshold: float, max_area_px: float,
+                       min_distance_px: int, split_touching: bool
+                       ) -> tuple[np.ndarray, ...] | None:
+    """Steps 1, 2 and 4 of the module: ``(x, y, score, area, mass)`` per region of the
+    thresholded, split map (probability-weighted centre, mean probability, pixel count,
+    probability sum), or None when nothing passes the threshold."""
+    if not array.size:
+        return None
     fg = array >= threshold
     components, n_components = ndimage.label(fg)
     if n_components == 0:
-        return out
-    disc_area = math.pi * (diameter / 2) ** 2
+        return None
     if split_touching:
         split = np.ones(n_components + 1, dtype=bool)
     else:
-        split = np.bincount(components.ravel(), minlength=n_components + 1) > max_size * disc_area
+        split = np.bincount(components.ravel(), minlength=n_components + 1) > max_area_px
     split[0] = False
     if split.any():
-        regions = _split_regions(fg, components, n_components,
-                                 round(min_distance), split)
+        regions = _split_regions(fg, components, n_components, min_distance_px, split)
     else:
         regions = components
     n_regions = int(regions.max())
@@ -207,18 +245,18 @@ def extract_particles(prob: Any, particle_diameter_px: float, *, threshold: floa
     rows, cols = np.divmod(pixels, array.shape[1])
     area = np.bincount(flat, minlength=n_regions + 1)[1:]
     mass = np.bincount(flat, weights=weights, minlength=n_regions + 1)[1:]
-    present = area > 0
     safe_mass = np.where(mass > 0, mass, 1.0)
     y = np.bincount(flat, weights=weights * rows, minlength=n_regions + 1)[1:] / safe_mass
     x = np.bincount(flat, weights=weights * cols, minlength=n_regions + 1)[1:] / safe_mass
     score = mass / np.maximum(area, 1)
+    return x, y, score, area, mass
 
-    height, width = array.shape
-    valid = present & (mass > 0) & (area >= min_size * disc_area)
-    valid &= (x >= border) & (x <= width - 1 - border) & (y >= border) & (y <= height - 1 - border)
-    x, y, score = x[valid], y[valid], score[valid]
+
+def _suppressed_table(x: np.ndarray, y: np.ndarray, score: np.ndarray, diameter: float,
+                      min_distance: float, micrograph: str) -> pd.DataFrame:
+    """Step 6 and the table: the picks that survive the suppression, best first."""
     if not len(x):
-        return out
+        return empty_particles()
     # Best first: higher score; ties by smaller y, then smaller x (deterministic).
     order = np.lexsort((x, y, -score))
     keep = _suppress(np.column_stack([x, y]), order, min_distance)

@@ -98,3 +98,9 @@ def test_the_sweep_takes_the_edge_margin_predict_used_not_a_border_option(tmp_pa
                                             {"min_size_fraction": 0.2, "border_px": 12.0},
                                             (0.5,))
     assert len(tables[0.5]) == 2   # margin 0 from the summary: the edge particle is kept
+    # the grid of minimum sizes × thresholds: each cell as a sweep at that size would give
+    grid = real_transfer.extraction_grid(tmp_path, [tmp_path / "m.mrc"], {}, (0.5, 0.95),
+                                         (0.2, 3.0))
+    assert {s: {t: len(p) for t, p in by_t.items()} for s, by_t in grid.items()} == \
+        {0.2: {0.5: 2, 0.95: 0}, 3.0: {0.5: 0, 0.95: 0}}
+    assert grid[0.2][0.5].equals(tables[0.5])

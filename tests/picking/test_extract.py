@@ -8,7 +8,7 @@ import torch
 
 from cryoparticle.errors import InputError
 from cryoparticle.io.coords import COLUMNS
-from cryoparticle.picking.extract import extract_particles
+from cryoparticle.picking.extract import extract_particles, extract_particles_by_min_size
 
 H, W = 120, 200  # non-square: rows ≠ columns
 D = 20.0  # particle diameter (px)
@@ -124,3 +124,29 @@ def test_bad_arguments_raise_input_error(kwargs):
     args = {"prob": blank(), "particle_diameter_px": D} | kwargs
     with pytest.raises(InputError):
         extract_particles(args.pop("prob"), args.pop("particle_diameter_px"), **args)
+
+
+def test_several_minimum_sizes_at_once_equal_one_extraction_each():
+    """The sweep helper (one watershed per threshold) gives exactly the tables of separate
+    calls, on a map with particles of several sizes, touching pairs, specks and a border."""
+    prob = blank()
+    for x, y, r in [(30, 30, 10), (48, 30, 10), (100, 60, 5), (160, 90, 7), (150, 20, 2.5)]:
+        disc(prob, x, y, radius=r, value=0.8)
+    rng = np.random.default_rng(3)
+    prob = np.clip(prob + rng.uniform(0, 0.3, prob.shape), 0, 1).astype(np.float32)
+    sizes = (0.0, 0.05, 0.2, 0.5)
+    for threshold in (0.3, 0.6):
+        for split in (True, False):
+            options = dict(threshold=threshold, border_px=8, split_touching=split,
+                           micrograph="m")
+            swept = extract_particles_by_min_size(prob, D, sizes, **options)
+            assert list(swept) == list(sizes)
+            counts = []
+            for size in sizes:
+                alone = extract_particles(prob, D, min_size_fraction=size, **options)
+                assert swept[size].equals(alone), (threshold, split, size)
+                counts.append(len(alone))
+            assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
+    assert extract_particles_by_min_size(blank(), D, (0.1, 0.2))[0.2].empty
+    with pytest.raises(InputError, match="min_size_fraction"):
+        extract_particles_by_min_size(prob, D, (0.1, -1.0))
