@@ -36,6 +36,7 @@ The table is sorted by descending score.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -178,7 +179,8 @@ def extract_particles(prob: Any, particle_diameter_px: float, *, threshold: floa
 
 
 def extract_particles_by_min_size(prob: Any, particle_diameter_px: float,
-                                  min_size_fractions: Any, *, threshold: float = 0.5,
+                                  min_size_fractions: Iterable[float], *,
+                                  threshold: float = 0.5,
                                   max_size_fraction: float = 3.0,
                                   min_distance_fraction: float = 0.5, border_px: int = 0,
                                   split_touching: bool = True, micrograph: str = ""
@@ -193,7 +195,8 @@ def extract_particles_by_min_size(prob: Any, particle_diameter_px: float,
     threshold = _check_fraction("threshold", threshold)
     if threshold > 1:
         raise param_error("threshold", threshold, "must be in [0, 1]")
-    min_sizes = [_check_fraction("min_size_fraction", f) for f in min_size_fractions]
+    fractions = tuple(min_size_fractions)   # any iterable, read once
+    min_sizes = [_check_fraction("min_size_fraction", f) for f in fractions]
     max_size = _check_fraction("max_size_fraction", max_size_fraction)
     min_distance = _check_fraction("min_distance_fraction", min_distance_fraction) * diameter
     border = _check_fraction("border_px", border_px)
@@ -201,7 +204,7 @@ def extract_particles_by_min_size(prob: Any, particle_diameter_px: float,
     regions = _region_statistics(array, threshold, max_size * disc_area, round(min_distance),
                                  split_touching)
     out = {}
-    for given, min_size in zip(min_size_fractions, min_sizes, strict=True):
+    for given, min_size in zip(fractions, min_sizes, strict=True):
         if regions is None:
             out[given] = empty_particles()
             continue

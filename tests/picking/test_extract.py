@@ -148,5 +148,7 @@ def test_several_minimum_sizes_at_once_equal_one_extraction_each():
                 counts.append(len(alone))
             assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
     assert extract_particles_by_min_size(blank(), D, (0.1, 0.2))[0.2].empty
+    generated = extract_particles_by_min_size(prob, D, (s for s in sizes), threshold=0.3)
+    assert list(generated) == list(sizes)   # an iterator is read once, every size answered
     with pytest.raises(InputError, match="min_size_fraction"):
         extract_particles_by_min_size(prob, D, (0.1, -1.0))
