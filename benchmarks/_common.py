@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
 DATA_DIR_HELP = ("folder with empiar-10017/{micrographs,picks,masks} (default: ../shared/data "
                  "beside the repository, if present; otherwise simulated data only)")
-# An absolute POSIX path (or a Windows user folder) inside a string.
-_ABSOLUTE = re.compile(r"(?<![\w.~$:/-])(?:/(?:[\w.@+*-]+/)*[\w.@+*-]+|[A-Za-z]:\\[^\s\"']+)")
+# An absolute POSIX path (or a Windows user folder) inside a string; not a "/" that follows a
+# closing bracket (e.g. the separator of "A (x)/B" in a headline).
+_ABSOLUTE = re.compile(r"(?<![\w.~$:/)\]-])(?:/(?:[\w.@+*-]+/)*[\w.@+*-]+|[A-Za-z]:\\[^\s\"']+)")
 
 
 def portable(value: Any, folders: dict[str, Path | str | None] | None = None) -> Any:

@@ -153,7 +153,9 @@ def extraction_sweep(out: Path, paths: list[Path], options: dict[str, Any],
     """The picks at every threshold, extracted from the probability maps ``predict.py`` wrote
     in ``out`` (``write_probability=true``) with the diameter and edge margin it used for each
     micrograph and the extraction ``options``; coordinates in original pixels."""
-    size = options.get("min_size_fraction", 0.25)
+    from cryoparticle.picking.settings import Extraction
+
+    size = options.get("min_size_fraction", Extraction.min_size_fraction)  # predict's default
     rest = {k: v for k, v in options.items() if k != "min_size_fraction"}
     return extraction_grid(out, paths, rest, thresholds, (size,))[size]
 

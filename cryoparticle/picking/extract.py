@@ -203,16 +203,15 @@ def extract_particles_by_min_size(prob: Any, particle_diameter_px: float,
     disc_area = math.pi * (diameter / 2) ** 2
     regions = _region_statistics(array, threshold, max_size * disc_area, round(min_distance),
                                  split_touching)
+    if regions is None:
+        return {given: empty_particles() for given in fractions}
+    x, y, score, area, mass = regions
+    height, width = array.shape
+    kept = (area > 0) & (mass > 0) & (x >= border) & (x <= width - 1 - border) \
+        & (y >= border) & (y <= height - 1 - border)   # whatever the minimum size
     out = {}
     for given, min_size in zip(fractions, min_sizes, strict=True):
-        if regions is None:
-            out[given] = empty_particles()
-            continue
-        x, y, score, area, mass = regions
-        height, width = array.shape
-        valid = (area > 0) & (mass > 0) & (area >= min_size * disc_area)
-        valid &= (x >= border) & (x <= width - 1 - border) & (y >= border) \
-            & (y <= height - 1 - border)
+        valid = kept & (area >= min_size * disc_area)
         out[given] = _suppressed_table(x[valid], y[valid], score[valid], diameter,
                                        min_distance, micrograph)
     return out

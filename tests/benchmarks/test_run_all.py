@@ -205,3 +205,22 @@ def test_quick_runs_work_in_their_own_folders(tmp_path):
     finally:
         sys.path.remove(str(SCRIPT.parent))
     assert {"crf_effect", "real_data_cv", "sim_ablation", "leave_one_out"} <= checked
+
+
+def test_results_lose_machine_paths_but_keep_the_headlines_separators(tmp_path):
+    """``portable`` (every results JSON goes through it): absolute paths become labels or file
+    names, while a headline's "picker (x)/picker" separator is not mistaken for a path."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from _common import ROOT, portable
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    data = tmp_path / "shared" / "data"
+    record = {"command": f"predict.py --data-dir {data}/empiar-10017 --topaz /opt/venv/bin/topaz "
+                         f"--json {ROOT}/benchmarks/results/x.json",
+              "headline": "F1 (ours: general/Topaz resnet16_u64 (shipped)/Topaz, boxes "
+                          "inside): 10017 0.892/0.592/0.592"}
+    out = portable(record, {"DATA_DIR": data})
+    assert out["command"] == ("predict.py --data-dir DATA_DIR/empiar-10017 --topaz topaz "
+                              "--json benchmarks/results/x.json")
+    assert out["headline"] == record["headline"]
