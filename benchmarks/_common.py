@@ -175,6 +175,25 @@ def add_training_options(parser: Any, name: str, checkpoint: str = "best") -> No
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
 
 
+def add_held_out_options(parser: Any, what: str) -> None:
+    """``--data-dir`` and ``--loo-work-dir`` (``leave_one_out.py``'s work dir, default its
+    own): the benchmarks that reuse the held-out models (``particle_size``,
+    ``coverage_weighting``); ``what`` says what they take from it."""
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
+    parser.add_argument("--loo-work-dir", type=Path,
+                        default=ROOT / "benchmarks" / "work" / "leave_one_out",
+                        help=f"leave_one_out.py's work dir: {what}")
+
+
+def write_held_out_report(args: Any, record: Any, text: str) -> None:
+    """:func:`write_report` of a benchmark of :func:`add_held_out_options` (its data, work and
+    held-out work folders made portable), and the text printed."""
+    write_report(args.results_dir, args.out, record, text,
+                 {"DATA_DIR": args.data_dir, "WORK_DIR": args.work_dir,
+                  "LOO_WORK_DIR": args.loo_work_dir})
+    print(text)
+
+
 def add_output_options(parser: Any, name: str) -> None:
     """``--work-dir`` (default ``benchmarks/work/<name>``), ``--out`` (``<name>``) and
     ``--results-dir`` (``benchmarks/results``): where a benchmark works and what it writes."""

@@ -33,8 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_transfer  # noqa: E402
-from _common import (DATA_DIR_HELP, DATASETS, DEFAULT_DATA_DIR, ROOT,  # noqa: E402
-                     add_output_options, inside, load_average, require_datasets, write_report)
+from _common import (DATASETS, add_held_out_options, add_output_options,  # noqa: E402
+                     inside, load_average, require_datasets, write_held_out_report)
 
 from cryoparticle.io.jsonfile import write_json  # noqa: E402
 from cryoparticle.picking.evaluate import precision_recall_f1  # noqa: E402
@@ -112,10 +112,7 @@ def markdown(rows: list[dict[str, Any]], modes: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
-    parser.add_argument("--loo-work-dir", type=Path,
-                        default=ROOT / "benchmarks" / "work" / "leave_one_out",
-                        help="leave_one_out.py's work dir: its held-out models")
+    add_held_out_options(parser, "its held-out models")
     parser.add_argument("--ckpt", default=None,
                         help="one checkpoint for every set instead (PATH or general)")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -146,10 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "checkpoints": args.ckpt or "leave_one_out held-out models",
               "predict_overrides": args.predict, "load_before": load_before,
               "load_after": load_average(), "rows": rows}
-    write_report(args.results_dir, args.out, record, text,
-                 {"DATA_DIR": args.data_dir, "WORK_DIR": args.work_dir,
-                  "LOO_WORK_DIR": args.loo_work_dir})
-    print(text)
+    write_held_out_report(args, record, text)
     return record
 
 

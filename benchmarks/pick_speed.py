@@ -20,7 +20,7 @@ options and diameter estimation stored in it.
 Ours, end to end (read → bin to the checkpoint's pixel size → segment → extract → write STAR,
 BOX and CSV): one ``python predict.py input=MIC ... trainer.accelerator=cpu num_threads=N
 num_workers=0`` process **per micrograph**, so every time includes the process start-up
-(imports, Hydra, checkpoint, Lightning set-up); reported per micrograph, with the median over
+(imports, Hydra, checkpoint); reported per micrograph, with the median over
 the micrographs: the process's wall time, predict's own stage timings (``read_s`` = read +
 bin + normalise, ``segment_s``, ``extract_s``, ``write_s``, from ``predict_summary.json``),
 and the peak memory: the process's peak RSS (``os.wait4``, exact) and the peak PSS of its
@@ -29,7 +29,7 @@ once). Also one process on all ``--n`` micrographs (start-up paid once: ``batch`
 
 Where our time goes: one more run on the first micrograph under a sampling profiler
 (``--profile``: py-spy at 100 Hz when ``py-spy`` is on the PATH, else cProfile), its samples
-grouped into start-up imports, configuration and Lightning set-up, checkpoint loading,
+grouped into start-up imports, configuration, checkpoint loading,
 reading/binning, network, extraction and writing, plus the functions with the most own time.
 
 Topaz (``pip install topaz-em`` into its own venv, see the README), the same micrographs, one
@@ -397,7 +397,7 @@ def run_topaz(topaz: Path, mics: list[Path], work: Path, threads: int
 #: the checkpoint's network is built).
 PROFILE_STAGES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("start-up: imports", (("_find_and_load", "<frozen importlib._bootstrap>"),)),
-    ("network (segment)", (("predict_step", "module.py"),)),
+    ("network (segment)", (("predict_record", "segment.py"), ("predict_step", "module.py"))),
     ("writing", (("_finish", "writers.py"), ("write_relion_coordinates", "coords.py"),
                  ("write_box", "coords.py"), ("write_cryoppp_csv", "coords.py"),
                  ("write_topaz", "coords.py"))),
@@ -445,7 +445,7 @@ def _stage(frames: list[tuple[str, str]]) -> str:
         if any(name.endswith(m_name) and where == m_file for name, where in frames
                for m_name, m_file in markers):
             return stage
-    return "other (interpreter, Hydra, Lightning set-up)"
+    return "other (interpreter, Hydra, set-up)"
 
 
 def summarise_pyspy(raw: Path, hz: int) -> dict[str, Any]:

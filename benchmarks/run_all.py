@@ -16,7 +16,7 @@ never in a full run's folder. ``--full``: every script's own defaults
 ``topaz`` on the PATH exists, ASPIRE when ``--aspire-python`` is given; otherwise their
 comparisons are skipped (``--no-topaz`` / ``--no-aspire``). Benchmarks on real data
 (``crf_effect``, ``real_data_cv``, ``real_transfer``, ``contrast_stats``, ``sim_ablation``,
-``leave_one_out``, ``particle_size``)
+``leave_one_out``, ``particle_size``, ``coverage_weighting``)
 are skipped when ``--data-dir`` has no EMPIAR-10017 folder. ``quickstart`` times the README's
 first commands (``--quick``: its training runs 2 epochs instead of the default 10).
 
@@ -137,6 +137,16 @@ def _leave_one_out(r: dict[str, Any]) -> str:
     return "held-out F1 (best): " + ", ".join(
         f"{row['held_out']} {row['picker'].split(' ')[0]} {_fmt(row.get('f1'), '.3f')} "
         f"({_fmt(row.get('best_f1'), '.3f')})" for row in r.get("rows") or [])
+
+
+def _coverage_weighting(r: dict[str, Any]) -> str:
+    choice = _dig(r, "summary", "choice") or {}
+    shipped = choice.get("shipped") or {}
+    at_shipped = shipped.get("f1") or {}
+    mean_shipped = (sum(at_shipped.values()) / len(at_shipped)) if at_shipped else None
+    return (f"expected F1 over CryoPPP coverages: best `{choice.get('chosen')}` "
+            f"{_fmt(choice.get('mean_f1'), '.3f')}, shipped `{shipped.get('setting')}` "
+            f"{_fmt(mean_shipped, '.3f')}")
 
 
 def _crf_effect(r: dict[str, Any]) -> str:
@@ -268,6 +278,13 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                                 "extraction.min_size_fraction=0.2"],
               ["--predict", "threshold=0.125", "extraction.min_size_fraction=0.2"],
               real_data=True, outputs=(), headline=_particle_size),
+    # after leave_one_out: its held-out models and their probability maps
+    Benchmark("coverage_weighting", ["--datasets", "EMPIAR-10059", "--empty-n", "1",
+                                     "--empty-kinds", "empiar10017", "white_noise",
+                                     "--choose-by", "empiar10017", "white_noise",
+                                     "--loo-work-dir", "benchmarks/work/leave_one_out_quick",
+                                     "--work-dir", "benchmarks/work/coverage_weighting_quick"],
+              real_data=True, outputs=(), headline=_coverage_weighting),
 )
 NAMES = tuple(b.name for b in BENCHMARKS)
 
@@ -297,7 +314,8 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
                 else ["--no-aspire"])
     elif bench.name in ("crf_effect", "real_data_cv", "contrast_stats"):
         cmd += ["--data-dir", str(data_dir)]
-    elif bench.name in ("real_transfer", "sim_ablation", "leave_one_out", "particle_size"):
+    elif bench.name in ("real_transfer", "sim_ablation", "leave_one_out", "particle_size",
+                        "coverage_weighting"):
         cmd += ["--data-dir", str(data_dir), "--results-dir", str(results_dir),
                 "--out", bench.name]
     elif bench.name == "empty_picks":

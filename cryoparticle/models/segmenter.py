@@ -37,7 +37,6 @@ Picking threshold
 from __future__ import annotations
 
 import contextvars
-import copy
 import inspect
 import math
 from collections.abc import Mapping
@@ -59,6 +58,7 @@ from torchmetrics.classification import (
 
 from cryoparticle.errors import InputError, file_error, param_error
 from cryoparticle.models.checkpoints import read_checkpoint, read_state_dict
+from cryoparticle.models.inference import build_crf, inference_facts
 from cryoparticle.models.losses import build_loss
 from cryoparticle.models.networks import build_network
 
@@ -202,17 +202,7 @@ class Segmenter(pl.LightningModule):
 
     @staticmethod
     def _build_crf(crf: dict | None) -> nn.Module | None:
-        if crf is None:
-            return None
-        from hydra.utils import instantiate
-
-        try:
-            module = instantiate(crf)
-        except Exception as exc:
-            raise param_error("crf", crf, f"cannot instantiate: {exc}") from exc
-        if not isinstance(module, nn.Module):
-            raise param_error("crf", crf, "must build a torch.nn.Module")
-        return module
+        return build_crf(crf)
 
     def train(self, mode: bool = True) -> Segmenter:
         """As ``nn.Module.train``; a frozen network (``freeze_network``) stays in eval mode."""
@@ -449,12 +439,7 @@ class Segmenter(pl.LightningModule):
 
     def inference_facts(self) -> dict[str, Any]:
         """What a picker needs besides the weights (also ``checkpoint["cryoparticle"]``)."""
-        hp = self.hparams
-        return {"pixel_size_a": hp.pixel_size_a, "particle_diameter_a": hp.particle_diameter_a,
-                "normalisation": hp.normalisation, "network": copy.deepcopy(dict(hp.network)),
-                "picking_threshold": hp.picking_threshold, "tile_size": hp.tile_size,
-                "extraction": copy.deepcopy(hp.get("extraction")),
-                "tile_overlap": hp.tile_overlap, "crf": copy.deepcopy(hp.crf)}
+        return inference_facts(self.hparams)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cryoparticle"] = self.inference_facts()

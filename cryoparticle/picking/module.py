@@ -1,26 +1,36 @@
-"""The network over whole micrographs: a ``LightningModule`` for ``Trainer.predict``.
+"""Picking through Lightning's ``Trainer.predict``: several GPUs split the micrographs (DDP).
 
-:class:`PickingModule` wraps a trained :class:`~cryoparticle.models.segmenter.Segmenter` (and an
-optional post-hoc CRF, :func:`post_hoc_crf`): one binned, standardised micrograph in, its
-particle probability map out — whole when it fits one tile, else in overlapping tiles
-(:func:`cryoparticle.data.tiling.predict_tiled`) blended without seams, on CPU or GPUs (several
-GPUs split the micrographs under DDP).
+``predict.py`` picks on one device in a plain loop (:mod:`cryoparticle.picking.segment`,
+:class:`~cryoparticle.picking.writers.PickRecorder`), without importing Lightning; with several
+devices, nodes or another strategy it goes through Lightning, with these two adapters:
+:class:`PickingModule`, a ``LightningModule`` whose ``predict_step`` is
+:meth:`~cryoparticle.picking.segment.MicrographSegmenter.predict_record`, and
+:class:`PickWriter`, a ``BasePredictionWriter`` that records each micrograph on the rank that
+segmented it and, at the end, gathers the ranks' results for rank zero to write the combined
+STAR and summary.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
 
-from cryoparticle.errors import param_error
-from cryoparticle.io.checks import one_line
+from cryoparticle.picking.segment import (
+    TILE_BATCH_PIXELS,
+    TTA_TRANSFORMS,
+    MicrographSegmenter,
+    fitted_tile,
+    post_hoc_crf,
+)
+from cryoparticle.picking.settings import Settings
+from cryoparticle.picking.writers import PickRecorder, PredictSummary, Result
 
 _LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning")
 
@@ -34,157 +44,71 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
-def post_hoc_crf(crf_cfg: Any, num_classes: int) -> torch.nn.Module | None:
-    """The CRF of predict's ``crf=`` option: ``none`` (an empty group) → ``None``;
-    ``dense``/``meanfield`` → the module, built for the checkpoint's ``num_classes``;
-    a learnable CRF (``crf=rnn``) is refused: it is trained with its network."""
-    from omegaconf import OmegaConf
-
-    from cryoparticle.config import instantiate
-
-    if OmegaConf.is_config(crf_cfg):
-        crf_cfg = OmegaConf.to_container(crf_cfg, resolve=False)
-    crf_cfg = dict(crf_cfg or {})
-    if not crf_cfg.get("_target_"):
-        return None
-    if crf_cfg.get("learnable") or int(crf_cfg.get("feature_channels") or 0) > 0:
-        raise param_error("crf", "rnn", "a learnable CRF is trained with its network: train "
-                                        "with crf=rnn and predict with that checkpoint "
-                                        "(crf=dense or crf=meanfield here)")
-    if "num_classes" in crf_cfg:
-        crf_cfg["num_classes"] = num_classes
-    module = instantiate(crf_cfg)
-    if not isinstance(module, torch.nn.Module):
-        raise param_error("crf", crf_cfg.get("_target_"), "must build a torch.nn.Module")
-    return module.eval()
-
-
-def fitted_tile(shape: Sequence[int], tile: int, overlap: int, multiple: int = 32) -> int:
-    """The smallest tile side (a multiple of ``multiple``, at most ``tile``) that covers each
-    axis of ``shape`` with no more tiles than ``tile`` needs (tiles overlapping by ``overlap``).
-
-    :func:`~cryoparticle.data.tiling.tile_starts` puts the last tile flush with the edge, so a
-    1024-px side in 512-px tiles overlapping by 32 takes 3 tiles covering 1536 px; 384-px tiles
-    also take 3 and cover 1152 px: the same blending, 44 % less computation.
-    """
-    need = 1
-    for length in shape:
-        length = int(length)
-        if length <= tile:
-            need = max(need, length)
-            continue
-        n = math.ceil((length - overlap) / (tile - overlap))
-        need = max(need, math.ceil((length - overlap) / n + overlap))
-    return max(min(int(tile), math.ceil(need / multiple) * multiple), overlap + 1)
-
-
-#: Tiles per forward pass when ``tile_batch_size`` is null: as many as make this many pixels.
-TILE_BATCH_PIXELS = 2**20
-
-#: Test-time augmentation: the symmetries of the square a micrograph is segmented under, as
-#: ``(quarter turns, mirrored)``; the logits are mapped back and averaged. Particles have no
-#: preferred in-plane orientation, so every view is as valid as the original.
-TTA_TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
-    "none": ((0, False),),
-    "flips": ((0, False), (0, True), (2, False), (2, True)),   # identity, x/y mirrors, 180°
-    "dihedral": tuple((k, m) for k in range(4) for m in (False, True)),
-}
-
-
-def _view(image: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
-    """``image`` (…, h, w) turned by ``turns`` quarter turns, then mirrored left–right."""
-    out = torch.rot90(image, turns, dims=(-2, -1)) if turns else image
-    return out.flip(-1) if mirrored else out
-
-
-def _unview(image: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
-    """The inverse of :func:`_view`."""
-    out = image.flip(-1) if mirrored else image
-    return torch.rot90(out, -turns, dims=(-2, -1)) if turns else out
-
-
 class PickingModule(pl.LightningModule):
-    """``Trainer.predict`` wrapper of a :class:`~cryoparticle.models.segmenter.Segmenter`:
-    a record with an image → ``{"prob": (h, w) particle probability, "segment_s", "tile"}``;
-    a record without one (skipped, unreadable) → ``{}``. A micrograph whose segmentation fails
-    (e.g. out of memory) gives ``{"error": ...}``; the run goes on.
+    """``Trainer.predict`` wrapper of a trained segmenter: a :class:`MicrographSegmenter` (same
+    arguments) whose ``predict_step`` is its ``predict_record``."""
 
-    A micrograph no larger than a tile is segmented whole; a larger one tile by tile
-    (:func:`~cryoparticle.data.tiling.predict_tiled`, the segmenter's network and CRF on each
-    batch of tiles, blended without seams): ``tile_size`` and
-    ``tile_overlap`` pixels, tiles shrunk per micrograph by :func:`fitted_tile` when
-    ``fit_tiles``; ``tile_batch_size`` tiles per forward pass (None: about
-    :data:`TILE_BATCH_PIXELS` pixels per pass, which bounds the memory of a pass).
-    ``tta``: test-time augmentation, a key of :data:`TTA_TRANSFORMS` (``none``; ``flips``: 4
-    views, 4× the network time; ``dihedral``: 8 views); the views' logits are averaged before
-    the post-hoc CRF and the softmax.
-    """
-
-    def __init__(self, segmenter: pl.LightningModule, tile_size: int, tile_overlap: int,
+    def __init__(self, segmenter: torch.nn.Module, tile_size: int, tile_overlap: int,
                  tile_batch_size: int | None = None, fit_tiles: bool = True,
                  crf: torch.nn.Module | None = None, tta: str = "none") -> None:
         super().__init__()
-        if tta not in TTA_TRANSFORMS:
-            raise param_error("tta", tta, f"must be one of {', '.join(TTA_TRANSFORMS)}")
-        self.tta = tta
-        self.segmenter = segmenter
-        self.crf = crf
-        self.tile_size, self.tile_overlap = int(tile_size), int(tile_overlap)
-        self.tile_batch_size = None if tile_batch_size is None else int(tile_batch_size)
-        self.fit_tiles = bool(fit_tiles)
+        self.picker = MicrographSegmenter(segmenter, tile_size, tile_overlap, tile_batch_size,
+                                          fit_tiles, crf=crf, tta=tta)
 
     def setup(self, stage: str) -> None:
         quiet_lightning()  # again in processes started by the strategy (ddp_spawn)
 
-    def tiling(self, shape: Sequence[int]) -> tuple[int, int]:
-        """``(tile side, tiles per forward pass)`` for a micrograph of ``shape`` (h, w); a
-        micrograph within one tile: ``(its longer side, 1)``, segmented whole."""
-        if max(shape) <= self.tile_size:
-            return int(max(shape)), 1
-        tile = (fitted_tile(shape, self.tile_size, self.tile_overlap) if self.fit_tiles
-                else self.tile_size)
-        batch = self.tile_batch_size or max(1, TILE_BATCH_PIXELS // (tile * tile))
-        return tile, batch
-
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Particle probability ``(h, w)`` of one binned, standardised micrograph ``(1, h, w)``.
-
-        A micrograph that fits in one tile is segmented whole (no padding to a square tile)."""
-        image = image.to(self.device, torch.float32)
-        views = TTA_TRANSFORMS[self.tta]
-        logits = sum(_unview(self._segment(_view(image, turns, mirrored)), turns, mirrored)
-                     for turns, mirrored in views) / len(views)
-        if self.crf is not None:  # post-hoc CRF on the whole micrograph
-            logits = self.crf(logits[None], image[None])[0]
-        return logits.softmax(dim=0)[1]
-
-    def _segment(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits ``(K, h, w)`` of one micrograph ``(1, h, w)``: whole or tile by tile."""
-        from cryoparticle.data.tiling import predict_tiled
-
-        height, width = image.shape[-2:]
-        if height <= self.tile_size and width <= self.tile_size:
-            return self.segmenter(image[None])[0].float()
-        tile, batch = self.tiling(image.shape[-2:])
-        return predict_tiled(self.segmenter, image, tile, self.tile_overlap, batch)
+        """Particle probability ``(h, w)`` of one micrograph ``(1, h, w)``."""
+        return self.picker(image)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int,
                      dataloader_idx: int = 0) -> dict[str, Any]:
-        if batch.get("image") is None:
-            return {}
-        start = time.perf_counter()
-        try:
-            prob = self(batch["image"])
-            if prob.is_cuda:
-                torch.cuda.synchronize(prob.device)
-        except Exception as exc:  # noqa: BLE001 - one micrograph's failure is reported
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            return {"error": f"{batch['path']}: segmentation failed ({type(exc).__name__}: "
-                             f"{one_line(exc)[:300]})"}
-        return {"prob": prob, "segment_s": time.perf_counter() - start,
-                "tile": self.tiling(batch["image"].shape[-2:])[0]}
+        return self.picker.predict_record(batch)
 
 
-__all__ = ["TILE_BATCH_PIXELS", "TTA_TRANSFORMS", "PickingModule", "fitted_tile",
+class PickWriter(BasePredictionWriter):
+    """A :class:`~cryoparticle.picking.writers.PickRecorder` as a Lightning callback: each
+    micrograph recorded on the rank that segmented it; at the end the ranks' results are
+    gathered, rank zero writes the combined STAR and summary, and :attr:`summary` is set on
+    every rank."""
+
+    def __init__(self, settings: Settings, paths: Sequence[Path], names: Sequence[str],
+                 device: str = "cpu") -> None:
+        super().__init__(write_interval="batch")
+        self.recorder = PickRecorder(settings, paths, names, device=device)
+
+    @property
+    def results(self) -> list[Result]:
+        return self.recorder.results
+
+    @property
+    def summary(self) -> PredictSummary | None:
+        return self.recorder.summary
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.recorder.start()
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           prediction: Any, batch_indices: Sequence[int] | None, batch: Any,
+                           batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.recorder.record(batch, prediction)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        results = list(self.recorder.results)
+        distributed = trainer.world_size > 1 and torch.distributed.is_available() and \
+            torch.distributed.is_initialized()
+        if distributed:
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, results)
+            results = [r for part in gathered for r in (part or [])]
+        if trainer.is_global_zero:
+            self.recorder.finish(results)
+        if distributed:
+            box = [self.recorder.summary]
+            torch.distributed.broadcast_object_list(box, src=0)
+            self.recorder.summary = box[0]
+
+
+__all__ = ["TILE_BATCH_PIXELS", "TTA_TRANSFORMS", "PickWriter", "PickingModule", "fitted_tile",
            "post_hoc_crf", "quiet_lightning"]

@@ -16,11 +16,15 @@ the settings are checked by :mod:`~cryoparticle.picking.settings`):
    training. A micrograph that cannot be used (corrupt,
    truncated, a stack, NaN/Inf, constant, no pixel size, smaller than one particle) becomes an
    *error record*, not an exception, so the rest go on;
-3. **segment** (:class:`~cryoparticle.picking.module.PickingModule`, through
-   ``Trainer.predict``: CPU or GPUs, several GPUs splitting the micrographs under DDP):
-   overlapping tiles in batches, blended without seams
-   (:func:`cryoparticle.data.tiling.predict_tiled`), the particle probability map;
-4. **extract and write** (:class:`~cryoparticle.picking.writers.PickWriter`, a
+3. **segment** (:class:`~cryoparticle.picking.segment.MicrographSegmenter`): overlapping
+   tiles in batches, blended without seams (:func:`cryoparticle.data.tiling.predict_tiled`),
+   the particle probability map. On one device (the default ``trainer`` config: CPU, or one
+   GPU) in a plain loop, without importing PyTorch Lightning (:func:`single_device`); with
+   several devices, nodes or another strategy through ``Trainer.predict``
+   (:class:`~cryoparticle.picking.module.PickingModule`), several GPUs splitting the
+   micrographs under DDP;
+4. **extract and write** (:class:`~cryoparticle.picking.writers.PickRecorder`; under
+   Lightning inside :class:`~cryoparticle.picking.module.PickWriter`, a
    ``BasePredictionWriter``): nothing on the padding border; the particle diameter given,
    the checkpoint's, or estimated from the map (``estimate_diameter``);
    :func:`~cryoparticle.picking.extract.extract_particles` on the binned map, coordinates
@@ -49,7 +53,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
@@ -64,11 +67,11 @@ from cryoparticle.picking.inputs import (
     micrograph_names,
     worker_init,
 )
-from cryoparticle.picking.module import PickingModule, post_hoc_crf, quiet_lightning
+from cryoparticle.picking.segment import MicrographSegmenter, post_hoc_crf
 from cryoparticle.picking.settings import CHECKPOINT_ADVICE, build_settings, flag, plain, whole
 from cryoparticle.picking.writers import (
     SUMMARY_NAME,
-    PickWriter,
+    PickRecorder,
     PredictSummary,
     prepare_output_dir,
     print_summary,
@@ -83,17 +86,18 @@ def _optional(cfg: Mapping[str, Any], key: str) -> Any:
     return None if value is None or str(value).strip() == "" else str(value).strip()
 
 
-def load_picker(ckpt_path: Path) -> tuple[pl.LightningModule, dict[str, Any]]:
-    """The segmenter of ``ckpt_path`` and its facts: ``Segmenter.inference_facts()`` plus
-    ``export`` (:func:`~cryoparticle.models.packaged.export_facts`: e.g. the general model's
+def load_picker(ckpt_path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The segmenter of ``ckpt_path`` (an :class:`~cryoparticle.models.inference.
+    InferenceSegmenter`: no Lightning) and its facts: ``inference_facts()`` plus ``export``
+    (:func:`~cryoparticle.models.packaged.export_facts`: e.g. the general model's
     ``estimate_diameter``). A file that is not a Segmenter checkpoint of this version (another
     network, an older layout) raises one-line :class:`InputError` saying what to do."""
-    from cryoparticle.models.segmenter import load_segmenter
+    from cryoparticle.models.inference import load_inference_segmenter
 
     if not ckpt_path.is_file():
         raise file_error(ckpt_path, "checkpoint not found")
     try:
-        segmenter = load_segmenter(ckpt_path)
+        segmenter = load_inference_segmenter(ckpt_path)
     except InputError as exc:
         raise InputError(f"{one_line(exc)}; {CHECKPOINT_ADVICE}") from None
     return segmenter, {**segmenter.inference_facts(), "export": export_facts(ckpt_path)}
@@ -107,9 +111,6 @@ def run(cfg: Mapping[str, Any]) -> PredictSummary:
     raise :class:`InputError` before anything is written; problems with single micrographs
     are reported in the summary (``exit_code`` 1) and the others are picked.
     """
-    from hydra.utils import instantiate
-
-    quiet_lightning()
     for key in ("input", "output_dir"):
         try:
             value = cfg.get(key)
@@ -144,15 +145,91 @@ def run(cfg: Mapping[str, Any]) -> PredictSummary:
     threads = whole("num_threads", cfg.get("num_threads"), 1, optional=True)
     if threads is not None:
         torch.set_num_threads(threads)
+    trainer_cfg = dict(plain(cfg.get("trainer")) or {"_target_": "pytorch_lightning.Trainer"})
+    device = single_device(trainer_cfg)   # None: several devices, through Lightning
     prepare_output_dir(settings.output_dir)
 
-    trainer_cfg = dict(plain(cfg.get("trainer")) or {"_target_": "pytorch_lightning.Trainer"})
+    progress = flag("progress_bar", cfg.get("progress_bar", True))
+    dataset = MicrographFiles(paths, names, settings)
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers,
+                        collate_fn=first_record, worker_init_fn=worker_init,
+                        persistent_workers=False)
+    picker = MicrographSegmenter(segmenter, tile, overlap, tile_batch, fit_tiles, crf=crf,
+                                 tta=str(cfg.get("tta") or "none"))
+    if device is not None:
+        summary = _pick_on(device, picker, loader, PickRecorder(
+            settings, paths, names, device=f"{device.type} × 1"), progress)
+        print_summary(summary)
+        return summary
+    return _pick_with_lightning(trainer_cfg, picker, loader, settings, paths, names, progress)
+
+
+#: The ``trainer`` options a one-device run understands; any other goes to Lightning.
+_PLAIN_TRAINER_KEYS = {"_target_", "accelerator", "devices", "strategy", "num_nodes", "precision"}
+_TRAINERS = ("pytorch_lightning.Trainer", "lightning.pytorch.Trainer", "lightning.Trainer")
+
+
+def single_device(trainer_cfg: Mapping[str, Any]) -> torch.device | None:
+    """The device of a one-device run of the ``trainer`` config (predict.yaml's default: one
+    device, strategy ``auto``, one node, ``32-true``): ``cpu``, ``cuda`` (accelerator ``gpu``
+    or ``cuda``, or ``auto`` with a GPU) or ``mps``. ``None`` when the config asks for more
+    (several devices or nodes, a strategy, mixed precision, other Trainer options): that run
+    goes through Lightning's ``Trainer.predict``. A GPU asked for but absent is an
+    :class:`InputError`."""
+    if str(trainer_cfg.get("_target_")) not in _TRAINERS or \
+            not set(trainer_cfg) <= _PLAIN_TRAINER_KEYS:
+        return None
+    if str(trainer_cfg.get("strategy", "auto")).lower() not in ("auto", "none") or \
+            str(trainer_cfg.get("num_nodes", 1)) != "1" or \
+            str(trainer_cfg.get("precision", "32-true")).lower() not in ("32-true", "32",
+                                                                          "none"):
+        return None
+    accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
+    devices = str(trainer_cfg.get("devices", "auto")).lower()
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if accelerator == "auto":
+        accelerator = "cuda" if cuda else "mps" if mps else "cpu"
+    if accelerator in ("gpu", "cuda"):
+        if not cuda:
+            raise param_error("trainer.accelerator", trainer_cfg.get("accelerator"),
+                              "no CUDA GPU is available here (trainer.accelerator=cpu)")
+        one = devices == "1" or (devices in ("auto", "-1") and torch.cuda.device_count() == 1)
+        return torch.device("cuda") if one else None
+    if accelerator in ("cpu", "mps"):
+        if accelerator == "mps" and not mps:
+            raise param_error("trainer.accelerator", "mps", "no MPS device is available here")
+        return torch.device(accelerator) if devices in ("1", "auto") else None
+    return None
+
+
+def _pick_on(device: torch.device, picker: MicrographSegmenter, loader: DataLoader,
+             recorder: PickRecorder, progress: bool) -> PredictSummary:
+    """Segment, pick and write every micrograph of ``loader`` on ``device``, one at a time."""
+    from tqdm import tqdm
+
+    picker = picker.to(device).eval()
+    recorder.start()
+    with torch.inference_mode():
+        for record in tqdm(loader, desc="Picking", unit="micrograph", disable=not progress,
+                           dynamic_ncols=True, leave=False):
+            recorder.record(record, picker.predict_record(record))
+    return recorder.finish()
+
+
+def _pick_with_lightning(trainer_cfg: dict[str, Any], picker: MicrographSegmenter,
+                         loader: DataLoader, settings: Any, paths: list[Path],
+                         names: list[str], progress: bool) -> PredictSummary:
+    """The run through Lightning's ``Trainer.predict`` (several GPUs split the micrographs)."""
+    from hydra.utils import instantiate
+
+    from cryoparticle.picking.module import PickingModule, PickWriter, quiet_lightning
+
+    quiet_lightning()
     try:
-        trainer: pl.Trainer = instantiate(
-            trainer_cfg, logger=False, enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=flag("progress_bar", cfg.get("progress_bar", True)),
-            callbacks=[], inference_mode=True)
+        trainer = instantiate(trainer_cfg, logger=False, enable_checkpointing=False,
+                              enable_model_summary=False, enable_progress_bar=progress,
+                              callbacks=[], inference_mode=True)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - Lightning's many configuration errors
@@ -162,12 +239,9 @@ def run(cfg: Mapping[str, Any]) -> PredictSummary:
              f" × {trainer.num_devices * trainer.num_nodes}"
     writer = PickWriter(settings, paths, names, device=device)
     trainer.callbacks.append(writer)
-    dataset = MicrographFiles(paths, names, settings)
-    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers,
-                        collate_fn=first_record, worker_init_fn=worker_init,
-                        persistent_workers=False)
-    module = PickingModule(segmenter, tile, overlap, tile_batch, fit_tiles, crf=crf,
-                           tta=str(cfg.get("tta") or "none"))
+    module = PickingModule(picker.segmenter, picker.tile_size, picker.tile_overlap,
+                           picker.tile_batch_size, picker.fit_tiles, crf=picker.crf,
+                           tta=picker.tta)
     trainer.predict(module, dataloaders=loader, return_predictions=False)
 
     summary = writer.summary
@@ -183,4 +257,4 @@ def run(cfg: Mapping[str, Any]) -> PredictSummary:
     return summary
 
 
-__all__ = ["run"]
+__all__ = ["load_picker", "run", "single_device"]

@@ -1,14 +1,16 @@
 """Picking output: particles from each probability map, every file written, the run summarised.
 
-:class:`PickWriter` (a ``BasePredictionWriter``) runs
-:func:`~cryoparticle.picking.extract.extract_particles` on each binned probability map, scales
-the coordinates back to the original micrograph (binned pixel ``i`` sits at original
-``i × factor``, the sampling grid of :func:`~cryoparticle.data.preprocess.fourier_bin`) and
-writes every format atomically, ``NAME.star`` last (it marks the micrograph done, so a rerun
-skips it); optionally ``NAME_prob.mrc``, ``NAME_mask.png`` and ``NAME_overlay.png``
+:class:`PickRecorder` runs :func:`~cryoparticle.picking.extract.extract_particles` on each binned
+probability map, scales the coordinates back to the original micrograph (binned pixel ``i``
+sits at original ``i × factor``, the sampling grid of
+:func:`~cryoparticle.data.preprocess.fourier_bin`) and writes every format atomically,
+``NAME.star`` last (it marks the micrograph done, so a rerun skips it); optionally
+``NAME_prob.mrc``, ``NAME_mask.png`` and ``NAME_overlay.png``
 (:func:`cryoparticle.viz.picks_figure`) on the network's binned grid. At the end it writes the
 combined STAR and ``predict_summary.json`` (:class:`PredictSummary`); :func:`print_summary`
-shows it as a table.
+shows it as a table. ``predict.py`` calls it from its loop on one device, and through
+:class:`~cryoparticle.picking.module.PickWriter` (a Lightning ``BasePredictionWriter``, which
+gathers the ranks' results) on several.
 """
 
 from __future__ import annotations
@@ -25,9 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
 
 from cryoparticle.data.borders import BorderWidths, border_mask, drop_border_picks
 from cryoparticle.errors import InputError, file_error
@@ -162,18 +162,18 @@ class PredictSummary:
         return cls(**known)
 
 
-class PickWriter(BasePredictionWriter):
+class PickRecorder:
     """Extracts particles from each micrograph's probability map and writes every output.
 
-    Per micrograph (on the rank that segmented it): picks on the binned map, scaled to the
-    original micrograph, written in every format atomically with ``NAME.star`` last. At the
-    end of the run the ranks' results are gathered; rank zero writes the combined STAR and
-    ``predict_summary.json``. :attr:`summary` is then set on every rank.
+    :meth:`record`, per micrograph: picks on the binned map, scaled to the original
+    micrograph, written in every format atomically with ``NAME.star`` last; the outcome kept
+    in :attr:`results`. :meth:`finish`, at the end of the run (on one process: every
+    micrograph's results): the combined STAR and ``predict_summary.json``, the
+    :class:`PredictSummary` returned and kept in :attr:`summary`.
     """
 
     def __init__(self, settings: Settings, paths: Sequence[Path], names: Sequence[str],
                  device: str = "cpu") -> None:
-        super().__init__(write_interval="batch")
         self.settings = settings
         self.paths = list(paths)
         self.names = list(names)
@@ -182,17 +182,18 @@ class PickWriter(BasePredictionWriter):
         self.summary: PredictSummary | None = None
         self._start = time.perf_counter()
 
-    # ------------------------------------------------------------------ per micrograph
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def start(self) -> None:
+        """Forget earlier results; the run's wall time counts from now."""
         self.results = []
         self.summary = None
         self._start = time.perf_counter()
 
-    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           prediction: Any, batch_indices: Sequence[int] | None, batch: Any,
-                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        record = batch
+    # ------------------------------------------------------------------ per micrograph
+
+    def record(self, record: dict[str, Any], prediction: dict[str, Any] | None) -> Result:
+        """Pick and write one micrograph: ``record`` of
+        :class:`~cryoparticle.picking.inputs.MicrographFiles`, ``prediction`` of
+        :meth:`~cryoparticle.picking.segment.MicrographSegmenter.predict_record`."""
         result = Result(index=int(record["index"]), name=record["name"], path=record["path"],
                         status="failed", read_s=float(record["read_s"]),
                         pixel_size_a=record["pixel_size_a"])
@@ -216,6 +217,7 @@ class PickWriter(BasePredictionWriter):
             except Exception as exc:  # noqa: BLE001 - reported; the other micrographs go on
                 result.error = f"{record['path']}: {type(exc).__name__}: {one_line(exc)}"
         self.results.append(result)
+        return result
 
     def _pick(self, record: dict[str, Any], prob_t: torch.Tensor, result: Result) -> None:
         s = self.settings
@@ -279,23 +281,14 @@ class PickWriter(BasePredictionWriter):
 
     # ------------------------------------------------------------------ end of the run
 
-    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        results = list(self.results)
-        if trainer.world_size > 1 and torch.distributed.is_available() and \
-                torch.distributed.is_initialized():
-            gathered: list[Any] = [None] * trainer.world_size
-            torch.distributed.all_gather_object(gathered, results)
-            results = [r for part in gathered for r in (part or [])]
-        by_index = {r.index: r for r in results}  # a micrograph appears once per rank split
-        results = [by_index[i] for i in sorted(by_index)]
-        wall = time.perf_counter() - self._start
-        if trainer.is_global_zero:
-            self.summary = self._finish(results, wall)
-        if trainer.world_size > 1 and torch.distributed.is_available() and \
-                torch.distributed.is_initialized():
-            box = [self.summary]
-            torch.distributed.broadcast_object_list(box, src=0)
-            self.summary = box[0]
+    def finish(self, results: list[Result] | None = None) -> PredictSummary:
+        """Write the combined STAR and ``predict_summary.json`` of ``results`` (default: this
+        recorder's; one per micrograph index) and return the summary."""
+        # a micrograph appears once per rank split (DDP pads the last batches): one kept
+        by_index = {r.index: r for r in (self.results if results is None else results)}
+        self.summary = self._finish([by_index[i] for i in sorted(by_index)],
+                                    time.perf_counter() - self._start)
+        return self.summary
 
     def _finish(self, results: list[Result], wall: float) -> PredictSummary:
         s = self.settings
@@ -370,5 +363,5 @@ def print_summary(summary: PredictSummary) -> None:
         print(f"failed: {one_line(Exception(failure))}", file=sys.stderr)
 
 
-__all__ = ["SUMMARY_NAME", "PickWriter", "PredictSummary", "Result", "picking_diameter_a",
+__all__ = ["SUMMARY_NAME", "PickRecorder", "PredictSummary", "Result", "picking_diameter_a",
            "prepare_output_dir", "print_summary"]

@@ -24,13 +24,13 @@ def test_pyspy_samples_are_grouped_by_stage(tmp_path):
     lines = [
         f"{proc};<module> (/x/predict.py:3);{imp};"
         "<module> (torch/__init__.py:1) 250",
-        f"{proc};{run};PickingModule.predict_step (/x/cryoparticle/picking/module.py:140);"
+        f"{proc};{run};MicrographSegmenter.predict_record (/x/cryoparticle/picking/segment.py:140);"
         "Conv2d._conv_forward (/y/torch/nn/modules/conv.py:543) 100",
-        f"{proc};{run};PickingModule.predict_step (/x/cryoparticle/picking/module.py:140);"
+        f"{proc};{run};MicrographSegmenter.predict_record (/x/cryoparticle/picking/segment.py:140);"
         f"{imp};<module> ({scipy}:1) 20",
-        f"{proc};{run};PickWriter._pick (/x/cryoparticle/picking/writers.py:231);"
+        f"{proc};{run};PickRecorder._pick (/x/cryoparticle/picking/writers.py:231);"
         "extract_particles (/x/cryoparticle/picking/extract.py:90) 30",
-        f"{proc};{run};PickWriter._pick (/x/cryoparticle/picking/writers.py:231);"
+        f"{proc};{run};PickRecorder._pick (/x/cryoparticle/picking/writers.py:231);"
         "write_relion_coordinates (/x/cryoparticle/io/coords.py:290) 5",
         f"{proc};{run};MicrographFiles.__getitem__ (/x/cryoparticle/picking/inputs.py:177) 40",
         f"{proc};{run};load_picker (/x/cryoparticle/picking/predict.py:86);{imp};"
@@ -43,10 +43,10 @@ def test_pyspy_samples_are_grouped_by_stage(tmp_path):
     raw.write_text("\n".join(lines) + "\n")
     summary = pick_speed.summarise_pyspy(raw, hz=100)
     assert summary["sampled_s"] == pytest.approx(5.3)
-    # imports are start-up wherever they happen (under load_picker, under predict_step)
+    # imports are start-up wherever they happen (under load_picker, under predict_record)
     assert summary["stages_s"] == {
         "start-up: imports": 3.3, "network (segment)": 1.0, "reading/binning": 0.4,
-        "extraction": 0.3, "other (interpreter, Hydra, Lightning set-up)": 0.15,
+        "extraction": 0.3, "other (interpreter, Hydra, set-up)": 0.15,
         "checkpoint loading": 0.1, "writing": 0.05}
     assert summary["imports_s_by_package"] == {"torch": 2.5, "cryoparticle": 0.6,
                                                "scipy": 0.2}

@@ -157,6 +157,10 @@ def test_headlines_summarise_the_results_they_are_given():
                      {"modes": {"estimated": {"f1": 0.7}, "matched": {"f1": 0.7}}}]}
     assert run_all._particle_size(size) == ("mean F1 over sets and sizes: estimated 0.600, "
                                             "matched 0.750")
+    coverage = {"summary": {"choice": {"chosen": "a", "mean_f1": 0.61, "shipped": {
+        "setting": "b", "f1": {"X": 0.5, "Y": 0.7}}}}}
+    assert run_all._coverage_weighting(coverage) == (
+        "expected F1 over CryoPPP coverages: best `a` 0.610, shipped `b` 0.600")
 
 
 def test_topaz_joins_each_benchmark_only_in_the_modes_it_is_affordable(tmp_path):

@@ -500,6 +500,65 @@ def test_post_hoc_crf_runs_on_the_whole_micrograph(ckpt, sims, tmp_path):
                                mrcfile.read(tmp_path / "meanfield" / "wide_prob.mrc"), atol=1e-6)
 
 
+def test_one_device_loop_and_lightning_give_the_same_picks_and_files(ckpt, sims, tmp_path):
+    """The default (one device) picks in a plain loop; any other Trainer option goes through
+    Lightning's ``Trainer.predict`` (PickingModule + PickWriter): the same probability maps,
+    picks and summary either way."""
+    outputs = {}
+    for label, extra in (("plain", []), ("lightning", ["+trainer.deterministic=false"])):
+        out = tmp_path / label
+        good = ",".join(str(sims[0] / f"{name}.mrc") for name in MICROGRAPHS)
+        summary = run(config(ckpt, f"[{good}]", out, "write_probability=true", *extra))
+        assert summary.exit_code == 0 and summary.device == "cpu × 1"
+        outputs[label] = (summary, out)
+    (plain, a), (lightning, b) = outputs["plain"], outputs["lightning"]
+    assert plain.n_picked == lightning.n_picked == len(MICROGRAPHS)
+    assert plain.n_particles == lightning.n_particles > 0
+    for name in MICROGRAPHS:
+        np.testing.assert_allclose(mrcfile.read(a / f"{name}_prob.mrc"),
+                                   mrcfile.read(b / f"{name}_prob.mrc"), atol=1e-6)
+        assert (a / f"{name}.csv").read_text() == (b / f"{name}.csv").read_text()
+    assert (starfile.read(a / "particles.star", always_dict=True)["particles"].equals(
+        starfile.read(b / "particles.star", always_dict=True)["particles"]))
+
+
+def test_the_trainer_config_decides_between_one_device_and_lightning(monkeypatch):
+    from cryoparticle.picking.predict import single_device
+
+    base = {"_target_": "pytorch_lightning.Trainer", "accelerator": "auto", "devices": 1,
+            "strategy": "auto", "num_nodes": 1, "precision": "32-true"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert single_device(base) == torch.device("cpu")
+    assert single_device({**base, "accelerator": "cpu", "devices": "auto"}).type == "cpu"
+    for lightning in ({"devices": 2}, {"strategy": "ddp"}, {"num_nodes": 2},
+                      {"precision": "bf16-mixed"}, {"deterministic": True},
+                      {"_target_": "my.Trainer"}, {"accelerator": "tpu"}):
+        assert single_device({**base, **lightning}) is None, lightning
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        single_device({**base, "accelerator": "gpu"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert single_device(base) == torch.device("cuda")          # auto with GPUs: one GPU
+    assert single_device({**base, "accelerator": "gpu", "devices": "auto"}) is None  # all 4
+
+
+def test_picking_one_device_never_imports_lightning(ckpt, sims, tmp_path):
+    """A ``predict.py`` process on one device imports neither PyTorch Lightning nor
+    torchmetrics (about 1.3 s of start-up on a 2-core CPU)."""
+    out = tmp_path / "out"
+    code = ("import sys\nfrom cryoparticle.cli import pick\n"
+            f"sys.argv = ['predict.py', 'ckpt_path={ckpt}', 'input={sims[0] / 'wide.mrc'}', "
+            f"'output_dir={out}', 'progress_bar=false', 'num_workers=0']\n"
+            "try:\n    pick()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print('IMPORTED', sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'pytorch_lightning', 'lightning', 'lightning_fabric', 'torchmetrics'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=tmp_path, env=_ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "IMPORTED []" in result.stdout
+    assert (out / "wide.star").is_file()
+
+
 @pytest.mark.slow
 def test_two_processes_split_the_micrographs_under_ddp(ckpt, sims, tmp_path):
     """DDP with two CPU processes (as several GPUs would): each micrograph picked once, the
@@ -961,11 +1020,9 @@ def _settings(out: Path, *extra: str, estimate: bool | None = None):
 
 def _pick_map(settings, prob: np.ndarray, factor: float, border=None) -> tuple[pd.DataFrame,
                                                                             dict]:
-    """:class:`PickWriter` on one probability map (binned grid, ``factor`` × coarser than the
+    """:class:`PickRecorder` on one probability map (binned grid, ``factor`` × coarser than the
     7.08/factor Å/px micrograph): the CSV it wrote and its summary record."""
-    import pytorch_lightning as pl
-
-    from cryoparticle.picking.writers import PickWriter
+    from cryoparticle.picking.writers import PickRecorder
 
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     shape = tuple(round(n * factor) for n in prob.shape)
@@ -973,15 +1030,12 @@ def _pick_map(settings, prob: np.ndarray, factor: float, border=None) -> tuple[p
               torch.zeros(1, *prob.shape), "original_shape": shape, "factor": (factor, factor),
               "pixel_size_a": 7.08 / factor, "read_s": 0.0, "skipped": False, "error": None,
               "border": border}
-    writer = PickWriter(settings, [Path("discs.mrc")], ["discs"])
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False)
-    writer.on_predict_start(trainer, None)
-    writer.write_on_batch_end(trainer, None, {"prob": torch.from_numpy(prob), "segment_s": 0.0,
-                                              "tile": 64}, None, record, 0)
-    writer.on_predict_end(trainer, None)
-    assert writer.summary.n_failed == 0, writer.summary.failures
-    return (pd.read_csv(settings.output_dir / "discs.csv"), writer.summary.micrographs[0])
+    recorder = PickRecorder(settings, [Path("discs.mrc")], ["discs"])
+    recorder.start()
+    recorder.record(record, {"prob": torch.from_numpy(prob), "segment_s": 0.0, "tile": 64})
+    summary = recorder.finish()
+    assert summary.n_failed == 0, summary.failures
+    return (pd.read_csv(settings.output_dir / "discs.csv"), summary.micrographs[0])
 
 
 def _discs(shape: tuple[int, int], centres: np.ndarray, diameter: float) -> np.ndarray:
