@@ -5,7 +5,7 @@ well? And Topaz, on the same micrographs?
                                     [--micrograph-pixel-size-a 1.77] [--ckpt CKPT]
                                     [--threads N] [--work-dir DIR] [--profile auto|py-spy|
                                     cprofile|none] [--topaz topaz_venv/bin/topaz | --no-topaz]
-                                    [--json benchmarks/results/pick_speed.json]
+                                    [--lightning] [--json benchmarks/results/pick_speed.json]
 
 Micrographs: ``--micrographs`` (default: the EMPIAR-10017 4096² JPGs under ``--data-dir``,
 ``DATA_DIR/empiar-10017/micrographs/*.jpg``, 1.77 Å/px, if present; else ``--n`` simulated
@@ -26,6 +26,11 @@ bin + normalise, ``segment_s``, ``extract_s``, ``write_s``, from ``predict_summa
 and the peak memory: the process's peak RSS (``os.wait4``, exact) and the peak PSS of its
 process tree (sampled from ``/proc`` every 20 ms; PSS counts pages shared by forked workers
 once). Also one process on all ``--n`` micrographs (start-up paid once: ``batch``).
+
+``--lightning``: each micrograph is also picked through Lightning's ``Trainer.predict``
+(``+trainer.deterministic=false``: any Trainer option beyond the one-device defaults sends
+``predict.py`` there), alternating with the default one-device loop, which never imports
+Lightning: the medians of both and whether their picks are identical.
 
 Where our time goes: one more run on the first micrograph under a sampling profiler
 (``--profile``: py-spy at 100 Hz when ``py-spy`` is on the PATH, else cProfile), its samples
@@ -288,11 +293,54 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def predict_cmd(ckpt: Path | None, inputs: list[Path], out: Path, threads: int) -> list[str]:
+def predict_cmd(ckpt: Path | None, inputs: list[Path], out: Path, threads: int,
+                *extra: str) -> list[str]:
     files = ",".join(map(str, inputs))
     return ([str(ROOT / "predict.py")] + ([f"ckpt_path={ckpt}"] if ckpt else [])
             + [f"input=[{files}]", f"output_dir={out}", "trainer.accelerator=cpu",
-               f"num_threads={threads}", "num_workers=0", "progress_bar=false"])
+               f"num_threads={threads}", "num_workers=0", "progress_bar=false", *extra])
+
+
+#: A Trainer option that sends ``predict.py`` through Lightning's ``Trainer.predict`` (any
+#: option beyond the one-device defaults does) without changing what it computes.
+LIGHTNING_OVERRIDE = "+trainer.deterministic=false"
+
+
+def compare_lightning(ckpt: Path | None, mics: list[Path], work: Path, threads: int
+                      ) -> dict[str, Any]:
+    """Each micrograph picked by ``predict.py``'s one-device loop (the default) and through
+    Lightning's ``Trainer.predict`` (:data:`LIGHTNING_OVERRIDE`), alternating, one process
+    each: medians of the process time and of the peak RSS, and the picks compared (the same
+    number, coordinates within 0.01 px: threaded float sums may differ in the last digits)."""
+    import numpy as np
+
+    from cryoparticle.io.coords import read_star
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    runs: dict[str, list[dict[str, float]]] = {"loop": [], "lightning": []}
+    same, largest = True, 0.0
+    for mic in mics:
+        stars = {}
+        for path, extra in (("loop", ()), ("lightning", (LIGHTNING_OVERRIDE,))):
+            out = fresh_dir(work / "paths" / path / mic.stem)
+            result = measured([sys.executable, *predict_cmd(ckpt, [mic], out, threads, *extra)],
+                              work, env)
+            if result["rc"] != 0:
+                sys.exit(f"predict.py failed (exit {result['rc']}):\n{result['output_tail']}")
+            runs[path].append({"process_s": result["wall_s"],
+                               "peak_rss_gb": result["peak_rss_largest_process_gb"]})
+            stars[path] = read_star(out / f"{mic.stem}.star")[["x", "y"]].to_numpy(float)
+        if stars["loop"].shape != stars["lightning"].shape:
+            same = False
+        elif len(stars["loop"]):
+            largest = max(largest, float(np.abs(stars["loop"] - stars["lightning"]).max()))
+    same = same and largest <= 0.01
+    medians = {path: {key: _median([r[key] for r in rows]) for key in rows[0]}
+               for path, rows in runs.items()}
+    return {**medians, "saved_s_median": medians["lightning"]["process_s"]
+            - medians["loop"]["process_s"], "same_picks": same,
+            "largest_coordinate_difference_px": largest,
+            "lightning_override": LIGHTNING_OVERRIDE, "runs": runs}
 
 
 def run_ours(ckpt: Path | None, mics: list[Path], work: Path, threads: int
@@ -550,6 +598,13 @@ def print_table(record: dict[str, Any]) -> None:
             ("ours: peak PSS, process tree (GB)", _num(ours["peak_pss_tree_gb"])),
             ("ours: particles / micrograph", _num(ours["particles_per_micrograph"], ".0f")),
             (f"ours: F1 at {ours['threshold']:g} (stored)", _f1(ours.get("accuracy")))]
+    if ours.get("paths"):
+        paths = ours["paths"]
+        rows += [("ours: s / micrograph, one-device loop / Trainer.predict, median",
+                  f"{paths['loop']['process_s']:.2f} / {paths['lightning']['process_s']:.2f}"),
+                 ("ours: peak RSS GB, one-device loop / Trainer.predict",
+                  f"{paths['loop']['peak_rss_gb']:.2f} / {paths['lightning']['peak_rss_gb']:.2f}"),
+                 ("ours: same picks both ways", str(paths["same_picks"]))]
     if topaz:
         rows += [("topaz preprocess: s / micrograph, median", _num(topaz["preprocess_s_median"])),
                  ("topaz extract: s / micrograph, median", _num(topaz["extract_s_median"])),
@@ -601,6 +656,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--topaz", type=Path, default=None,
                         help="the topaz executable (default: topaz on the PATH)")
     parser.add_argument("--no-topaz", action="store_true")
+    parser.add_argument("--lightning", action="store_true",
+                        help="also pick each micrograph through Lightning's Trainer.predict, "
+                             "alternating with the default one-device loop: the start-up the "
+                             "loop saves")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" /
                         "pick_speed.json")
     args = parser.parse_args(argv)
@@ -623,6 +682,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"ours: predict.py on {len(mics)} micrographs ...", flush=True)
     record["ours"], our_picks = run_ours(args.ckpt, mics, work, args.threads)
     record["ours"]["accuracy"] = accuracy(our_picks, truth, None)
+    if args.lightning:
+        print("ours: one-device loop against Trainer.predict ...", flush=True)
+        record["ours"]["paths"] = compare_lightning(args.ckpt, mics, work, args.threads)
     print("ours: profiling one micrograph ...", flush=True)
     record["profile"] = profile_one(args.ckpt, mics[0], work, args.threads, args.profile)
     if not args.no_topaz and args.topaz.exists():

@@ -1,5 +1,5 @@
-"""benchmarks/pick_speed.py: where a py-spy profile's time goes, and the accuracy of picks
-against truth with the striped border left out."""
+"""benchmarks/pick_speed.py: where a py-spy profile's time goes, the accuracy of picks against
+truth with the striped border left out, and the one-device loop timed against Trainer.predict."""
 
 from __future__ import annotations
 
@@ -72,3 +72,21 @@ def test_accuracy_leaves_the_border_out_and_applies_the_threshold():
     assert (every["n_picks"], every["tp"], every["f1"]) == (3, 2, pytest.approx(0.8))
     assert every["per_micrograph"]["m"]["split"] == "test"
     assert pick_speed.accuracy(picks, None, 0.0) is None
+
+
+def test_one_device_loop_and_trainer_predict_are_timed_on_the_same_picks(tmp_path):
+    """``--lightning``: each micrograph through the default loop and through Trainer.predict
+    (one process each, alternating), with the shipped model: identical STAR files, medians of
+    both paths recorded."""
+    from cryoparticle.io.mrc import write_mrc
+
+    mic = tmp_path / "noise.mrc"
+    write_mrc(mic, np.random.default_rng(0).normal(size=(256, 256)).astype(np.float32), 7.08)
+    record = pick_speed.compare_lightning(None, [mic], tmp_path / "work", 1)
+    assert record["same_picks"] is True
+    assert record["lightning_override"] == "+trainer.deterministic=false"
+    for path in ("loop", "lightning"):
+        assert record[path]["process_s"] > 0 and record[path]["peak_rss_gb"] > 0
+        assert len(record["runs"][path]) == 1
+    assert record["saved_s_median"] == pytest.approx(
+        record["lightning"]["process_s"] - record["loop"]["process_s"])
