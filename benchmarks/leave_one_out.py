@@ -2,7 +2,7 @@
 
     python benchmarks/leave_one_out.py [--data-dir DIR] [--held-out EMPIAR-10017 ...]
         [--variants full calibrated_contrast] [--epochs 8] [--seed 12345]
-        [--checkpoint best] [--empty-n 1] [--empty-limit 1.0]
+        [--checkpoint best] [--empty-n 0] [--empty-limit 1.0]
         [--topaz PATH_TO_topaz] [--work-dir benchmarks/work/leave_one_out]
         [--out leave_one_out] [--results-dir benchmarks/results] [-- OVERRIDE ...]
 
@@ -30,7 +30,8 @@ The real sets are crowded, so they cannot say what a setting picks where there i
 pick, which is most of a sparse data set. Each held-out model therefore also picks ``--empty-n``
 micrographs without particles of two kinds of ``benchmarks/empty_picks.py`` (simulated empty
 ice, white noise), and the setting is chosen only among those with at most
-``--empty-limit`` false picks per 100 particle areas there (all settings if none is). The
+``--empty-limit`` false picks per 100 particle areas there (all settings if none is; without
+``--empty-n``, the default, every setting is allowed). The
 measured checkpoint is the best by the training's validation pick F1 (default, as for the
 shipped model) or the last epoch's (``--checkpoint last``).
 
@@ -347,9 +348,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="simulation variants of benchmarks/sim_ablation.py (default: full)")
     parser.add_argument("--topaz", type=Path, default=None,
                         help="the topaz executable (pip install topaz-em); omitted: not run")
-    parser.add_argument("--empty-n", type=int, default=1,
+    parser.add_argument("--empty-n", type=int, default=0,
                         help="micrographs without particles of each kind (simulated empty ice, "
-                        "white noise) each held-out model picks (0: none)")
+                        "white noise) each held-out model picks, and the extraction is then "
+                        "chosen under --empty-limit (default 0: none, every setting allowed)")
     parser.add_argument("--empty-limit", type=float, default=1.0,
                         help="choose the extraction among the settings with at most this many "
                         "false picks per 100 particle areas on them (default 1)")

@@ -4,8 +4,8 @@
 Segmenter` checkpoint what inference needs — the network (its ``pretrained`` file not read: the
 checkpoint's weights replace it), the CRF it was trained with, the hyperparameters and
 :func:`inference_facts` — as ``Segmenter.load_from_checkpoint`` does, but without importing
-PyTorch Lightning and torchmetrics, which take about 1.3 s of every picking process's start-up
-(``python -X importtime predict.py ...``). The weights load strictly: a checkpoint of another
+PyTorch Lightning and torchmetrics: a picking process on one device starts 1–1.5 s sooner
+(``benchmarks/pick_speed.py --lightning``). The weights load strictly: a checkpoint of another
 network or layout is a one-line :class:`~cryoparticle.errors.InputError` naming the file.
 """
 

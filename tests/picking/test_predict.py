@@ -544,7 +544,7 @@ def test_the_trainer_config_decides_between_one_device_and_lightning(monkeypatch
 
 def test_picking_one_device_never_imports_lightning(ckpt, sims, tmp_path):
     """A ``predict.py`` process on one device imports neither PyTorch Lightning nor
-    torchmetrics (about 1.3 s of start-up on a 2-core CPU)."""
+    torchmetrics (1–1.5 s of start-up on a 2-core CPU: pick_speed.py --lightning)."""
     out = tmp_path / "out"
     code = ("import sys\nfrom cryoparticle.cli import pick\n"
             f"sys.argv = ['predict.py', 'ckpt_path={ckpt}', 'input={sims[0] / 'wide.mrc'}', "
