@@ -8,6 +8,7 @@ output files of a micrograph (:meth:`Settings.outputs`, the STAR file last: the 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 from cryoparticle.data.preprocess import MAX_UPSAMPLING, Normalisation
 from cryoparticle.errors import InputError, check_positive, file_error, param_error
 from cryoparticle.models.packaged import check_export_facts
+from cryoparticle.picking.extract import extract_particles
 
 #: The default box side (``box_size: null``) in particle diameters. It also sets the default edge
 #: margin (``extraction.border_px: null``): half of it, so every pick's box lies inside the
@@ -52,15 +54,23 @@ def whole(name: str, value: Any, minimum: int, *, optional: bool = False) -> int
     return int(value)
 
 
+#: The keyword defaults of :func:`~cryoparticle.picking.extract.extract_particles`: the
+#: extraction a checkpoint without stored options is picked with.
+_EXTRACT_DEFAULTS = {name: p.default for name, p in
+                     inspect.signature(extract_particles).parameters.items()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
 @dataclass(frozen=True)
 class Extraction:
-    """Options of :func:`~cryoparticle.picking.extract.extract_particles` (``border_px`` in
-    pixels of the original micrograph; None: half the box, :meth:`Settings.edge_margin_px`)."""
+    """Options of :func:`~cryoparticle.picking.extract.extract_particles`, with its defaults
+    (``border_px`` in pixels of the original micrograph; None: half the box,
+    :meth:`Settings.edge_margin_px`)."""
 
-    min_size_fraction: float = 0.25
-    max_size_fraction: float = 3.0
-    min_distance_fraction: float = 0.5
-    split_touching: bool = True
+    min_size_fraction: float = _EXTRACT_DEFAULTS["min_size_fraction"]
+    max_size_fraction: float = _EXTRACT_DEFAULTS["max_size_fraction"]
+    min_distance_fraction: float = _EXTRACT_DEFAULTS["min_distance_fraction"]
+    split_touching: bool = _EXTRACT_DEFAULTS["split_touching"]
     border_px: float | None = None
 
     @classmethod
