@@ -145,6 +145,19 @@ def write_results(path: Path, record: Any, folders: dict[str, Path | str | None]
     write_json(path, portable(record, folders))
 
 
+def cached_json(path: Path, compute: Any) -> Any:
+    """The JSON in ``path`` when it exists (a rerun resumes); else ``compute()``, written there
+    atomically (:func:`write_results`) and returned."""
+    import json
+
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_results(path, value)
+    return value
+
+
 def write_report(results_dir: Path, out: str, record: Any, text: str,
                  folders: dict[str, Path | str | None] | None = None) -> None:
     """``results_dir/out.json`` (:func:`write_results`) and ``results_dir/out.md`` (``text``),

@@ -39,7 +39,6 @@ Cached in ``--work-dir`` (a rerun resumes). Writes ``<results-dir>/<out>.json`` 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -49,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (DATASETS, add_held_out_options, add_output_options,  # noqa: E402
-                     inside, load_average, require_datasets, write_held_out_report)
+                     cached_json, inside, load_average, require_datasets, write_held_out_report)
 
 EMPTY_KINDS = ("empiar10017", "white_noise", "general")
 """Micrographs without particles (``benchmarks/empty_picks.py``'s kinds): simulated empty ice of
@@ -115,24 +114,12 @@ def _label(held_out: str) -> str:
     return f"{DATASETS[held_out][0]}_full"
 
 
-def _cached(path: Path, compute: Any) -> Any:
-    if path.is_file():
-        return json.loads(path.read_text())
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    tmp.replace(path)
-    return value
-
-
 def set_counts(held_out: str, ckpt: Path, args: argparse.Namespace) -> dict[str, Any]:
     """``{"coverage": c_s, "counts": {setting: {tp, fp, fn}}}`` of ``held_out``'s micrographs
-    with its held-out model, re-extracted from the maps ``leave_one_out.py`` wrote."""
+    with its held-out model (:func:`leave_one_out.grid_scores` of the maps
+    ``leave_one_out.py`` wrote)."""
     import leave_one_out
     import real_transfer
-
-    from cryoparticle.picking.evaluate import precision_recall_f1
 
     folder = args.loo_work_dir / "transfer" / "picks" / held_out / f"ours_{_label(held_out)}"
     if not (folder / "predict_summary.json").is_file():
@@ -142,44 +129,30 @@ def set_counts(held_out: str, ckpt: Path, args: argparse.Namespace) -> dict[str,
     def compute() -> dict[str, Any]:
         data = real_transfer.dataset_inputs(held_out, args.data_dir, "all",
                                             args.loo_work_dir / "transfer" / "inputs")
-        truth = inside(data["truth"], data["borders"])
+        n_particles = len(inside(data["truth"], data["borders"]))
         area = float(sum((~border).sum() for border in data["borders"].values()))
-        coverage = len(truth) * math.pi * (data["diameter_px"] / 2) ** 2 / area
-        counts = {}
-        for size, tables in leave_one_out.grid_tables(folder, data["paths"], ckpt).items():
-            for t, picks in tables.items():
-                r = precision_recall_f1(inside(picks, data["borders"]), truth,
-                                        data["diameter_px"] / 2)
-                counts[leave_one_out.setting_key(size, t)] = {k: r[k] for k in ("tp", "fp", "fn")}
-        return {"coverage": coverage, "n_particles": len(truth), "counts": counts}
+        coverage = n_particles * math.pi * (data["diameter_px"] / 2) ** 2 / area
+        counts = {key: {k: r[k] for k in ("tp", "fp", "fn")}
+                  for key, r in leave_one_out.grid_scores(folder, ckpt, data).items()}
+        return {"coverage": coverage, "n_particles": n_particles, "counts": counts}
 
-    return _cached(args.work_dir / "scores" / f"{_label(held_out)}_counts.json", compute)
+    return cached_json(args.work_dir / "scores" / f"{_label(held_out)}_counts.json", compute)
 
 
 def empty_rates(held_out: str, ckpt: Path, kind: str, args: argparse.Namespace
                 ) -> dict[str, float]:
     """False picks per particle area of each grid setting on ``--empty-n`` 1024² micrographs of
-    ``kind`` without particles, picked by ``held_out``'s held-out model (every pick kept up to
-    the edge)."""
-    import empty_picks
+    ``kind`` without particles, picked by ``held_out``'s held-out model
+    (:func:`leave_one_out.empty_kind_grid`, in this benchmark's work dir)."""
     import leave_one_out
-    import real_transfer
 
     def compute() -> dict[str, float]:
-        paths = empty_picks.write_empty(args.work_dir / "empty", kind, args.empty_n, 1024,
-                                        args.seed)
-        out = args.work_dir / "empty" / "picks" / _label(held_out) / kind
-        _, used, _, _ = real_transfer.run_ours(str(ckpt), {"paths": paths}, out,
-                                               ["extraction.border_px=0"], thresholds=())
-        rates = {}
-        for size, tables in leave_one_out.grid_tables(out, paths, ckpt).items():
-            counts = empty_picks.count_picks(out, paths, tables, used)
-            for t in leave_one_out.GRID_THRESHOLDS:
-                rates[leave_one_out.setting_key(size, t)] = \
-                    counts["picks_per_100_particle_areas"][f"{t:g}"] / 100.0
-        return rates
+        grid = leave_one_out.empty_kind_grid(_label(held_out), ckpt, kind, args.work_dir,
+                                             args.empty_n, args.seed)
+        return {key: value / 100.0 for key, value in grid.items()}
 
-    return _cached(args.work_dir / "scores" / f"{_label(held_out)}_empty_{kind}.json", compute)
+    return cached_json(args.work_dir / "scores" / f"{_label(held_out)}_empty_{kind}.json",
+                       compute)
 
 
 # ------------------------------------------------------------------------------- reporting

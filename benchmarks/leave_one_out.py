@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DATASETS, ROOT, add_training_options, inside, load_average,  # noqa: E402
-                     require_datasets, train_run, write_report)
+from _common import (DATASETS, ROOT, add_training_options, cached_json,  # noqa: E402
+                     inside, load_average, require_datasets, train_run, write_report)
 from sim_ablation import CHOICES, variant_overrides  # noqa: E402
 
 
@@ -166,30 +166,32 @@ def grid_tables(folder: Path, paths: list[Path], ckpt: Path
                                          GRID_MIN_SIZES)
 
 
-def grid_f1(label: str, held_out: str, ckpt: Path, args: argparse.Namespace) -> dict[str, float]:
-    """F1 on every micrograph of ``held_out`` for each setting of :data:`GRID_MIN_SIZES` ×
-    :data:`GRID_THRESHOLDS`, re-extracted from the probability maps its scoring run wrote
-    (same diameters and edge margins as ``predict.py``; cached as JSON)."""
-    import json
-
-    import real_transfer
-
+def grid_scores(folder: Path, ckpt: Path, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``precision_recall_f1`` (``tp, fp, fn``, P, R, F1) on the micrographs of ``data``
+    (:func:`real_transfer.dataset_inputs`) for each setting of :data:`GRID_MIN_SIZES` ×
+    :data:`GRID_THRESHOLDS`, re-extracted from the probability maps ``predict.py`` wrote in
+    ``folder`` with ``ckpt`` (same diameters and edge margins), borders excluded."""
     from cryoparticle.picking.evaluate import precision_recall_f1
 
-    cache = args.work_dir / "scores" / f"{label}_grid.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    data = real_transfer.dataset_inputs(held_out, args.data_dir, "all",
-                                        args.work_dir / "transfer" / "inputs")
     truth = inside(data["truth"], data["borders"])
-    folder = args.work_dir / "transfer" / "picks" / held_out / f"ours_{label}"
-    grid = {}
-    for size, tables in grid_tables(folder, data["paths"], ckpt).items():
-        for t, picks in tables.items():
-            grid[setting_key(size, t)] = precision_recall_f1(
-                inside(picks, data["borders"]), truth, data["diameter_px"] / 2)["f1"]
-    cache.write_text(json.dumps(grid, indent=1) + "\n")
-    return grid
+    return {setting_key(size, t): precision_recall_f1(inside(picks, data["borders"]), truth,
+                                                      data["diameter_px"] / 2)
+            for size, tables in grid_tables(folder, data["paths"], ckpt).items()
+            for t, picks in tables.items()}
+
+
+def grid_f1(label: str, held_out: str, ckpt: Path, args: argparse.Namespace) -> dict[str, float]:
+    """F1 on every micrograph of ``held_out`` for each setting of the grid
+    (:func:`grid_scores` of its scoring run's maps; cached as JSON)."""
+    import real_transfer
+
+    def compute() -> dict[str, float]:
+        data = real_transfer.dataset_inputs(held_out, args.data_dir, "all",
+                                            args.work_dir / "transfer" / "inputs")
+        folder = args.work_dir / "transfer" / "picks" / held_out / f"ours_{label}"
+        return {key: r["f1"] for key, r in grid_scores(folder, ckpt, data).items()}
+
+    return cached_json(args.work_dir / "scores" / f"{label}_grid.json", compute)
 
 
 EMPTY_KINDS = ("empiar10017", "white_noise")
@@ -198,36 +200,38 @@ empty ice and white noise. Not the general simulator's, whose contaminants (ice 
 aggregates, carbon edges) every picker picks (Topaz's shipped model too)."""
 
 
-def empty_grid(label: str, ckpt: Path, args: argparse.Namespace) -> dict[str, float]:
-    """False picks per 100 particle disc areas on micrographs *without* particles, for each
-    setting of the grid: ``--empty-n`` 1024² micrographs of each of :data:`EMPTY_KINDS` run
-    through ``predict.py`` (every pick kept up to the edge), re-extracted as :func:`grid_f1`
-    does, averaged over the kinds (cached as JSON). The crowded real sets cannot say what a
-    setting picks on empty ice, which a sparse data set is mostly made of."""
-    import json
-
+def empty_kind_grid(label: str, ckpt: Path, kind: str, work_dir: Path, n: int, seed: int
+                    ) -> dict[str, float]:
+    """False picks per 100 particle disc areas for each setting of the grid on ``n`` 1024²
+    micrographs of ``kind`` (``benchmarks/empty_picks.py``'s) *without* particles, run through
+    ``predict.py`` with ``ckpt`` (every pick kept up to the edge) in ``work_dir/empty`` and
+    re-extracted as :func:`grid_f1` does."""
     import empty_picks
     import real_transfer
 
-    cache = args.work_dir / "scores" / f"{label}_empty.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    per_kind: dict[str, list[float]] = {}
-    for kind in EMPTY_KINDS:
-        paths = empty_picks.write_empty(args.work_dir / "empty", kind, args.empty_n, 1024,
-                                        args.seed)
-        out = args.work_dir / "empty" / "picks" / label / kind
-        _, used, _, _ = real_transfer.run_ours(str(ckpt), {"paths": paths}, out,
-                                               ["extraction.border_px=0"], thresholds=())
-        for size, tables in grid_tables(out, paths, ckpt).items():
-            counts = empty_picks.count_picks(out, paths, tables, used)
-            for t in GRID_THRESHOLDS:
-                per_kind.setdefault(setting_key(size, t), []).append(
-                    counts["picks_per_100_particle_areas"][f"{t:g}"])
-    grid = {key: float(np.mean(values)) for key, values in per_kind.items()}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(grid, indent=1) + "\n")
+    paths = empty_picks.write_empty(work_dir / "empty", kind, n, 1024, seed)
+    out = work_dir / "empty" / "picks" / label / kind
+    _, used, _, _ = real_transfer.run_ours(str(ckpt), {"paths": paths}, out,
+                                           ["extraction.border_px=0"], thresholds=())
+    grid = {}
+    for size, tables in grid_tables(out, paths, ckpt).items():
+        counts = empty_picks.count_picks(out, paths, tables, used)
+        for t in GRID_THRESHOLDS:
+            grid[setting_key(size, t)] = counts["picks_per_100_particle_areas"][f"{t:g}"]
     return grid
+
+
+def empty_grid(label: str, ckpt: Path, args: argparse.Namespace) -> dict[str, float]:
+    """False picks per 100 particle disc areas on micrographs *without* particles, for each
+    setting of the grid: :func:`empty_kind_grid` of ``--empty-n`` micrographs of each of
+    :data:`EMPTY_KINDS`, averaged over the kinds (cached as JSON). The crowded real sets cannot
+    say what a setting picks on empty ice, which a sparse data set is mostly made of."""
+    def compute() -> dict[str, float]:
+        per_kind = [empty_kind_grid(label, ckpt, kind, args.work_dir, args.empty_n, args.seed)
+                    for kind in EMPTY_KINDS]
+        return {key: float(np.mean([grid[key] for grid in per_kind])) for key in per_kind[0]}
+
+    return cached_json(args.work_dir / "scores" / f"{label}_empty.json", compute)
 
 
 def allowed_settings(grids: dict[str, dict[str, float]],

@@ -45,15 +45,12 @@ def quiet_lightning() -> None:
 
 
 class PickingModule(pl.LightningModule):
-    """``Trainer.predict`` wrapper of a trained segmenter: a :class:`MicrographSegmenter` (same
-    arguments) whose ``predict_step`` is its ``predict_record``."""
+    """``Trainer.predict`` wrapper of a :class:`MicrographSegmenter`: ``predict_step`` is its
+    ``predict_record``."""
 
-    def __init__(self, segmenter: torch.nn.Module, tile_size: int, tile_overlap: int,
-                 tile_batch_size: int | None = None, fit_tiles: bool = True,
-                 crf: torch.nn.Module | None = None, tta: str = "none") -> None:
+    def __init__(self, picker: MicrographSegmenter) -> None:
         super().__init__()
-        self.picker = MicrographSegmenter(segmenter, tile_size, tile_overlap, tile_batch_size,
-                                          fit_tiles, crf=crf, tta=tta)
+        self.picker = picker
 
     def setup(self, stage: str) -> None:
         quiet_lightning()  # again in processes started by the strategy (ddp_spawn)

@@ -239,10 +239,7 @@ def _pick_with_lightning(trainer_cfg: dict[str, Any], picker: MicrographSegmente
              f" × {trainer.num_devices * trainer.num_nodes}"
     writer = PickWriter(settings, paths, names, device=device)
     trainer.callbacks.append(writer)
-    module = PickingModule(picker.segmenter, picker.tile_size, picker.tile_overlap,
-                           picker.tile_batch_size, picker.fit_tiles, crf=picker.crf,
-                           tta=picker.tta)
-    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    trainer.predict(PickingModule(picker), dataloaders=loader, return_predictions=False)
 
     summary = writer.summary
     if summary is None:  # spawned ranks (ddp_spawn): rank zero wrote it to disk

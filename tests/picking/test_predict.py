@@ -379,6 +379,7 @@ def test_test_time_augmentation_averages_the_views_and_makes_picking_equivariant
     from cryoparticle.io.mrc import read_micrograph
     from cryoparticle.models.segmenter import load_segmenter
     from cryoparticle.picking.module import PickingModule
+    from cryoparticle.picking.segment import MicrographSegmenter
 
     seg = load_segmenter(ckpt).eval()
     image, pixel_size_a = read_micrograph(sims[0] / "wide.mrc")
@@ -400,7 +401,7 @@ def test_test_time_augmentation_averages_the_views_and_makes_picking_equivariant
     expected = (np.exp(mean) / np.exp(mean).sum(0))[1]
 
     def picker(tta: str, img: np.ndarray) -> np.ndarray:
-        module = PickingModule(seg, 256, 16, tta=tta).eval()
+        module = PickingModule(MicrographSegmenter(seg, 256, 16, tta=tta)).eval()
         with torch.no_grad():
             return module(torch.from_numpy(np.ascontiguousarray(img))[None]).numpy()
 
@@ -419,7 +420,7 @@ def test_test_time_augmentation_averages_the_views_and_makes_picking_equivariant
     np.testing.assert_allclose(mrcfile.read(out / "wide_prob.mrc"),
                                (np.exp(flips) / np.exp(flips).sum(0))[1], atol=1e-5)
     with pytest.raises(InputError, match="tta"):
-        PickingModule(seg, 256, 16, tta="rot45")
+        MicrographSegmenter(seg, 256, 16, tta="rot45")
 
 
 def test_particle_diameter_px_stands_in_for_an_unknown_pixel_size(ckpt, sims, tmp_path):
