@@ -223,7 +223,9 @@ def train_run(run_dir: Path, overrides: list[str], log: Path | None = None,
               checkpoint: str = "best") -> tuple[Path, float]:
     """Run ``train.py`` into ``run_dir`` (its output to ``log``, default ``run_dir/train.log``)
     unless a finished run is there (``run_dir/DONE``); (checkpoint, training seconds): the best
-    by the monitored validation metric, or with ``checkpoint="last"`` the last epoch's.
+    by the monitored validation metric, or with ``checkpoint="last"`` the last epoch's. An
+    interrupted run (``checkpoints/last.ckpt`` written, no ``DONE``) of the same overrides resumes
+    from its last finished epoch (``ckpt_path=``); its seconds are then those of the resumed part.
 
     The overrides are recorded in ``run_dir/overrides.txt``: a finished run trained with other
     overrides is never reused for these (an error names the folder)."""
@@ -236,13 +238,17 @@ def train_run(run_dir: Path, overrides: list[str], log: Path | None = None,
         sys.exit(f"{run_dir}: a finished training with other overrides (see overrides.txt); "
                  "delete it or give another --work-dir")
     if not done.is_file():
+        interrupted = run_dir / "checkpoints" / "last.ckpt"
+        resume = interrupted.is_file() and recorded.is_file() and recorded.read_text() == wanted
         run_dir.mkdir(parents=True, exist_ok=True)
         recorded.write_text(wanted)
         cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
                "print_config=false", "test=false", "logger=csv", *overrides]
+        if resume:
+            cmd.append(f"ckpt_path={interrupted}")
         print("  $", " ".join(cmd[1:]), flush=True)
         start = time.perf_counter()
-        with open(log, "w") as out:
+        with open(log, "a" if resume else "w") as out:
             result = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         if result.returncode:
             sys.exit(f"training failed (exit {result.returncode}); see {log}")

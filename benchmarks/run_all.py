@@ -16,7 +16,7 @@ never in a full run's folder. ``--full``: every script's own defaults
 ``topaz`` on the PATH exists, ASPIRE when ``--aspire-python`` is given; otherwise their
 comparisons are skipped (``--no-topaz`` / ``--no-aspire``). Benchmarks on real data
 (``crf_effect``, ``real_data_cv``, ``real_transfer``, ``contrast_stats``, ``sim_ablation``,
-``leave_one_out``, ``particle_size``, ``coverage_weighting``)
+``leave_one_out``, ``particle_size``, ``diameter_cues``, ``coverage_weighting``)
 are skipped when ``--data-dir`` has no EMPIAR-10017 folder. ``quickstart`` times the README's
 first commands (``--quick``: its training runs 2 epochs instead of the default 10).
 
@@ -174,6 +174,15 @@ def _particle_size(r: dict[str, Any]) -> str:
         for m in modes)
 
 
+def _diameter_cues(r: dict[str, Any]) -> str:
+    exponents = r.get("size_exponents") or {}
+    if not exponents:
+        return "no size exponent (one scale)"
+    return "size exponent: " + ", ".join(
+        f"{cue} {_fmt(exponents[cue]['mean'], '.2f')}"
+        for cue in ("estimate", "equivalent@0.25", "log_sigma") if cue in exponents)
+
+
 def _keys(r: dict[str, Any]) -> str:
     return ", ".join(k for k in r if k not in ("machine", "load_before", "load_after"))[:60]
 
@@ -270,7 +279,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               real_data=True, outputs=(), headline=_leave_one_out,
               topaz_modes=("full",)),   # Topaz on the 10 held-out micrographs: 10+ min here
     # after leave_one_out: its held-out models
-    Benchmark("particle_size", ["--datasets", "EMPIAR-10059", "--scales", "0.6",
+    Benchmark("particle_size", ["--datasets", "EMPIAR-10059", "--scales", "0.6", "1.6",
                                 "--modes", "estimated", "matched",
                                 "--loo-work-dir", "benchmarks/work/leave_one_out_quick",
                                 "--work-dir", "benchmarks/work/particle_size_quick",
@@ -278,6 +287,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                                 "extraction.min_size_fraction=0.2"],
               ["--predict", "threshold=0.125", "extraction.min_size_fraction=0.2"],
               real_data=True, outputs=(), headline=_particle_size),
+    # after particle_size: its estimated runs' probability maps
+    Benchmark("diameter_cues", ["--datasets", "EMPIAR-10059", "--scales", "0.6", "1.6",
+                                "--particle-size-work-dir",
+                                "benchmarks/work/particle_size_quick",
+                                "--work-dir", "benchmarks/work/diameter_cues_quick"],
+              real_data=True, outputs=(), headline=_diameter_cues),
     # after leave_one_out: its held-out models and their probability maps
     Benchmark("coverage_weighting", ["--datasets", "EMPIAR-10059", "--empty-n", "1",
                                      "--empty-kinds", "empiar10017", "white_noise",
@@ -315,7 +330,7 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
     elif bench.name in ("crf_effect", "real_data_cv", "contrast_stats"):
         cmd += ["--data-dir", str(data_dir)]
     elif bench.name in ("real_transfer", "sim_ablation", "leave_one_out", "particle_size",
-                        "coverage_weighting"):
+                        "diameter_cues", "coverage_weighting"):
         cmd += ["--data-dir", str(data_dir), "--results-dir", str(results_dir),
                 "--out", bench.name]
     elif bench.name == "empty_picks":

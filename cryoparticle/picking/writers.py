@@ -332,14 +332,37 @@ class PickRecorder:
         return summary
 
 
+def picking_diameters(summary: PredictSummary) -> tuple[str, bool]:
+    """The particle diameters the picked micrographs were picked with, for the summary
+    table: ``("190", False)`` when given, ``("168 (estimated; 153–181)", True)`` (median;
+    range over the micrographs) when estimated per micrograph, ``("–", False)`` when none."""
+    picked = [m for m in summary.micrographs
+              if m.get("status") == "picked" and m.get("particle_diameter_a") is not None]
+    if not picked:
+        return "–", False
+    values = np.array([float(m["particle_diameter_a"]) for m in picked])
+    if not any(m.get("diameter_estimated") for m in picked):
+        return f"{np.median(values):.0f}", False
+    spread = f"; {values.min():.0f}–{values.max():.0f}" if len(values) > 1 else ""
+    return f"{np.median(values):.0f} (estimated{spread})", True
+
+
+ESTIMATED_DIAMETER_NOTE = (
+    "note: the particle diameter was estimated from the network's particle cores, which have "
+    "about the same size whatever the particle's size (benchmarks/particle_size.py): if you know "
+    "the diameter, give it (particle_diameter_a, Å)")
+
+
 def print_summary(summary: PredictSummary) -> None:
-    """The summary as a table on stdout; each failure as one line on stderr."""
+    """The summary as a table on stdout (with the particle diameter picked with, and a note
+    when it was estimated); each failure as one line on stderr."""
     from rich.console import Console
     from rich.table import Table
 
     def number(value: float, fmt: str) -> str:
         return "–" if value is None or not math.isfinite(value) else format(value, fmt)
 
+    diameter, estimated = picking_diameters(summary)
     table = Table(title="picking summary", show_header=True)
     table.add_column("")
     table.add_column("value", justify="right")
@@ -354,14 +377,17 @@ def print_summary(summary: PredictSummary) -> None:
             ("wall time per micrograph (s)", number(summary.wall_seconds_per_micrograph,
                                                     ".2f")),
             ("threshold", f"{summary.threshold:g}"),
+            ("particle diameter (Å)", diameter),
             ("device", summary.device),
             ("combined STAR", str(summary.combined_star))]
     for key, value in rows:
         table.add_row(key, value)
     Console(file=sys.stdout, soft_wrap=True).print(table)
+    if estimated:
+        print(ESTIMATED_DIAMETER_NOTE)
     for failure in summary.failures:
         print(f"failed: {one_line(Exception(failure))}", file=sys.stderr)
 
 
-__all__ = ["SUMMARY_NAME", "PickRecorder", "PredictSummary", "Result", "picking_diameter_a",
-           "prepare_output_dir", "print_summary"]
+__all__ = ["ESTIMATED_DIAMETER_NOTE", "SUMMARY_NAME", "PickRecorder", "PredictSummary", "Result",
+           "picking_diameter_a", "picking_diameters", "prepare_output_dir", "print_summary"]

@@ -159,3 +159,38 @@ def test_a_finished_training_with_other_overrides_is_never_reused(tmp_path):
     assert train_run(run, ["experiment=general", "trainer.max_epochs=1"])[1] == 3.0
     with pytest.raises(SystemExit, match=f"{run}: a finished training with other overrides"):
         train_run(run, ["experiment=general", "trainer.max_epochs=8"])
+
+
+def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    """A benchmark stopped mid-training (last.ckpt written, no DONE) goes on from its last
+    finished epoch when rerun with the same options, and starts afresh with other options."""
+    import _common
+
+    calls = []
+
+    def fake_train(cmd, cwd, stdout, stderr):  # stands in for the train.py process
+        calls.append(cmd)
+        stdout.write("trained\n")
+        (run / "checkpoints" / "epoch_002-f1_0.70.ckpt").write_bytes(b"")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(_common.subprocess, "run", fake_train)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "overrides.txt").write_text("experiment=general\n")
+    (run / "train.log").write_text("epoch 0\n")
+    best, _ = _common.train_run(run, ["experiment=general"])
+    assert best == run / "checkpoints" / "epoch_002-f1_0.70.ckpt"
+    assert calls[-1][-1] == f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+    assert (run / "train.log").read_text() == "epoch 0\ntrained\n"   # the log goes on
+    assert (run / "DONE").is_file()
+
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (other / "overrides.txt").write_text("experiment=general\ntrainer.max_epochs=1\n")
+    run = other
+    _common.train_run(other, ["experiment=general"])
+    assert not any(arg.startswith("ckpt_path=") for arg in calls[-1])
+    assert (other / "overrides.txt").read_text() == "experiment=general\n"

@@ -157,6 +157,10 @@ def test_headlines_summarise_the_results_they_are_given():
                      {"modes": {"estimated": {"f1": 0.7}, "matched": {"f1": 0.7}}}]}
     assert run_all._particle_size(size) == ("mean F1 over sets and sizes: estimated 0.600, "
                                             "matched 0.750")
+    cues = {"size_exponents": {"estimate": {"X": 0.1, "mean": 0.05},
+                               "log_sigma": {"X": 1.0, "mean": 1.04}}}
+    assert run_all._diameter_cues(cues) == "size exponent: estimate 0.05, log_sigma 1.04"
+    assert run_all._diameter_cues({}) == "no size exponent (one scale)"
     coverage = {"summary": {"choice": {"chosen": "a", "mean_f1": 0.61, "shipped": {
         "setting": "b", "f1": {"X": 0.5, "Y": 0.7}}}}}
     assert run_all._coverage_weighting(coverage) == (

@@ -970,6 +970,9 @@ def test_readme_example_is_picked_with_the_packaged_model_without_ckpt_path(
     assert record["pixel_size_a"] == pytest.approx(3.54)
     assert record["diameter_estimated"] is True
     assert 0.4 * DIAMETER_A <= record["particle_diameter_a"] <= 2.5 * DIAMETER_A
+    stdout = capsys.readouterr().out   # the summary says the diameter was a guess, and why
+    assert f"{record['particle_diameter_a']:.0f} (estimated)" in stdout
+    assert "give it (particle_diameter_a, Å)" in stdout
     box = np.loadtxt(out / "empiar10017_example.box", ndmin=2)[:, 2]
     assert (box == round(1.5 * record["particle_diameter_a"] / 3.54)).all()
     assert len(pd.read_csv(EXAMPLE_TRUTH)) == 185  # the committed truth, CryoPPP columns
@@ -1261,3 +1264,32 @@ def test_a_given_diameter_resamples_particles_to_the_size_the_network_learnt(tmp
     assert record["factor"] == pytest.approx((256 / side, 256 / side))
     assert record["pixel_size_a"] == 3.54 and record["original_shape"] == (256, 256)
     assert float(record["image"].std()) == pytest.approx(1.0, abs=0.05)
+
+
+def test_the_summary_reports_the_diameter_picked_with_and_notes_an_estimate(capsys):
+    from cryoparticle.picking.writers import (ESTIMATED_DIAMETER_NOTE, PredictSummary,
+                                              picking_diameters, print_summary)
+
+    def summary(*micrographs):
+        return PredictSummary(
+            n_micrographs=len(micrographs), n_picked=len(micrographs), n_skipped=0,
+            n_failed=0, n_particles=0, n_particles_new=0, particles_per_micrograph=0.0,
+            seconds_per_micrograph=1.0, wall_seconds_per_micrograph=1.0, wall_s=1.0,
+            threshold=0.125, device="cpu × 1", output_dir=".", combined_star="p.star",
+            micrographs=list(micrographs))
+
+    given = {"status": "picked", "particle_diameter_a": 190.0, "diameter_estimated": False}
+    assert picking_diameters(summary(given, given)) == ("190", False)
+    estimates = [{"status": "picked", "particle_diameter_a": d, "diameter_estimated": True}
+                 for d in (150.4, 181.0, 166.0)]
+    failed = {"status": "failed", "particle_diameter_a": None, "diameter_estimated": False}
+    assert picking_diameters(summary(*estimates, failed)) == ("166 (estimated; 150–181)", True)
+    assert picking_diameters(summary(estimates[0])) == ("150 (estimated)", True)
+    assert picking_diameters(summary(failed)) == ("–", False)
+
+    print_summary(summary(*estimates))
+    out = capsys.readouterr().out
+    assert "166 (estimated; 150–181)" in out and ESTIMATED_DIAMETER_NOTE in out
+    print_summary(summary(given))
+    out = capsys.readouterr().out
+    assert "particle diameter (Å)" in out and ESTIMATED_DIAMETER_NOTE not in out
