@@ -100,23 +100,16 @@ def blob_scale(responses: np.ndarray, sigmas: np.ndarray) -> float:
     return float(sigmas[int(np.argmax(np.abs(responses)))])
 
 
-def network_grid(image: np.ndarray, bin_factor: float) -> np.ndarray:
-    """``image`` on the grid ``predict.py`` segmented: Fourier-binned by ``bin_factor`` (≥ 1) or
-    Fourier-padded by its inverse (< 1)."""
-    from cryoparticle.data.preprocess import fourier_bin, fourier_pad
-
-    if bin_factor >= 1:
-        return fourier_bin(image, bin_factor)
-    return fourier_pad(image, 1.0 / bin_factor)
-
-
 def measure(name: str, scale: float, args: argparse.Namespace) -> dict[str, Any] | None:
     """The cues of one set at one apparent scale (None without particle_size.py's maps)."""
+    import particle_size
     import real_transfer
 
     from cryoparticle.io.mrc import read_mrc
+    from cryoparticle.picking.inputs import resample_to_model
 
-    folder = args.particle_size_work_dir / "picks" / f"{DATASETS[name][0]}_s{scale:g}_estimated"
+    folder = (args.particle_size_work_dir / "picks"
+              / particle_size.run_key(name, scale, "estimated"))
     if not (folder / "predict_summary.json").is_file():
         print(f"{folder}: no maps (run benchmarks/particle_size.py with --modes estimated and "
               "this --scales first); skipped", flush=True)
@@ -137,7 +130,9 @@ def measure(name: str, scale: float, args: argparse.Namespace) -> dict[str, Any]
             per_map.append(region_cues(np.asarray(prob, np.float32).squeeze(), grid_a))
             estimates.append(float(info["particle_diameter_a"]))
             image, _ = read_mrc(path, mmap=False)
-            grid = network_grid(np.asarray(image, np.float64).squeeze(), factor)
+            # as predict.py resampled it (pixel size given: s × the true one)
+            grid = resample_to_model(path, np.asarray(image, np.float64).squeeze(),
+                                     float(info["pixel_size_a"]), grid_a)
             here = truth[truth["micrograph"] == path.stem]
             rows = np.clip(np.round(here["y"].to_numpy() / factor).astype(int), 0,
                            grid.shape[0] - 1)
@@ -147,13 +142,12 @@ def measure(name: str, scale: float, args: argparse.Namespace) -> dict[str, Any]
                 responses.append(log_responses(grid, rows, cols, np.array(SIGMAS_A) / grid_a))
         cues = {key: float(np.nanmedian([c[key] for c in per_map])) for key in per_map[0]}
         sigma = blob_scale(np.mean(responses, axis=0), np.array(SIGMAS_A))
-        apparent = scale * float(DATASETS[name][1]) * float(DATASETS[name][2])
+        apparent = scale * particle_size.true_diameter_a(name)
         return {"set": name, "scale": scale, "apparent_diameter_a": apparent,
                 "estimate_a": float(np.median(estimates)), "regions_a": cues,
                 "log_sigma_a": sigma, "radius_over_sigma": apparent / 2 / sigma}
 
-    key = f"{DATASETS[name][0]}_s{scale:g}"
-    return cached_json(args.work_dir / f"{key}.json", compute)
+    return cached_json(args.work_dir / f"{DATASETS[name][0]}_s{scale:g}.json", compute)
 
 
 def size_exponents(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

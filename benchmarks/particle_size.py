@@ -48,6 +48,12 @@ def true_diameter_a(name: str) -> float:
     return float(px) * float(diameter)
 
 
+def run_key(name: str, scale: float, mode: str) -> str:
+    """The name of one run's folder (``<work-dir>/picks/KEY``) and cache
+    (``<work-dir>/scores/KEY.json``)."""
+    return f"{DATASETS[name][0]}_s{scale:g}_{mode}"
+
+
 def mode_overrides(mode: str, diameter_a: float) -> list[str]:
     """``predict.py`` overrides of one way of picking particles of ``diameter_a`` Å."""
     if mode == "estimated":
@@ -68,7 +74,7 @@ def checkpoint_for(name: str, args: argparse.Namespace) -> str:
 
 def measure(name: str, scale: float, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     """One set picked at one apparent scale in one mode (cached in the work dir)."""
-    key = f"{DATASETS[name][0]}_s{scale:g}_{mode}"
+    key = run_key(name, scale, mode)
     cache = args.work_dir / "scores" / f"{key}.json"
     ckpt = checkpoint_for(name, args)
     data = real_transfer.dataset_inputs(name, args.data_dir, "all", args.work_dir / "inputs")

@@ -349,7 +349,7 @@ def picking_diameters(summary: PredictSummary) -> tuple[str, bool]:
 
 ESTIMATED_DIAMETER_NOTE = (
     "note: the particle diameter was estimated from the network's particle cores, which have "
-    "about the same size whatever the particle's size (benchmarks/particle_size.py): if you know "
+    "about the same size whatever the particle's size (benchmarks/diameter_cues.py): if you know "
     "the diameter, give it (particle_diameter_a, Å)")
 
 

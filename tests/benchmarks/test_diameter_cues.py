@@ -59,13 +59,6 @@ def test_blob_scale_finds_the_width_of_gaussian_blobs_darker_or_brighter():
         assert dc.blob_scale(flipped, sigmas) == pytest.approx(width, rel=0.1)
 
 
-def test_network_grid_bins_or_pads_like_predict():
-    image = np.random.default_rng(1).normal(size=(64, 96))
-    assert dc.network_grid(image, 2.0).shape == (32, 48)
-    assert dc.network_grid(image, 0.5).shape == (128, 192)
-    assert dc.network_grid(image, 1.0).shape == (64, 96)
-
-
 def test_size_exponent_is_one_for_a_cue_that_follows_the_size_and_zero_for_a_flat_one():
     def row(name, scale, flat):
         return {"set": name, "scale": scale, "estimate_a": flat,

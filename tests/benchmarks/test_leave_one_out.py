@@ -171,7 +171,8 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypat
     def fake_train(cmd, cwd, stdout, stderr):  # stands in for the train.py process
         calls.append(cmd)
         stdout.write("trained\n")
-        (run / "checkpoints" / "epoch_002-f1_0.70.ckpt").write_bytes(b"")
+        run_dir = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).partition("=")[2])
+        (run_dir / "checkpoints" / "epoch_002-f1_0.70.ckpt").write_bytes(b"")
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(_common.subprocess, "run", fake_train)
@@ -190,7 +191,6 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypat
     (other / "checkpoints").mkdir(parents=True)
     (other / "checkpoints" / "last.ckpt").write_bytes(b"")
     (other / "overrides.txt").write_text("experiment=general\ntrainer.max_epochs=1\n")
-    run = other
     _common.train_run(other, ["experiment=general"])
     assert not any(arg.startswith("ckpt_path=") for arg in calls[-1])
     assert (other / "overrides.txt").read_text() == "experiment=general\n"
