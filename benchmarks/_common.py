@@ -18,6 +18,7 @@ absolute path by its file name only.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -219,13 +220,25 @@ CHECKPOINTS = ("best", "last")
 """Which checkpoint of a training :func:`train_run` returns."""
 
 
+def _trained_seconds(segment: Path, last: Path) -> float:
+    """Seconds an interrupted training spent up to its last saved epoch (``last``'s time):
+    the parts before the interrupted one and the interrupted one's own, from ``segment``
+    (0 when a run of an older version left no record)."""
+    try:
+        record = json.loads(segment.read_text())
+        return float(record["before_s"]) + max(0.0, last.stat().st_mtime - record["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
 def train_run(run_dir: Path, overrides: list[str], log: Path | None = None,
               checkpoint: str = "best") -> tuple[Path, float]:
     """Run ``train.py`` into ``run_dir`` (its output to ``log``, default ``run_dir/train.log``)
     unless a finished run is there (``run_dir/DONE``); (checkpoint, training seconds): the best
     by the monitored validation metric, or with ``checkpoint="last"`` the last epoch's. An
     interrupted run (``checkpoints/last.ckpt`` written, no ``DONE``) of the same overrides resumes
-    from its last finished epoch (``ckpt_path=``); its seconds are then those of the resumed part.
+    from its last finished epoch (``ckpt_path=``); its seconds are those of every part, each
+    counted up to its last saved epoch (``run_dir/segment.json`` records when a part started).
 
     The overrides are recorded in ``run_dir/overrides.txt``: a finished run trained with other
     overrides is never reused for these (an error names the folder)."""
@@ -242,6 +255,9 @@ def train_run(run_dir: Path, overrides: list[str], log: Path | None = None,
         resume = interrupted.is_file() and recorded.is_file() and recorded.read_text() == wanted
         run_dir.mkdir(parents=True, exist_ok=True)
         recorded.write_text(wanted)
+        segment = run_dir / "segment.json"
+        before_s = _trained_seconds(segment, interrupted) if resume else 0.0
+        segment.write_text(json.dumps({"before_s": before_s, "started": time.time()}))
         cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
                "print_config=false", "test=false", "logger=csv", *overrides]
         if resume:
@@ -252,7 +268,7 @@ def train_run(run_dir: Path, overrides: list[str], log: Path | None = None,
             result = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         if result.returncode:
             sys.exit(f"training failed (exit {result.returncode}); see {log}")
-        done.write_text(f"{time.perf_counter() - start:.1f}\n")
+        done.write_text(f"{before_s + time.perf_counter() - start:.1f}\n")
     if checkpoint == "last":
         last = run_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():

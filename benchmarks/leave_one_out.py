@@ -56,9 +56,14 @@ from sim_ablation import CHOICES, variant_overrides  # noqa: E402
 
 
 def _quote(value: Any) -> str:
-    """A scalar as a Hydra override value (strings single-quoted)."""
+    """A config value as a Hydra override value (strings single-quoted; mappings and lists
+    written out, e.g. a dataset's own ``target``)."""
     if isinstance(value, str):
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_quote(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_quote(v) for v in value) + "]"
     return str(value)
 
 
@@ -79,7 +84,7 @@ def held_out_overrides(held_out: str, data_dir: Path) -> list[str]:
         if name == folder:
             continue
         entry["root"] = str(Path(data_dir).resolve() / name)
-        entries.append("{" + ", ".join(f"{k}: {_quote(v)}" for k, v in entry.items()) + "}")
+        entries.append(_quote(entry))
     if len(entries) == len(real.datasets):
         raise SystemExit(f"{held_out}: not a dataset of data=general ({folder}/ not listed)")
     overrides = ["data.sources.real.datasets=[" + ", ".join(entries) + "]"]

@@ -1,7 +1,8 @@
 """Cross-validation of real-data pickers on the 10 shared EMPIAR-10017 micrographs.
 
     python benchmarks/real_data_cv.py [--data-dir ../shared/data] [--folds 5] [--only-folds 0 1]
-                                      [--networks unet fcn deeplabv3] [--targets disc refined ring]
+                                      [--networks unet fcn deeplabv3]
+                                      [--targets refined disc ring core far]
                                       [--epochs 12] [--samples 320] [--seed 12345]
                                       [--init scratch | --init NAME=CKPT] [--topaz TOPAZ]
                                       [--topaz-train [--topaz-epochs 10] [--topaz-epoch-size 1000]
@@ -16,9 +17,11 @@ The micrographs, sorted by name, are cut into ``--folds`` folds (5: 2 test micro
 For every fold, network and target, ``train.py experiment=empiar10017`` trains on the other
 micrographs (the first of them after the test fold, cyclically, validates and calibrates the
 picking threshold; the rest train) into ``<work>/<network>/<target>/fold<k>`` — a finished run
-is reused. Targets: ``disc`` (CryoPPP discs), ``refined`` (particle-shaped inside each disc),
-``ring`` (discs with a 2 px ignore ring), ``far`` (discs, background farther than one diameter
-from every pick ignored).
+is reused. Targets: ``refined`` (particle-shaped inside each disc; the recipe's, default),
+``disc`` (CryoPPP discs), ``ring`` (discs with a 2 px ignore ring), ``far`` (discs, background
+farther than one diameter from every pick ignored), ``core`` (a disc of half the diameter, the
+rest of each disc ignored, extraction of regions down to 0.05 disc areas: the general model's
+target).
 
 Each best checkpoint picks its test micrographs as ``predict.py`` does (binned to the
 checkpoint's pixel size, tiled network, :func:`~cryoparticle.picking.extract.extract_particles`)
@@ -29,7 +32,7 @@ one, else centres recovered from its disc mask (:func:`~cryoparticle.data.masks.
 all folds (:mod:`cryoparticle.picking.evaluate`, match radius half a diameter): pick precision,
 recall and F1 at the stored threshold (and the stored extraction options, as ``predict.py``);
 AP of the picks extracted at threshold 0.05 ranked by score; pixel IoU of ``P ≥ 0.5`` against
-the disc masks (border ignored).
+the disc masks (border ignored); and the F1 of each fold's own test micrographs.
 
 ``--train-micrographs N`` trains on the first N (sorted) of each fold's training micrographs
 (same validation and test micrographs; runs in ``.../<target>/n<N>/fold<k>``), for a curve of
@@ -75,7 +78,11 @@ TARGETS = {"disc": ["data.target.kind=disc", "data.target.ring_px=0"],
            "refined": ["data.target.kind=refined", "data.target.ring_px=0"],
            "ring": ["data.target.kind=disc", "data.target.ring_px=2"],
            "far": ["data.target.kind=disc", "data.target.ring_px=0",
-                   "data.target.far_ignore_px=27"]}
+                   "data.target.far_ignore_px=27"],
+           # cores: a quarter of a disc's area, so extraction keeps regions of 0.05 disc areas
+           # (as experiment=general)
+           "core": ["data.target.kind=core", "data.target.ring_px=0",
+                    "+model.extraction={min_size_fraction: 0.05, min_distance_fraction: 0.5}"]}
 AP_THRESHOLD = 0.05
 
 
@@ -264,18 +271,20 @@ def topaz_trained_row(args: argparse.Namespace, dataset: Path, all_folds: list[d
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| picker | start | target | folds | pick P | pick R | pick F1 | AP | pixel IoU | "
-             "train min/fold |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| picker | start | target | folds | pick P | pick R | pick F1 | F1 per fold | AP | "
+             "pixel IoU | train min/fold |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["metrics"]
         minutes = f"{np.mean(r['train_s']) / 60:.1f}" if r["train_s"] else "–"
         iou = "–" if np.isnan(m["pixel_iou"]) else f"{m['pixel_iou']:.3f}"
         start = r.get("init", "scratch")
+        per_fold = " / ".join(f"{f:.3f}" for f in r.get("fold_f1") or []) or "–"
         if "train_micrographs" in r:
             start += f", {r['train_micrographs']} train mics"
         lines.append(f"| {r['network']} | {start} | {r['target']} | "
                      f"{len(r['folds'])} | {m['precision']:.3f} | {m['recall']:.3f} | "
-                     f"**{m['pick_f1']:.3f}** | {m['ap']:.3f} | {iou} | {minutes} |")
+                     f"**{m['pick_f1']:.3f}** | {per_fold} | {m['ap']:.3f} | {iou} | "
+                     f"{minutes} |")
     return "\n".join(lines) + "\n"
 
 
@@ -287,7 +296,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only-folds", type=int, nargs="+", default=None)
     parser.add_argument("--networks", nargs="*", default=["unet"],
                         help="our networks (none given: only the Topaz rows)")
-    parser.add_argument("--targets", nargs="+", default=["disc"], choices=sorted(TARGETS))
+    parser.add_argument("--targets", nargs="+", default=["refined"], choices=sorted(TARGETS),
+                        help="training targets (default: the recipe's, refined)")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--samples", type=int, default=320)
     parser.add_argument("--seed", type=int, default=12345)
@@ -419,7 +429,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "train_s": [], "splits": [all_folds[k] for k in chosen]})
         n_used = most if n_train is None else n_train
         rows.append({"network": net, "init": init, "target": target, "folds": chosen,
-                     "train_micrographs": n_used, "metrics": metrics, "train_s": seconds,
+                     "train_micrographs": n_used, "metrics": metrics,
+                     "fold_f1": [pooled([r])["pick_f1"] for r in results], "train_s": seconds,
                      "splits": splits})
         print(f"{net}/{target}/{n_used} train: {metrics}", flush=True)
     report = {"dataset": "EMPIAR-10017 (10 CryoSegNet JPGs, CryoPPP picks)",

@@ -1,8 +1,8 @@
 """``data=cryoppp``: real micrographs with expert picks (CryoPPP and similar layouts).
 
 One or several datasets (``datasets``: a list of ``{root, empiar_id, pixel_size_a,
-particle_diameter_a, particle_diameter_px}``), each a folder in one of the layouts of
-:mod:`cryoparticle.data.layouts`. For each dataset:
+particle_diameter_a, particle_diameter_px, name, target}``), each a folder in one of the layouts
+of :mod:`cryoparticle.data.layouts`. For each dataset:
 
 * the **pixel size of the files** is ``pixel_size_a`` (override), else the MRC header, else the
   CryoPPP table (:mod:`cryoparticle.data.cryoppp`); when none is known (the shared 1024² PNGs),
@@ -18,7 +18,9 @@ particle_diameter_a, particle_diameter_px}``), each a folder in one of the layou
 * the **target** of training micrographs is ``target.kind`` (``disc``, ``refined`` or
   ``core``: discs of ``target.core_fraction`` × the diameter, the rims ignored), with an
   ignore ring of ``target.ring_px`` and, when ``target.far_ignore_px`` is set, background far
-  from every pick ignored (training pixels); validation and test keep disc masks (with the
+  from every pick ignored (training pixels); a dataset's own ``target`` mapping overrides
+  these options for its micrographs (e.g. refined shapes for isolated particles, cores for
+  crowded ones, whose refined shapes merge); validation and test keep disc masks (with the
   border ignored) so that metrics compare across targets;
 * centres of mask-only labels are recovered with
   :func:`~cryoparticle.data.masks.centres_from_mask` (for the picking threshold and metrics).
@@ -77,6 +79,7 @@ class DatasetSpec:
     particle_diameter_a: float | None
     particle_diameter_px: float | None  # pixels of the files
     table_pixel_size_a: float | None = None
+    target: dict[str, Any] | None = None  # this dataset's overrides of the module's ``target``
 
 
 def _spec(entry: Mapping[str, Any] | str, index: int) -> DatasetSpec:
@@ -84,10 +87,20 @@ def _spec(entry: Mapping[str, Any] | str, index: int) -> DatasetSpec:
         entry = {"root": entry}
     entry = dict(_plain(entry))
     unknown = set(entry) - {"root", "empiar_id", "pixel_size_a", "particle_diameter_a",
-                            "particle_diameter_px", "name"}
+                            "particle_diameter_px", "name", "target"}
     if unknown:
         raise param_error(f"datasets[{index}]", sorted(unknown), "unknown key(s); use root, "
-                          "empiar_id, pixel_size_a, particle_diameter_a, particle_diameter_px")
+                          "empiar_id, pixel_size_a, particle_diameter_a, particle_diameter_px, "
+                          "name, target")
+    target = entry.get("target")
+    if target is not None:
+        if not isinstance(target, Mapping):
+            raise param_error(f"datasets[{index}].target", target,
+                              "give a mapping of target options, e.g. {kind: refined}")
+        target = dict(target)
+        if "kind" in target and target["kind"] not in TARGETS:
+            raise param_error(f"datasets[{index}].target.kind", target["kind"],
+                              f"choose one of {', '.join(TARGETS)}")
     if not entry.get("root"):
         raise param_error(f"datasets[{index}].root", entry.get("root"), "give the dataset folder")
     root = Path(entry["root"])
@@ -102,7 +115,7 @@ def _spec(entry: Mapping[str, Any] | str, index: int) -> DatasetSpec:
                                  entry.get("particle_diameter_px"), optional=True)
     label = entry.get("name") or (f"empiar-{number}" if number is not None else root.name)
     return DatasetSpec(root, str(label), number, pixel, diameter_a, diameter_px,
-                       info.get("pixel_size_a"))
+                       info.get("pixel_size_a"), target)
 
 
 def _upsample_mask(mask: np.ndarray, shape: tuple[int, int], path: Path) -> np.ndarray:
@@ -352,7 +365,7 @@ class CryoPPPDataModule(_CropDataModule):
         image = standardise(image) if self.normaliser is None else \
             self.normaliser(image, self.pixel_size_a)
         if train:
-            t = self.target_cfg
+            t = {**self.target_cfg, **(spec.target or {})}
             label = target_mask(shape, particles, target=t["kind"], image=image, disc=mask,
                                 ring_px=t["ring_px"], far_ignore_px=t["far_ignore_px"],
                                 refine=t["refine"], core_fraction=t.get("core_fraction", 0.5))

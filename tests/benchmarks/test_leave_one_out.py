@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -181,8 +182,13 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypat
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")
     (run / "overrides.txt").write_text("experiment=general\n")
     (run / "train.log").write_text("epoch 0\n")
-    best, _ = _common.train_run(run, ["experiment=general"])
+    # the interrupted part trained 50 s up to its last epoch, after 100 s of earlier parts
+    last_saved = (run / "checkpoints" / "last.ckpt").stat().st_mtime
+    (run / "segment.json").write_text(json.dumps({"before_s": 100.0,
+                                                  "started": last_saved - 50.0}))
+    best, seconds = _common.train_run(run, ["experiment=general"])
     assert best == run / "checkpoints" / "epoch_002-f1_0.70.ckpt"
+    assert 150.0 <= seconds < 160.0                    # every part counted, not the last alone
     assert calls[-1][-1] == f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
     assert (run / "train.log").read_text() == "epoch 0\ntrained\n"   # the log goes on
     assert (run / "DONE").is_file()
@@ -191,6 +197,7 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypat
     (other / "checkpoints").mkdir(parents=True)
     (other / "checkpoints" / "last.ckpt").write_bytes(b"")
     (other / "overrides.txt").write_text("experiment=general\ntrainer.max_epochs=1\n")
-    _common.train_run(other, ["experiment=general"])
+    _, seconds = _common.train_run(other, ["experiment=general"])
     assert not any(arg.startswith("ckpt_path=") for arg in calls[-1])
+    assert seconds < 10.0                              # afresh: no earlier part counted
     assert (other / "overrides.txt").read_text() == "experiment=general\n"

@@ -179,6 +179,27 @@ def test_training_targets(tmp_path, kind):
         assert (train.mask == 1).sum() < 0.8 * discs.sum()
 
 
+def test_a_dataset_target_overrides_the_module_target(tmp_path):
+    """Cores for one dataset (its discs' rims ignored), refined shapes for the other."""
+    crowded = _cryoppp_folder(tmp_path / "crowded", n=3)
+    isolated = _cryoppp_folder(tmp_path / "isolated", n=3)
+    dm = _module([{"root": crowded, "name": "crowded", "target": {"kind": "core"}},
+                  {"root": isolated, "name": "isolated"}], tmp_path,
+                 split={"fractions": [1, 0, 0]}, target={"kind": "refined"})
+    core = dm.load("crowded/mic_00", train=True)
+    refined = dm.load("isolated/mic_00", train=True)
+    discs = disc_mask(core.mask.shape, core.particles).astype(bool)
+    cores = disc_mask(core.mask.shape, core.particles.assign(
+        diameter=core.particles["diameter"] * 0.5)).astype(bool)
+    assert ((core.mask == 1) == cores).all()                       # the dataset's own kind
+    assert ((core.mask == 255) == (discs & ~cores)).all()
+    assert set(np.unique(refined.mask)) == {0, 1}                  # the module's kind: no rims
+    assert (refined.mask == 1).sum() < 0.8 * disc_mask(
+        refined.mask.shape, refined.particles).sum()
+    with pytest.raises(InputError, match=r"datasets\[0\]\.target\.kind.*choose one of"):
+        _module([{"root": crowded, "target": {"kind": "blob"}}], tmp_path)
+
+
 def test_compose_data_cryoppp(tmp_path):
     root = _cryoppp_folder(tmp_path / "d", n=3)
     cfg = compose("train", ["data=cryoppp", f"data.datasets=[{{root: '{root}'}}]",
@@ -187,6 +208,29 @@ def test_compose_data_cryoppp(tmp_path):
     dm = instantiate(cfg.data)
     assert isinstance(dm, CryoPPPDataModule) and dm.pixel_size_a == 3.54
     assert sum(len(v) for v in dm.splits.values()) == 3
+
+
+def test_empiar10017_recipe_is_the_cross_validated_one(tmp_path):
+    """experiment=empiar10017 trains what benchmarks/real_data_cv.py measured: refined targets,
+    robust normalisation, the checkpoint and early stop judged by validation pick F1."""
+    root = _cryoppp_folder(tmp_path / "empiar-10017", n=3)
+    cfg = compose("train", ["experiment=empiar10017", f"data.datasets.0.root={root}",
+                            f"data.split_file={tmp_path / 'split.json'}"])
+    for callback in (cfg.callbacks.model_checkpoint, cfg.callbacks.early_stopping):
+        assert callback.monitor == "val/pick_f1" and callback.mode == "max"
+    dm = instantiate(cfg.data)
+    assert dm.target_cfg["kind"] == "refined" and dm.target_cfg["ring_px"] == 0
+    key = next(iter(dm.items))
+    mic = dm.load(key, train=False)
+
+    def load(normalisation):
+        return _module([{"root": root, "empiar_id": 10017}], tmp_path, pixel_size_a=7.08,
+                       normalisation=normalisation, split_file=tmp_path / "other.json"
+                       ).load(key, train=False).image
+
+    robust = {"method": "robust", "clip_percentiles": [0.5, 99.5], "background_sigma_a": 1000.0}
+    np.testing.assert_allclose(mic.image, load(robust), atol=1e-6)   # what was measured
+    assert not np.allclose(mic.image, load(None))        # not the plain standardisation
 
 
 # --------------------------------------------------------------------------- bad input
