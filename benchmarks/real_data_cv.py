@@ -32,7 +32,9 @@ one, else centres recovered from its disc mask (:func:`~cryoparticle.data.masks.
 all folds (:mod:`cryoparticle.picking.evaluate`, match radius half a diameter): pick precision,
 recall and F1 at the stored threshold (and the stored extraction options, as ``predict.py``);
 AP of the picks extracted at threshold 0.05 ranked by score; pixel IoU of ``P ≥ 0.5`` against
-the disc masks (border ignored); and the F1 of each fold's own test micrographs.
+the disc masks (border ignored); the F1 of each fold's own test micrographs; and the pooled F1
+at the best of :data:`SHARED_THRESHOLDS` used for every fold (chosen with the truth: what a
+better threshold calibration could gain at most).
 
 ``--train-micrographs N`` trains on the first N (sorted) of each fold's training micrographs
 (same validation and test micrographs; runs in ``.../<target>/n<N>/fold<k>``), for a curve of
@@ -84,6 +86,9 @@ TARGETS = {"disc": ["data.target.kind=disc", "data.target.ring_px=0"],
            "core": ["data.target.kind=core", "data.target.ring_px=0",
                     "+model.extraction={min_size_fraction: 0.05, min_distance_fraction: 0.5}"]}
 AP_THRESHOLD = 0.05
+#: Thresholds at which every fold is also extracted: the pooled F1 at the best one shared by all
+#: folds (chosen with the truth) bounds what a better threshold calibration could gain.
+SHARED_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def folds(names: list[str], n_folds: int) -> list[dict[str, list[str]]]:
@@ -165,6 +170,7 @@ def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str],
     threshold = float(hp.picking_threshold)
     options = dict(model.inference_facts().get("extraction") or {})  # as predict.py extracts
     picks, low, truth, inter, union, peer = [], [], [], 0, 0, []
+    shared: dict[float, list[Any]] = {t: [] for t in SHARED_THRESHOLDS}
     for name in test:
         mic = data.load(f"empiar-10017/{name}", train=False)
         if topaz is not None:
@@ -173,7 +179,8 @@ def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str],
             logits = model.predict_logits(torch.from_numpy(mic.image)[None])
         prob = logits.float().softmax(0)[1].numpy()
         widths = BorderWidths(**mic.metadata["border_px"])
-        for out, t in ((picks, threshold), (low, AP_THRESHOLD)):
+        for out, t in ((picks, threshold), (low, AP_THRESHOLD),
+                       *((shared[t], t) for t in SHARED_THRESHOLDS)):
             found = extract_particles(prob, diameter, threshold=t, micrograph=name, **options)
             out.append(drop_border_picks(found, prob.shape, widths))
         truth.append(drop_border_picks(mic.particles.assign(micrograph=name), prob.shape, widths))
@@ -184,11 +191,12 @@ def evaluate_fold(ckpt: Path, dataset_root: Path, test: list[str],
     extra = {"topaz": pd.concat(peer, ignore_index=True)} if peer else {}
     return {**extra, "picks": pd.concat(picks, ignore_index=True),
             "low": pd.concat(low, ignore_index=True),
+            "shared": {t: pd.concat(v, ignore_index=True) for t, v in shared.items()},
             "truth": pd.concat(truth, ignore_index=True), "intersection": inter, "union": union,
             "threshold": threshold, "diameter_px": diameter}
 
 
-def pooled(results: list[dict[str, Any]]) -> dict[str, float]:
+def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
     import pandas as pd
 
     from cryoparticle.picking.evaluate import average_precision, precision_recall_f1
@@ -199,11 +207,18 @@ def pooled(results: list[dict[str, Any]]) -> dict[str, float]:
     radius = results[0]["diameter_px"] / 2
     prf = precision_recall_f1(picks, truth, radius)
     union = sum(r["union"] for r in results)
+    shared = {t: precision_recall_f1(pd.concat([r["shared"][t] for r in results],
+                                               ignore_index=True), truth, radius)["f1"]
+              for t in results[0].get("shared", {})}
+    best = max(shared, key=shared.get) if shared else None
     return {"precision": prf["precision"], "recall": prf["recall"], "pick_f1": prf["f1"],
             "ap": average_precision(low, truth, radius),
             "pixel_iou": sum(r["intersection"] for r in results) / union if union else 0.0,
             "n_truth": int(len(truth)), "n_picks": int(len(picks)),
-            "thresholds": [r["threshold"] for r in results]}
+            "thresholds": [r["threshold"] for r in results],
+            "f1_at_shared_threshold": {f"{t:g}": f for t, f in shared.items()},
+            "best_shared_threshold": best,
+            "best_shared_f1": shared[best] if best is not None else float("nan")}
 
 
 def pooled_topaz(results: list[dict[str, Any]], key: str = "topaz") -> dict[str, float]:
@@ -271,20 +286,24 @@ def topaz_trained_row(args: argparse.Namespace, dataset: Path, all_folds: list[d
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| picker | start | target | folds | pick P | pick R | pick F1 | F1 per fold | AP | "
-             "pixel IoU | train min/fold |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| picker | start | target | folds | pick P | pick R | pick F1 | F1 per fold | "
+             "F1 at the best shared threshold | AP | pixel IoU | train min/fold |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["metrics"]
         minutes = f"{np.mean(r['train_s']) / 60:.1f}" if r["train_s"] else "–"
         iou = "–" if np.isnan(m["pixel_iou"]) else f"{m['pixel_iou']:.3f}"
         start = r.get("init", "scratch")
         per_fold = " / ".join(f"{f:.3f}" for f in r.get("fold_f1") or []) or "–"
+        best = m.get("best_shared_threshold")    # Topaz rows: best_f1 over its own scores
+        shared = (f"{m['best_shared_f1']:.3f} ({best:g})" if best is not None else
+                  f"{m['best_f1']:.3f} ({m['best_threshold']:g})" if "best_f1" in m else "–")
         if "train_micrographs" in r:
             start += f", {r['train_micrographs']} train mics"
         lines.append(f"| {r['network']} | {start} | {r['target']} | "
                      f"{len(r['folds'])} | {m['precision']:.3f} | {m['recall']:.3f} | "
-                     f"**{m['pick_f1']:.3f}** | {per_fold} | {m['ap']:.3f} | {iou} | "
-                     f"{minutes} |")
+                     f"**{m['pick_f1']:.3f}** | {per_fold} | {shared} | {m['ap']:.3f} | "
+                     f"{iou} | {minutes} |")
     return "\n".join(lines) + "\n"
 
 
