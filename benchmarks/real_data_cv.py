@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             train_radius_px=args.topaz_radius, threads=args.topaz_threads, seed=args.seed)
         peer.append(topaz_trained_row(args, dataset, all_folds, chosen, topaz_settings))
     for net, target, n_train in itertools.product(args.networks, args.targets, subsets):
-        results, seconds, splits = [], [], []
+        results, seconds, splits, fold_f1 = [], [], [], []
         for k in chosen:
             fold = dict(all_folds[k])
             run_dir = args.work_dir.resolve() / init / net / target / f"fold{k}"
@@ -440,7 +440,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results.append(result)
             seconds.append(train_s)
             splits.append(fold)
-            print(f"  {net}/{target} fold {k}: {pooled([result])}", flush=True)
+            fold_metrics = pooled([result])
+            fold_f1.append(fold_metrics["pick_f1"])
+            print(f"  {net}/{target} fold {k}: {fold_metrics}", flush=True)
         metrics = pooled(results)
         if topaz is not None and not peer:
             peer.append({"network": "Topaz resnet16_u64 (shipped)", "init": "shipped",
@@ -449,7 +451,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         n_used = most if n_train is None else n_train
         rows.append({"network": net, "init": init, "target": target, "folds": chosen,
                      "train_micrographs": n_used, "metrics": metrics,
-                     "fold_f1": [pooled([r])["pick_f1"] for r in results], "train_s": seconds,
+                     "fold_f1": fold_f1, "train_s": seconds,
                      "splits": splits})
         print(f"{net}/{target}/{n_used} train: {metrics}", flush=True)
     report = {"dataset": "EMPIAR-10017 (10 CryoSegNet JPGs, CryoPPP picks)",

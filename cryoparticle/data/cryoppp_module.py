@@ -82,6 +82,12 @@ class DatasetSpec:
     target: dict[str, Any] | None = None  # this dataset's overrides of the module's ``target``
 
 
+def _check_target_kind(kind: Any, where: str) -> None:
+    """A one-line error naming the option ``where`` unless ``kind`` is one of ``TARGETS``."""
+    if kind not in TARGETS:
+        raise param_error(where, kind, f"choose one of {', '.join(TARGETS)}")
+
+
 def _spec(entry: Mapping[str, Any] | str, index: int) -> DatasetSpec:
     if isinstance(entry, (str, Path)):
         entry = {"root": entry}
@@ -98,9 +104,8 @@ def _spec(entry: Mapping[str, Any] | str, index: int) -> DatasetSpec:
             raise param_error(f"datasets[{index}].target", target,
                               "give a mapping of target options, e.g. {kind: refined}")
         target = dict(target)
-        if "kind" in target and target["kind"] not in TARGETS:
-            raise param_error(f"datasets[{index}].target.kind", target["kind"],
-                              f"choose one of {', '.join(TARGETS)}")
+        if "kind" in target:
+            _check_target_kind(target["kind"], f"datasets[{index}].target.kind")
     if not entry.get("root"):
         raise param_error(f"datasets[{index}].root", entry.get("root"), "give the dataset folder")
     root = Path(entry["root"])
@@ -190,9 +195,7 @@ class CryoPPPDataModule(_CropDataModule):
                           "val": None, "test": None, **(_plain(split) or {})}
         self.target_cfg = {"kind": "disc", "ring_px": 0.0, "far_ignore_px": None,
                            "core_fraction": 0.5, "refine": {}, **(_plain(target) or {})}
-        if self.target_cfg["kind"] not in TARGETS:
-            raise param_error("target.kind", self.target_cfg["kind"],
-                              f"choose one of {', '.join(TARGETS)}")
+        _check_target_kind(self.target_cfg["kind"], "target.kind")
         self.border_cfg = {"enabled": True, **(_plain(border) or {})}
         self.split_file = None if split_file is None else Path(split_file)
         # Discover every dataset's pairs now: layout errors surface before training starts.
