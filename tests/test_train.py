@@ -146,3 +146,40 @@ def test_resume_and_evaluate_and_errors(tmp_path):
                    "/nonexistent/folder")
     one_line_error(_train(tmp_path / "e4", "train=false"), "ckpt_path")
     one_line_error(_train(tmp_path / "e5", f"ckpt_path={tmp_path}/none.ckpt"), "none.ckpt")
+
+
+def test_ema_weights_are_validated_checkpointed_and_resumed(tmp_path):
+    """callbacks=ema: the checkpoint's weights are the exponential moving average
+    avg_k = d * avg_(k-1) + (1 - d) * w_k of the raw weights w_k (avg_1 = w_1), also across a
+    resume; the raw weights travel beside them, and a checkpoint loads with the averaged ones."""
+    from cryoparticle.models.segmenter import load_segmenter
+
+    decay = 0.75
+    ema = ["callbacks=ema", f"callbacks.weight_averaging.decay={decay}",
+           "data.train_samples_per_epoch=4", "test=false"]  # one optimiser step per epoch
+    r = _train(tmp_path / "one", *ema, "trainer.max_epochs=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False)
+    assert first["global_step"] == 1
+    r = _train(tmp_path / "two", *ema, "trainer.max_epochs=2",
+               f"ckpt_path={tmp_path / 'one' / 'checkpoints' / 'last.ckpt'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    second = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", map_location="cpu",
+                        weights_only=False)
+    assert second["global_step"] == 2
+
+    w1 = first["current_model_state"]
+    w2 = second["current_model_state"]
+    averaged = second["state_dict"]
+    floats = [k for k, v in averaged.items() if v.is_floating_point()]
+    assert any(k.endswith("running_mean") for k in floats)       # BatchNorm statistics too
+    for k in floats:
+        torch.testing.assert_close(first["state_dict"][k], w1[k])  # the first update copies
+        torch.testing.assert_close(averaged[k], decay * w1[k] + (1 - decay) * w2[k])
+    assert max(float((averaged[k] - w2[k]).abs().max()) for k in floats) > 1e-4
+
+    model = load_segmenter(tmp_path / "two" / "checkpoints" / "last.ckpt")
+    loaded = model.state_dict()
+    for k in floats:
+        torch.testing.assert_close(loaded[k].float(), averaged[k].float())
