@@ -209,8 +209,8 @@ def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
     union = sum(r["union"] for r in results)
     shared = {t: precision_recall_f1(pd.concat([r["shared"][t] for r in results],
                                                ignore_index=True), truth, radius)["f1"]
-              for t in results[0].get("shared", {})}
-    best = max(shared, key=shared.get) if shared else None
+              for t in results[0]["shared"]}
+    best = max(shared, key=shared.get)
     return {"precision": prf["precision"], "recall": prf["recall"], "pick_f1": prf["f1"],
             "ap": average_precision(low, truth, radius),
             "pixel_iou": sum(r["intersection"] for r in results) / union if union else 0.0,
@@ -218,7 +218,7 @@ def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
             "thresholds": [r["threshold"] for r in results],
             "f1_at_shared_threshold": {f"{t:g}": f for t, f in shared.items()},
             "best_shared_threshold": best,
-            "best_shared_f1": shared[best] if best is not None else float("nan")}
+            "best_shared_f1": shared[best]}
 
 
 def pooled_topaz(results: list[dict[str, Any]], key: str = "topaz") -> dict[str, float]:
