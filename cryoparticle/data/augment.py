@@ -105,8 +105,7 @@ class Augment:
         std = image.std()
         if not torch.isfinite(std) or std <= 0:
             return image
-        blurred = u[0] < self.blur_probability
-        if blurred:
+        if u[0] < self.blur_probability:
             low, high = self.blur_sigma_px
             image = _blur(image, low + (high - low) * u[1])
             image = image * (std / image.std().clamp_min(1e-12))
