@@ -19,22 +19,35 @@ from torchvision.transforms.v2.functional import gaussian_blur
 from cryoparticle.errors import param_error
 
 
-def _check_fraction(name: str, value: float, upper: float = math.inf) -> float:
+def _number(value: Any) -> float:
+    """``float(value)``, or NaN where it is not a number (the checks below reject NaN)."""
     try:
-        v = float(value)
+        return float(value)
     except (TypeError, ValueError):
-        v = math.nan
+        return math.nan
+
+
+def _check_fraction(name: str, value: float, upper: float = math.inf) -> float:
+    v = _number(value)
     if not (math.isfinite(v) and 0.0 <= v < upper):
         bound = f"in [0, {upper:g})" if math.isfinite(upper) else "≥ 0"
         raise param_error(name, value, f"must be a number {bound}")
     return v
 
 
+def _check_probability(name: str, value: Any) -> float:
+    v = _number(value)
+    if not 0.0 <= v <= 1.0:
+        raise param_error(name, value, "must be a probability in [0, 1]")
+    return v
+
+
 def _check_range(name: str, value: Any) -> tuple[float, float]:
     try:
-        low, high = (float(v) for v in value)
+        low, high = value
     except (TypeError, ValueError):
         low = high = math.nan
+    low, high = _number(low), _number(high)
     if not (math.isfinite(low) and math.isfinite(high) and 0.0 <= low <= high):
         raise param_error(name, value, "must be [low, high] with 0 ≤ low ≤ high")
     return low, high
@@ -47,16 +60,6 @@ def _blur(image: torch.Tensor, sigma_px: float) -> torch.Tensor:
     if radius < 1 or sigma_px <= 0:
         return image
     return gaussian_blur(image, [2 * radius + 1] * 2, [sigma_px] * 2)
-
-
-def _check_probability(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = math.nan
-    if not 0.0 <= v <= 1.0:
-        raise param_error(name, value, "must be a probability in [0, 1]")
-    return v
 
 
 class Augment:
