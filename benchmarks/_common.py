@@ -274,13 +274,36 @@ def train_run(run_dir: Path, overrides: list[str], log: Path | None = None,
         if not last.is_file():
             sys.exit(f"training wrote no last checkpoint in {run_dir}")
         return last, float(done.read_text())
-    found = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"))
-    if not found:
+    best = best_checkpoint(run_dir / "checkpoints")
+    if best is None:
         sys.exit(f"training wrote no best checkpoint in {run_dir}")
-    return found[-1], float(done.read_text())
+    return best, float(done.read_text())
+
+
+def best_checkpoint(folder: Path) -> Path | None:
+    """The best checkpoint in a training's ``checkpoints`` folder, as Lightning's monitoring
+    ``ModelCheckpoint`` recorded it in ``last.ckpt`` (``best_model_path``, looked up by name in
+    ``folder`` so that a moved run still resolves); without that record, the only
+    ``epoch_*.ckpt`` there; None when there is none. Several ``epoch_*.ckpt`` (``save_top_k`` >
+    1) and no record: an error, rather than a guess by file name."""
+    import torch
+
+    found = sorted(folder.glob("epoch_*.ckpt"))
+    last = folder / "last.ckpt"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=False).get("callbacks") or {}
+        for key, value in state.items():
+            recorded = Path(str(value.get("best_model_path") or "")).name
+            if key.startswith("ModelCheckpoint") and value.get("monitor") and recorded \
+                    and (folder / recorded).is_file():
+                return folder / recorded
+    if len(found) > 1:
+        sys.exit(f"{folder}: {len(found)} epoch_*.ckpt and no best_model_path in last.ckpt; "
+                 "name the checkpoint to use")
+    return found[0] if found else None
 
 
 __all__ = ["CHECKPOINTS", "DATASETS", "DATA_DIR_HELP", "DEFAULT_DATA_DIR", "ROOT",
-           "general_split", "inside", "load_average",
+           "best_checkpoint", "general_split", "inside", "load_average",
            "mask_truth", "portable", "require_datasets", "train_run", "write_report",
            "write_results"]
