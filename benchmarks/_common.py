@@ -290,11 +290,16 @@ def best_checkpoint(folder: Path) -> Path | None:
 
     found = sorted(folder.glob("epoch_*.ckpt"))
     last = folder / "last.ckpt"
-    if last.is_file():
+    try:
         state = torch.load(last, map_location="cpu", weights_only=False).get("callbacks") or {}
+    except Exception:  # noqa: BLE001 - no readable last.ckpt: no record
+        state = {}
+    if isinstance(state, dict):
         for key, value in state.items():
+            if not isinstance(value, dict):
+                continue
             recorded = Path(str(value.get("best_model_path") or "")).name
-            if key.startswith("ModelCheckpoint") and value.get("monitor") and recorded \
+            if str(key).startswith("ModelCheckpoint") and value.get("monitor") and recorded \
                     and (folder / recorded).is_file():
                 return folder / recorded
     if len(found) > 1:

@@ -2,7 +2,7 @@
 
     python benchmarks/leave_one_out.py [--data-dir DIR] [--held-out EMPIAR-10017 ...]
         [--variants full calibrated_contrast] [--epochs 8] [--seed 12345]
-        [--checkpoint best] [--empty-n 0] [--empty-limit 1.0]
+        [--checkpoint best] [--empty-n 0] [--empty-limit 1.0] [--ensemble-seeds 2 ...]
         [--topaz PATH_TO_topaz] [--work-dir benchmarks/work/leave_one_out]
         [--out leave_one_out] [--results-dir benchmarks/results] [-- OVERRIDE ...]
 
@@ -33,7 +33,9 @@ ice, white noise), and the setting is chosen only among those with at most
 ``--empty-limit`` false picks per 100 particle areas there (all settings if none is; without
 ``--empty-n``, the default, every setting is allowed). The
 measured checkpoint is the best by the training's validation pick F1 (default, as for the
-shipped model) or the last epoch's (``--checkpoint last``).
+shipped model) or the last epoch's (``--checkpoint last``). ``--ensemble-seeds`` also trains
+each held-out split with these seeds and measures the ensemble of the ``--seed`` model and
+those (``export --member``, as a shipped ensemble is exported).
 
 Runs are cached in ``--work-dir`` (a finished training has ``DONE``, a scored run its JSON): a
 rerun resumes. Writes ``<results-dir>/<out>.json`` and ``.md``.
@@ -103,23 +105,42 @@ def shipped_export_flags() -> list[str]:
 
     facts = export_facts(packaged_checkpoint())
     flags = ["--estimate-diameter"] if facts.get("estimate_diameter") else []
+    if facts.get("int8"):
+        flags.append("--int8")
     for key in ("core_fraction", "diameter_threshold"):
         if facts.get(key) is not None:
             flags += [f"--{key.replace('_', '-')}", str(facts[key])]
     return flags
 
 
-def export(ckpt: Path, target: Path, threshold: float | None = None) -> Path:
+def export(ckpt: Path, target: Path, threshold: float | None = None,
+           members: list[Path] | None = None) -> Path:
     """The best checkpoint exported as the shipped model is (``python -m
     cryoparticle.models.packaged export`` with :func:`shipped_export_flags`: the diameter
     estimated per micrograph, at the shipped diameter threshold); ``threshold`` stored (None:
-    the training validation's)."""
+    the training validation's); ``members``: the other trainings of an ensemble."""
     from cryoparticle.models import packaged
 
     if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
         packaged.main(["export", str(ckpt), str(target), *shipped_export_flags(),
-                       *([] if threshold is None else ["--threshold", str(threshold)])])
+                       *([] if threshold is None else ["--threshold", str(threshold)]),
+                       *(f"--member={m}" for m in members or [])])
     return target
+
+
+def ensemble_members(label: str, overrides: list[str], args: argparse.Namespace
+                     ) -> tuple[list[Path], float]:
+    """The best checkpoints of ``overrides`` trained with each of ``--ensemble-seeds`` (runs
+    ``<label>_seed<S>``), and their training seconds."""
+    members, seconds = [], 0.0
+    for seed in args.ensemble_seeds:
+        again = [f"seed={seed}" if o.startswith("seed=") else o for o in overrides]
+        best, train_s = train_run(args.work_dir / "runs" / f"{label}_seed{seed}", again,
+                                  checkpoint=args.checkpoint)
+        members.append(best)
+        seconds += train_s
+    return members, seconds
 
 
 def calibrate(label: str, held_out: str, ckpt: Path, args: argparse.Namespace) -> float:
@@ -364,10 +385,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--empty-limit", type=float, default=1.0,
                         help="choose the extraction among the settings with at most this many "
                         "false picks per 100 particle areas on them (default 1)")
+    parser.add_argument("--ensemble-seeds", type=int, nargs="+", default=[],
+                        help="measure the ensemble of the --seed training and trainings with "
+                        "these seeds (default: none, the --seed model alone)")
     add_training_options(parser, "leave_one_out")
     args = parser.parse_args(argv)
     if args.empty_n < 0 or args.empty_limit < 0:
         parser.error("--empty-n and --empty-limit must be ≥ 0")
+    if args.seed in args.ensemble_seeds or len(set(args.ensemble_seeds)) < len(
+            args.ensemble_seeds):
+        parser.error("--ensemble-seeds must differ from each other and from --seed")
     require_datasets(args.data_dir)
     args.work_dir = args.work_dir.resolve()
     os.environ["CRYOPARTICLE_DATA"] = str(args.data_dir.resolve())
@@ -384,9 +411,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          *args.overrides]
             best, train_s = train_run(args.work_dir / "runs" / label, overrides,
                                       checkpoint=args.checkpoint)
+            members, member_s = ensemble_members(label, overrides, args)
+            train_s += member_s
+            if members:
+                label += "_ensemble" + "".join(f"_{seed}" for seed in args.ensemble_seeds)
             run = args.work_dir / "runs" / label
-            threshold = calibrate(label, held_out, export(best, run / "exported_val.ckpt"), args)
-            ckpt = export(best, run / "exported.ckpt", threshold)
+            threshold = calibrate(label, held_out, export(best, run / "exported_val.ckpt",
+                                                          members=members), args)
+            ckpt = export(best, run / "exported.ckpt", threshold, members)
             results = score(label, held_out, ckpt, args.topaz if i == 0 else None, args)
             if i == 0:
                 grids[held_out] = grid_f1(label, held_out, ckpt, args)
@@ -401,6 +433,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"{held_out} {name}: F1 {r['f1']:.3f}, best {r['best_f1']:.3f}, "
                       f"AP {r['ap']:.3f}", flush=True)
     report = {"recipe": {"experiment": "general", "epochs": args.epochs, "seed": args.seed,
+                         "ensemble_seeds": args.ensemble_seeds,
                          "checkpoint": args.checkpoint,
                          "variants": {v: variant_overrides(v) for v in args.variants},
                          "extra_overrides": args.overrides,

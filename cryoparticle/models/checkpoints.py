@@ -16,12 +16,14 @@ import torch
 from torch import Tensor
 
 from cryoparticle.errors import file_error
+from cryoparticle.models.compact import decode_checkpoint, is_compact
 
 
 def read_checkpoint(path: str | Path, what: str = "checkpoint",
                     weights_only: bool = True) -> Any:
-    """The object stored in ``path`` (on the CPU). ``what`` names the file in errors (e.g.
-    ``"pretrained weights"``); ``weights_only``: unpickle tensors and plain values only."""
+    """The object stored in ``path`` (on the CPU), a compact export's weights decoded to float
+    (:func:`~cryoparticle.models.compact.decode_checkpoint`). ``what`` names the file in errors
+    (e.g. ``"pretrained weights"``); ``weights_only``: unpickle tensors and plain values only."""
     path = Path(path)
     if not path.is_file():
         raise file_error(path, f"{what} file not found")
@@ -30,7 +32,7 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint",
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        stored = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise file_error(path, f"{what}: not a readable PyTorch file ({type(exc).__name__}"
@@ -38,6 +40,10 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint",
                                + ("; if the file is trusted, try weights_only=False"
                                   if weights_only and path.suffix != ".safetensors" else "")
                          ) from exc
+    try:
+        return decode_checkpoint(stored) if is_compact(stored) else stored
+    except ValueError as exc:
+        raise file_error(path, f"{what}: malformed compact weights ({exc})") from None
 
 
 def state_dict_of(stored: Any, path: str | Path, what: str = "checkpoint") -> dict[str, Tensor]:

@@ -6,16 +6,19 @@ checkpoint's weights replace it), the CRF it was trained with, the hyperparamete
 :func:`inference_facts` — as ``Segmenter.load_from_checkpoint`` does, but without importing
 PyTorch Lightning and torchmetrics: a picking process on one device starts 1–1.5 s sooner
 (``benchmarks/pick_speed.py --lightning``). The weights load strictly: a checkpoint of another
-network or layout is a one-line :class:`~cryoparticle.errors.InputError` naming the file.
+network or layout is a one-line :class:`~cryoparticle.errors.InputError` naming the file. An
+ensemble export (``export --member``) loads as an :class:`EnsembleNetwork` of its members.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from cryoparticle.errors import InputError, file_error, param_error
@@ -73,6 +76,22 @@ def build_crf(crf: Mapping[str, Any] | None) -> nn.Module | None:
     return module
 
 
+class EnsembleNetwork(nn.Module):
+    """Networks of one architecture trained apart (other seeds), read as one: the log of their
+    mean class probabilities ``(N, K, H, W)``, so that a softmax of the output is the mean of
+    the members' softmaxes."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one network")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, image: Tensor) -> Tensor:
+        logs = torch.stack([m(image).float().log_softmax(dim=1) for m in self.members])
+        return torch.logsumexp(logs, dim=0) - math.log(len(self.members))
+
+
 class InferenceSegmenter(nn.Module):
     """The network (then the CRF) of a trained Segmenter: logits ``(N, K, H, W)`` of images
     ``(N, 1, H, W)``, as ``Segmenter.forward``; ``hparams`` and :meth:`inference_facts` as the
@@ -118,6 +137,30 @@ def load_inference_segmenter(path: str | Path, weights_only: bool = True
     except Exception as exc:  # noqa: BLE001 - a stored configuration this version cannot build
         raise file_error(path, f"cannot load it into a Segmenter ({type(exc).__name__}: "
                                f"{one_line(exc)[:300]})") from None
+    parts = _split_parts(path, state)
+    members = [_split_parts(path, other).get("network", {})
+               for other in checkpoint.get("ensemble") or []]
+    networks = [network]
+    try:
+        network.load_state_dict(parts.get("network", {}), strict=True)
+        for weights in members:   # an ensemble: the others (one architecture, other training)
+            networks.append(build_network(**{**dict(hparams["network"]), "pretrained": False}))
+            networks[-1].load_state_dict(weights, strict=True)
+        if crf is not None:
+            crf.load_state_dict(parts.get("crf", {}), strict=True)
+        elif parts.get("crf"):
+            raise RuntimeError("CRF weights but no CRF configured")
+    except RuntimeError as exc:
+        raise file_error(path, f"cannot load it into a Segmenter (RuntimeError: "
+                               f"{one_line(exc)[:300]})") from None
+    keep = {k: hparams[k] for k in ("network", *INFERENCE_DEFAULTS) if k in hparams}
+    return InferenceSegmenter(EnsembleNetwork(networks) if members else network, crf,
+                              keep).eval()
+
+
+def _split_parts(path: Path, state: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """A Segmenter ``state_dict`` split by :data:`_PARTS` prefix (``{"network": {...}}``);
+    any other entry raises :class:`InputError` naming the file."""
     parts: dict[str, dict[str, Tensor]] = {}
     for key, value in state.items():
         part, _, rest = str(key).partition(".")
@@ -129,18 +172,8 @@ def load_inference_segmenter(path: str | Path, weights_only: bool = True
         names = sorted(parts["unknown"])[:3]
         raise file_error(path, f"cannot load it into a Segmenter (unexpected weights: "
                                f"{', '.join(names)}{' …' if len(parts['unknown']) > 3 else ''})")
-    try:
-        network.load_state_dict(parts.get("network", {}), strict=True)
-        if crf is not None:
-            crf.load_state_dict(parts.get("crf", {}), strict=True)
-        elif parts.get("crf"):
-            raise RuntimeError("CRF weights but no CRF configured")
-    except RuntimeError as exc:
-        raise file_error(path, f"cannot load it into a Segmenter (RuntimeError: "
-                               f"{one_line(exc)[:300]})") from None
-    keep = {k: hparams[k] for k in ("network", *INFERENCE_DEFAULTS) if k in hparams}
-    return InferenceSegmenter(network, crf, keep).eval()
+    return parts
 
 
-__all__ = ["INFERENCE_DEFAULTS", "Hyperparameters", "InferenceSegmenter", "build_crf",
-           "inference_facts", "load_inference_segmenter"]
+__all__ = ["INFERENCE_DEFAULTS", "EnsembleNetwork", "Hyperparameters", "InferenceSegmenter",
+           "build_crf", "inference_facts", "load_inference_segmenter"]

@@ -50,13 +50,65 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike[str] | None) -> Path:
     return Path(ckpt_path)
 
 
+def _read_training_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint to export (float weights; a compact export decoded), or InputError."""
+    from cryoparticle.models.compact import decode_checkpoint, is_compact
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise file_error(path, "checkpoint not found") from None
+    except Exception as exc:
+        raise file_error(path, f"not a readable checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise file_error(path, "not a Lightning checkpoint (no state_dict)")
+    try:
+        return decode_checkpoint(checkpoint) if is_compact(checkpoint) else checkpoint
+    except ValueError as exc:
+        raise file_error(path, f"malformed compact weights ({exc})") from None
+
+
+def _member_weights(path: Path, network: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network weights of an ensemble member ``path``, which must hold ``network``."""
+    from cryoparticle.models.segmenter import normalise_network_config, same_network
+
+    checkpoint = _read_training_checkpoint(path)
+    stored = (checkpoint.get("hyper_parameters") or {}).get("network")
+    if stored is None or not same_network(stored, network):
+        raise file_error(path, "an ensemble member must hold the first checkpoint's network "
+                               f"({normalise_network_config(network)}), not "
+                               f"{stored and normalise_network_config(stored)}")
+    return {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("network.")}
+
+
+def _stored_weights(state: dict[str, torch.Tensor], half: bool, int8: bool
+                    ) -> dict[str, Any]:
+    """``{"state_dict": ...}`` as exported: float16 (``half``), int8 rows with their
+    ``weight_scales`` (``int8``), else as trained."""
+    from cryoparticle.models.compact import quantise_state_dict
+
+    if int8:
+        stored, scales = quantise_state_dict(state, half=half)
+        return {"state_dict": stored, "weight_scales": scales}
+    if half:
+        return {"state_dict": {k: v.half() if v.is_floating_point() else v
+                               for k, v in state.items()}}
+    return {"state_dict": dict(state)}
+
+
 def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[str], *,
                       half: bool = True, extra: dict[str, Any] | None = None,
                       threshold: float | None = None,
-                      extraction: dict[str, Any] | None = None) -> Path:
+                      extraction: dict[str, Any] | None = None, int8: bool = False,
+                      members: Sequence[str | os.PathLike[str]] = ()) -> Path:
     """Write ``target``: ``source``'s weights (float16 when ``half``), hyperparameters and
     inference facts, without optimizer/scheduler/callback state; atomically.
 
+    ``int8``: weight matrices as 8-bit rows (:mod:`cryoparticle.models.compact`; half the
+    bytes of float16). ``members``: further checkpoints of the same network (trained with
+    other seeds) whose networks are stored beside ``source``'s: ``predict.py`` then averages
+    the members' probabilities (an ensemble); ``source``'s settings (pixel size, threshold,
+    extraction) are the ensemble's. Re-exporting an ensemble keeps its members.
     Loading casts the weights back to the model's float32 parameters. ``extra`` is stored
     under ``checkpoint["cryoparticle"]["export"]`` (e.g. the training command and scores).
     ``threshold`` and ``extraction`` (options of
@@ -66,24 +118,23 @@ def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
     """
     source, target = Path(source), Path(target)
     check_export_facts(extra or {})
-    try:
-        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise file_error(source, "checkpoint not found") from None
-    except Exception as exc:
-        raise file_error(source, f"not a readable checkpoint ({type(exc).__name__})") from exc
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise file_error(source, "not a Lightning checkpoint (no state_dict)")
+    checkpoint = _read_training_checkpoint(source)
     slim = {k: checkpoint[k] for k in _KEEP if k in checkpoint}
-    if half:
-        slim["state_dict"] = {k: v.half() if v.is_floating_point() else v
-                              for k, v in checkpoint["state_dict"].items()}
+    others = list(checkpoint.get("ensemble") or [])   # re-exporting an ensemble keeps it
+    network = dict((checkpoint.get("hyper_parameters") or {}).get("network") or {})
+    others += [_member_weights(Path(m), network) for m in members]
+    slim.update(_stored_weights(checkpoint["state_dict"], half, int8))
+    if others:
+        slim["ensemble"] = [_stored_weights(m, half, int8) for m in others]
     facts = dict(slim.get("cryoparticle") or {})
     previous = facts.get("export") or {}  # re-exporting an export: keep what training stored
-    facts["export"] = {"half": bool(half), **(extra or {})}
-    for key in ("trained_threshold", "trained_extraction", "source"):
+    facts["export"] = {"half": bool(half), "int8": bool(int8), **(extra or {})}
+    for key in ("trained_threshold", "trained_extraction", "source", "members"):
         if key in previous:
             facts["export"][key] = previous[key]
+    if members:
+        facts["export"]["members"] = [*facts["export"].get("members", []),
+                                      *(Path(m).name for m in members)]
     if threshold is not None:  # the picking threshold, wherever a loader reads it
         if not 0.0 <= float(threshold) <= 1.0:
             raise param_error("threshold", threshold, "must be a probability in [0, 1]")
@@ -156,7 +207,8 @@ def _option(item: str) -> tuple[str, Any]:
 @exit_on_input_error
 def main(argv: Sequence[str] | None = None) -> Path:
     """``python -m cryoparticle.models.packaged export SOURCE [TARGET] [--full-precision]
-    [--estimate-diameter] [--core-fraction F] [--threshold T] [--extraction KEY=VALUE ...]``:
+    [--int8] [--member CKPT ...] [--estimate-diameter] [--core-fraction F] [--threshold T]
+    [--extraction KEY=VALUE ...]``:
     a shippable checkpoint (default target: the packaged general
     model's file in this checkout)."""
     parser = argparse.ArgumentParser(prog="python -m cryoparticle.models.packaged",
@@ -179,6 +231,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
                         help="with --estimate-diameter: estimate at this probability threshold "
                              "(where the network's regions are the cores of --core-fraction) "
                              "instead of the picking threshold")
+    export.add_argument("--int8", action="store_true",
+                        help="weight matrices as 8-bit rows with a scale each (half the size "
+                             "of float16)")
+    export.add_argument("--member", action="append", default=[], type=Path, metavar="CKPT",
+                        help="another training of the same network (e.g. another seed) to "
+                             "store beside SOURCE: predict.py averages their probabilities "
+                             "(repeatable)")
     export.add_argument("--extraction", action="append", default=[], metavar="KEY=VALUE",
                         help="an extraction option to store (repeatable), e.g. "
                              "min_size_fraction=0.2; default: the checkpoint's")
@@ -188,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                                      / PACKAGED["general"]))
     out = export_checkpoint(args.source, target, half=not args.full_precision,
                             threshold=args.threshold, extraction=extraction,
+                            int8=args.int8, members=args.member,
                             extra={"estimate_diameter": bool(args.estimate_diameter),
                                    "source": args.source.name,
                                    **({} if args.core_fraction is None

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import io
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,6 +58,7 @@ from torchmetrics.classification import (
 )
 
 from cryoparticle.errors import InputError, file_error, param_error
+from cryoparticle.io.checks import one_line
 from cryoparticle.models.checkpoints import read_checkpoint, read_state_dict
 from cryoparticle.models.inference import build_crf, inference_facts
 from cryoparticle.models.losses import build_loss
@@ -527,7 +529,9 @@ def load_segmenter(path: str | Path, expect_network: Mapping[str, Any] | None = 
     a file that is not a checkpoint, or one that is not a Segmenter's also raise
     :class:`InputError` naming the file. ``weights_only``: unpickle tensors and plain values
     only (what Segmenter checkpoints hold); ``False`` for trusted files with other objects.
-    ``overrides``: hyperparameters to replace (e.g. ``tile_size``, ``crf``).
+    ``overrides``: hyperparameters to replace (e.g. ``tile_size``, ``crf``). An ensemble export
+    gives its first member (picking with all of them:
+    :func:`~cryoparticle.models.inference.load_inference_segmenter`).
     """
     path = Path(path)
     checkpoint = read_checkpoint(path, "checkpoint", weights_only=weights_only)
@@ -540,8 +544,20 @@ def load_segmenter(path: str | Path, expect_network: Mapping[str, Any] | None = 
         raise file_error(path, "holds another network: trained with "
                                f"{normalise_network_config(hparams['network'])}, expected "
                                f"{normalise_network_config(expect_network)}")
-    return Segmenter.load_from_checkpoint(path, map_location=map_location,
-                                          weights_only=weights_only, **overrides)
+    source: Any = path
+    if "ensemble" in checkpoint or ((checkpoint.get("cryoparticle") or {}).get("export")
+                                    or {}).get("int8"):
+        # a compact export (int8 weights, ensemble): Lightning reads its decoded first member
+        source = io.BytesIO()
+        torch.save({k: v for k, v in checkpoint.items() if k != "ensemble"}, source)
+        source.seek(0)
+    try:
+        return Segmenter.load_from_checkpoint(source, map_location=map_location,
+                                              weights_only=weights_only, **overrides)
+    except InputError as exc:
+        if source is path:
+            raise
+        raise file_error(path, one_line(exc).split(": ", 1)[-1]) from None
 
 
 __all__ = [

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +117,29 @@ def test_unseen_calibration_keeps_to_settings_quiet_on_empty_micrographs():
     assert "| X | 0.500 | `" + c + "` | **0.500** | 0.900 | 0.00, 0.00, 30.00 |" in text
 
 
+def test_ensemble_members_are_the_same_runs_with_the_other_seeds(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(leave_one_out, "train_run", lambda run, overrides, checkpoint:
+                        calls.append((run, overrides)) or (run / "best.ckpt", 60.0))
+    args = leave_one_out.argparse.Namespace(ensemble_seeds=[2, 7], work_dir=tmp_path,
+                                            checkpoint="best")
+    overrides = ["experiment=general", "seed=12345", "trainer.max_epochs=8"]
+    members, seconds = leave_one_out.ensemble_members("empiar-10017_full", overrides, args)
+    assert members == [tmp_path / "runs" / f"empiar-10017_full_seed{s}" / "best.ckpt"
+                       for s in (2, 7)] and seconds == 120.0
+    assert [o for _, o in calls] == [["experiment=general", f"seed={s}", "trainer.max_epochs=8"]
+                                     for s in (2, 7)]
+
+
+@pytest.mark.parametrize("seeds", [["12345"], ["2", "2"]])
+def test_ensemble_seeds_must_be_new_seeds(tmp_path, seeds):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "leave_one_out.py"),
+                             "--work-dir", str(tmp_path / "work"), "--ensemble-seeds", *seeds],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--ensemble-seeds must differ" in result.stderr
+    assert not (tmp_path / "work").exists()
+
+
 def test_held_out_models_are_exported_as_the_shipped_model_is(tmp_path):
     """The leave-one-out models estimate the diameter exactly as the shipped general model
     does (its export's core fraction and diameter threshold), with their own threshold."""
@@ -135,8 +159,11 @@ def test_a_finished_training_gives_its_best_or_its_last_checkpoint(tmp_path):
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    for name in ("epoch_001-f1_0.60.ckpt", "epoch_003-f1_0.70.ckpt", "last.ckpt"):
+    for name in ("epoch_001-f1_0.60.ckpt", "epoch_003-f1_0.70.ckpt"):
         (run / "checkpoints" / name).write_bytes(b"")
+    torch.save({"callbacks": {"ModelCheckpoint{'monitor': 'val/pick_f1'}": {  # as Lightning
+        "monitor": "val/pick_f1", "best_model_path": "/trained/epoch_003-f1_0.70.ckpt"}}},
+        run / "checkpoints" / "last.ckpt")
     (run / "DONE").write_text("12.5\n")  # finished: nothing is trained again
     best = train_run(run, ["experiment=general"])
     assert best == (run / "checkpoints" / "epoch_003-f1_0.70.ckpt", 12.5)
