@@ -3,9 +3,10 @@
 The general model (``general``) is a Segmenter trained by ``python train.py
 experiment=general`` on simulation and real labelled micrographs; ``predict.py`` uses it when
 no ``ckpt_path`` is given. :func:`export_checkpoint` turns a training checkpoint into a
-shippable one: the weights (half precision by default), the hyperparameters and the inference
-facts, without optimizer state or callbacks. Its model card is ``cryoparticle/models/weights/
-general.md``.
+shippable one: the weights (half precision by default; 8-bit rows with ``int8``, as the general
+model ships), the hyperparameters and the inference facts, without optimizer state or callbacks;
+``members`` adds other trainings of the same network (an ensemble, averaged by ``predict.py``).
+Its model card is ``cryoparticle/models/weights/general.md``.
 """
 
 from __future__ import annotations
