@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from cryoparticle.errors import file_error
-from cryoparticle.models.compact import decode_checkpoint, is_compact
+from cryoparticle.models.compact import decode_checkpoint
 
 
 def read_checkpoint(path: str | Path, what: str = "checkpoint",
@@ -41,7 +41,7 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint",
                                   if weights_only and path.suffix != ".safetensors" else "")
                          ) from exc
     try:
-        return decode_checkpoint(stored) if is_compact(stored) else stored
+        return decode_checkpoint(stored)
     except ValueError as exc:
         raise file_error(path, f"{what}: malformed compact weights ({exc})") from None
 

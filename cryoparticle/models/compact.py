@@ -74,12 +74,13 @@ def is_compact(checkpoint: Any) -> bool:
                                                 or "ensemble" in checkpoint)
 
 
-def decode_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+def decode_checkpoint(checkpoint: Any) -> Any:
     """A compact checkpoint with float weights: ``state_dict`` (the first member's) and, for an
     ensemble, ``ensemble`` = the other members' ``state_dict`` (float32 where stored int8).
-    Anything else is returned as it is. Malformed entries raise ``ValueError``."""
+    Anything else (not :func:`is_compact`) is returned as it is, the same object. Malformed
+    entries raise ``ValueError``."""
     if not is_compact(checkpoint):
-        return dict(checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
+        return checkpoint
     out = dict(checkpoint)
     scales = out.pop("weight_scales", {}) or {}
     if not isinstance(out.get("state_dict"), Mapping) or not isinstance(scales, Mapping):

@@ -53,7 +53,7 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike[str] | None) -> Path:
 
 def _read_training_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint to export (float weights; a compact export decoded), or InputError."""
-    from cryoparticle.models.compact import decode_checkpoint, is_compact
+    from cryoparticle.models.compact import decode_checkpoint
 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -64,7 +64,7 @@ def _read_training_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise file_error(path, "not a Lightning checkpoint (no state_dict)")
     try:
-        return decode_checkpoint(checkpoint) if is_compact(checkpoint) else checkpoint
+        return decode_checkpoint(checkpoint)
     except ValueError as exc:
         raise file_error(path, f"malformed compact weights ({exc})") from None
 
