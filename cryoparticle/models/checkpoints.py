@@ -20,10 +20,11 @@ from cryoparticle.models.compact import decode_checkpoint
 
 
 def read_checkpoint(path: str | Path, what: str = "checkpoint",
-                    weights_only: bool = True) -> Any:
+                    weights_only: bool = True, decode: bool = True) -> Any:
     """The object stored in ``path`` (on the CPU), a compact export's weights decoded to float
-    (:func:`~cryoparticle.models.compact.decode_checkpoint`). ``what`` names the file in errors
-    (e.g. ``"pretrained weights"``); ``weights_only``: unpickle tensors and plain values only."""
+    (:func:`~cryoparticle.models.compact.decode_checkpoint`; ``decode=False``: as stored, for a
+    caller that reads no weights). ``what`` names the file in errors (e.g. ``"pretrained
+    weights"``); ``weights_only``: unpickle tensors and plain values only."""
     path = Path(path)
     if not path.is_file():
         raise file_error(path, f"{what} file not found")
@@ -41,7 +42,7 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint",
                                   if weights_only and path.suffix != ".safetensors" else "")
                          ) from exc
     try:
-        return decode_checkpoint(stored)
+        return decode_checkpoint(stored) if decode else stored
     except ValueError as exc:
         raise file_error(path, f"{what}: malformed compact weights ({exc})") from None
 

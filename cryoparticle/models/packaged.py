@@ -185,7 +185,7 @@ def export_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
     checkpoint that was never exported."""
     from cryoparticle.models.checkpoints import read_checkpoint
 
-    checkpoint = read_checkpoint(Path(path), "checkpoint")
+    checkpoint = read_checkpoint(Path(path), "checkpoint", decode=False)  # facts, no weights
     facts = checkpoint.get("cryoparticle") if isinstance(checkpoint, dict) else None
     export = facts.get("export") if isinstance(facts, dict) else None
     return dict(export) if isinstance(export, dict) else {}
