@@ -99,15 +99,16 @@ def held_out_overrides(held_out: str, data_dir: Path) -> list[str]:
 
 
 def shipped_export_flags() -> list[str]:
-    """The diameter estimation of the shipped general model's export (its ``core_fraction``
-    and ``diameter_threshold``, read from the packaged checkpoint), as ``export`` flags."""
+    """The diameter estimation and threshold rule of the shipped general model's export (its
+    ``core_fraction``, ``diameter_threshold``, ``relative_threshold`` and ``peak_quantile``,
+    read from the packaged checkpoint), as ``export`` flags."""
     from cryoparticle.models.packaged import export_facts, packaged_checkpoint
 
     facts = export_facts(packaged_checkpoint())
     flags = ["--estimate-diameter"] if facts.get("estimate_diameter") else []
     if facts.get("int8"):
         flags.append("--int8")
-    for key in ("core_fraction", "diameter_threshold"):
+    for key in ("core_fraction", "diameter_threshold", "relative_threshold", "peak_quantile"):
         if facts.get(key) is not None:
             flags += [f"--{key.replace('_', '-')}", str(facts[key])]
     return flags

@@ -46,15 +46,12 @@ PEAK_MIN = 0.05
 
 
 def peak_level(prob: np.ndarray, diameter_px: float) -> float:
-    """The median height of the particle peaks of a probability map (binned pixels): local
-    maxima, in windows of half a diameter, of the map smoothed by a Gaussian of σ = diameter/8,
-    above :data:`PEAK_MIN`; 0 when there is none."""
-    from scipy import ndimage
+    """The median height of the particle peaks of a probability map (binned pixels): what
+    ``predict.py`` computes (:func:`~cryoparticle.picking.extract.particle_peak_level`),
+    local maxima above :data:`PEAK_MIN`."""
+    from cryoparticle.picking.extract import particle_peak_level
 
-    smooth = ndimage.gaussian_filter(np.asarray(prob, np.float32), max(1.0, diameter_px / 8))
-    window = max(3, int(diameter_px / 2)) | 1
-    peaks = smooth[(smooth == ndimage.maximum_filter(smooth, size=window)) & (smooth > PEAK_MIN)]
-    return float(np.median(peaks)) if peaks.size else 0.0
+    return particle_peak_level(prob, diameter_px, quantile=0.5, min_peak=PEAK_MIN)
 
 
 def rules() -> dict[str, tuple[str, float, float]]:
@@ -68,10 +65,12 @@ def rules() -> dict[str, tuple[str, float, float]]:
 
 def rule_threshold(rule: tuple[str, float, float], level: float) -> float:
     """The threshold a rule gives a micrograph of peak level ``level``."""
+    from cryoparticle.picking.extract import relative_threshold
+
     family, value, floor = rule
     if family == "fixed":
         return value
-    return float(min(max(floor, value * level), 0.9))
+    return relative_threshold(level, value, floor)
 
 
 def nested(f1: dict[str, dict[str, float]], keys: list[str]) -> dict[str, dict[str, Any]]:

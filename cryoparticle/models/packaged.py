@@ -167,16 +167,18 @@ def export_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
 def check_export_facts(export: dict[str, Any]) -> None:
     """The facts ``predict.py`` reads from an export (``checkpoint["cryoparticle"]["export"]``),
     checked by the exporter before anything is written and by the picker on loading:
-    ``core_fraction`` in (0, 1], ``diameter_threshold`` a probability in [0, 1]."""
+    ``core_fraction`` in (0, 1]; ``diameter_threshold``, ``relative_threshold`` and
+    ``peak_quantile`` in [0, 1]."""
     def number(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
     core = export.get("core_fraction")
     if core is not None and not (number(core) and 0.0 < core <= 1.0):
         raise param_error("export.core_fraction", core, "must be in (0, 1]")
-    level = export.get("diameter_threshold")
-    if level is not None and not (number(level) and 0.0 <= level <= 1.0):
-        raise param_error("export.diameter_threshold", level, "must be a probability in [0, 1]")
+    for key in ("diameter_threshold", "relative_threshold", "peak_quantile"):
+        value = export.get(key)
+        if value is not None and not (number(value) and 0.0 <= value <= 1.0):
+            raise param_error(f"export.{key}", value, "must be in [0, 1]")
 
 
 def export_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -232,6 +234,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
                         help="with --estimate-diameter: estimate at this probability threshold "
                              "(where the network's regions are the cores of --core-fraction) "
                              "instead of the picking threshold")
+    export.add_argument("--relative-threshold", type=float, default=None, metavar="FRACTION",
+                        help="pick each micrograph at max(threshold, FRACTION x its particle "
+                             "peak level) (benchmarks/relative_threshold.py)")
+    export.add_argument("--peak-quantile", type=float, default=None,
+                        help="with --relative-threshold: the quantile of the particle peak "
+                             "heights that is the level (default 0.5, the median)")
     export.add_argument("--int8", action="store_true",
                         help="weight matrices as 8-bit rows with a scale each (half the size "
                              "of float16)")
@@ -253,8 +261,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
                                    "source": args.source.name,
                                    **({} if args.core_fraction is None
                                       else {"core_fraction": args.core_fraction}),
-                                   **({} if args.diameter_threshold is None
-                                      else {"diameter_threshold": args.diameter_threshold})})
+                                   **{key: value for key, value in (
+                                       ("diameter_threshold", args.diameter_threshold),
+                                       ("relative_threshold", args.relative_threshold),
+                                       ("peak_quantile", args.peak_quantile))
+                                      if value is not None}})
     print(f"{out}: {out.stat().st_size / 1e6:.1f} MB", file=sys.stdout)
     return out
 

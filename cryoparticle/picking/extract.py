@@ -304,6 +304,44 @@ def estimate_diameter_px(prob: Any, threshold: float = 0.5, *, min_diameter_px: 
     return float(min(max(2.0 * radius, low), high))
 
 
+def particle_peak_level(prob: Any, particle_diameter_px: float, *, quantile: float = 0.5,
+                        min_peak: float = 0.05) -> float:
+    """How sure the network is of the particles of one micrograph: a quantile (``quantile``;
+    0.5, the median) of the heights of its particle peaks, 0 when there is none.
+
+    The peaks are the local maxima, in windows of half a diameter, of ``prob`` smoothed by a
+    Gaussian of σ = ``particle_diameter_px`` / 8 (one peak per particle, not per noisy pixel),
+    above ``min_peak`` (lower maxima are background). A network is less sure of data unlike
+    its training data, by an amount that depends on the data and on the training's seed; a
+    threshold that is a fraction of this level (:func:`relative_threshold`) follows it.
+    """
+    array = _as_probability_map(prob)
+    diameter = _check_fraction("particle_diameter_px", particle_diameter_px, allow_zero=False)
+    q = _check_fraction("quantile", quantile)
+    if q > 1:
+        raise param_error("quantile", quantile, "must be in [0, 1]")
+    floor = _check_fraction("min_peak", min_peak)
+    if not array.size:
+        return 0.0
+    smooth = ndimage.gaussian_filter(array.astype(np.float32), max(1.0, diameter / 8))
+    window = max(3, int(diameter / 2)) | 1
+    peaks = smooth[(smooth == ndimage.maximum_filter(smooth, size=window)) & (smooth > floor)]
+    return float(np.quantile(peaks, q)) if peaks.size else 0.0
+
+
+def relative_threshold(peak_level: float, fraction: float, floor: float) -> float:
+    """The threshold of a micrograph whose particle peak level is ``peak_level``
+    (:func:`particle_peak_level`): ``max(floor, fraction × peak_level)``, a probability.
+    ``fraction`` 0 gives the fixed threshold ``floor``."""
+    level = _check_fraction("peak_level", peak_level)
+    share = _check_fraction("fraction", fraction)
+    lowest = _check_fraction("floor", floor)
+    if level > 1 or share > 1 or lowest > 1:
+        raise param_error("relative_threshold", (peak_level, fraction, floor),
+                          "peak level, fraction and floor must be in [0, 1]")
+    return max(lowest, share * level)
+
+
 #: Options of :func:`extract_particles` that a checkpoint may carry (``Segmenter(extraction=)``)
 EXTRACTION_OPTIONS = ("min_size_fraction", "max_size_fraction", "min_distance_fraction",
                       "split_touching")
@@ -327,4 +365,4 @@ def check_extraction_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["EXTRACTION_OPTIONS", "check_extraction_options", "estimate_diameter_px",
-           "extract_particles"]
+           "extract_particles", "particle_peak_level", "relative_threshold"]

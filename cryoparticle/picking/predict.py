@@ -128,6 +128,7 @@ def run(cfg: Mapping[str, Any]) -> PredictSummary:
         crf = post_hoc_crf(crf_cfg, int(segmenter.hparams.network.get("num_classes", 2)))
         segmenter.crf = None
         facts["picking_threshold"] = 0.5   # the calibrated one is for the checkpoint's output
+        facts["export"] = {**facts["export"], "relative_threshold": 0.0}   # so is this rule
     settings = build_settings(cfg, facts, ckpt_path)
     names = micrograph_names(paths, settings.combined_star)
     check_pixel_sizes(paths, settings)

@@ -18,7 +18,7 @@ from typing import Any
 from cryoparticle.data.preprocess import MAX_UPSAMPLING, Normalisation
 from cryoparticle.errors import InputError, check_positive, file_error, param_error
 from cryoparticle.models.packaged import check_export_facts
-from cryoparticle.picking.extract import extract_particles
+from cryoparticle.picking.extract import extract_particles, relative_threshold
 
 #: The default box side (``box_size: null``) in particle diameters. It also sets the default edge
 #: margin (``extraction.border_px: null``): half of it, so every pick's box lies inside the
@@ -128,6 +128,20 @@ class Settings:
     #: particles are as many pixels across as these were (:meth:`resample_pixel_size_a`)
     checkpoint_diameter_a: float | None = None
     match_diameter: bool = True
+    #: > 0: each micrograph's threshold is ``max(threshold, relative_threshold × its particle
+    #: peak level)`` (:func:`~cryoparticle.picking.extract.relative_threshold`); 0: fixed
+    relative_threshold: float = 0.0
+    #: the quantile of the particle peak heights that is the level
+    #: (:func:`~cryoparticle.picking.extract.particle_peak_level`)
+    peak_quantile: float = 0.5
+
+    def picking_threshold(self, peak_level: float | None) -> float:
+        """The threshold of a micrograph whose particle peak level is ``peak_level`` (None
+        when the threshold is fixed): :attr:`threshold`, or, when :attr:`relative_threshold`
+        > 0, ``max(threshold, relative_threshold × peak_level)``."""
+        if self.relative_threshold <= 0 or peak_level is None:
+            return self.threshold
+        return relative_threshold(peak_level, self.relative_threshold, self.threshold)
 
     def resample_pixel_size_a(self, micrograph_pixel_size_a: float) -> float:
         """The pixel size (Å/px) a micrograph of ``micrograph_pixel_size_a`` is resampled to
@@ -271,6 +285,7 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
         # no pixel size: the one at which the particles are as large as the network expects
         pixel_size_a = float(diameter) / diameter_px
     threshold = cfg.get("threshold")
+    relative, quantile = _relative_threshold(cfg, export, fixed=threshold is not None)
     if threshold is None:
         threshold = facts.get("picking_threshold", 0.5)
     try:
@@ -307,7 +322,30 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
         border_margin_px=whole("border_margin_px", cfg.get("border_margin_px", 40), 0),
         checkpoint_diameter_a=learnt,
         match_diameter=flag("match_diameter", cfg.get("match_diameter", True)),
+        relative_threshold=relative,
+        peak_quantile=quantile,
     )
+
+
+def _relative_threshold(cfg: Mapping[str, Any], export: Mapping[str, Any], *, fixed: bool
+                        ) -> tuple[float, float]:
+    """``(relative_threshold, peak_quantile)``: the config's, else the export's. A threshold
+    given in the config without ``relative_threshold`` (``fixed``) is used as it is: the
+    export's relative threshold was chosen with the export's own threshold as its floor."""
+    values = []
+    for key, default in (("relative_threshold", 0.0), ("peak_quantile", 0.5)):
+        value = cfg.get(key)
+        if value is None:
+            value = default if fixed and key == "relative_threshold" else \
+                export.get(key, default)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not 0.0 <= number <= 1.0:
+            raise param_error(key, value, "must be in [0, 1] or null")
+        values.append(number)
+    return values[0], values[1]
 
 
 __all__ = ["CHECKPOINT_ADVICE", "FORMAT_SUFFIXES", "MASK_SUFFIX", "OVERLAY_SUFFIX",

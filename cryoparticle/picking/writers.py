@@ -47,7 +47,8 @@ from cryoparticle.io.coords import (
 )
 from cryoparticle.io.jsonfile import jsonable
 from cryoparticle.io.mrc import write_mask_png, write_mrc
-from cryoparticle.picking.extract import estimate_diameter_px, extract_particles
+from cryoparticle.picking.extract import (estimate_diameter_px, extract_particles,
+                                          particle_peak_level)
 from cryoparticle.picking.settings import (
     MASK_SUFFIX,
     OVERLAY_SUFFIX,
@@ -113,6 +114,8 @@ class Result:
     particle_diameter_a: float | None = None   # the diameter picked with (Å)
     diameter_estimated: bool = False           # estimated from the probability map
     edge_margin_px: float | None = None        # picks closer to the edge dropped (original px)
+    threshold: float | None = None             # the probability threshold picked at
+    peak_level: float | None = None            # the particle peak level (relative threshold)
     read_s: float = 0.0
     segment_s: float = 0.0
     extract_s: float = 0.0
@@ -137,12 +140,13 @@ class PredictSummary:
     seconds_per_micrograph: float        # read + bin + segment + extract + write, mean
     wall_seconds_per_micrograph: float   # wall time of the run / micrographs picked
     wall_s: float
-    threshold: float
+    threshold: float           # the fixed threshold, or the floor of the relative one
     device: str
     output_dir: str
     combined_star: str | None
     failures: list[str] = field(default_factory=list)
     micrographs: list[dict[str, Any]] = field(default_factory=list)
+    relative_threshold: float = 0.0   # > 0: max(threshold, this × each peak level)
 
     @property
     def exit_code(self) -> int:
@@ -239,8 +243,12 @@ class PickRecorder:
         result.diameter_estimated = s.estimate_diameter
         diameter_orig = diameter_a / pixel_size_a
         result.edge_margin_px = s.edge_margin_px(diameter_orig)
+        diameter_px = diameter_a / binned_px
+        if s.relative_threshold > 0:
+            result.peak_level = particle_peak_level(prob, diameter_px, quantile=s.peak_quantile)
+        threshold = result.threshold = s.picking_threshold(result.peak_level)
         ex = s.extraction
-        picks = extract_particles(prob, diameter_a / binned_px, threshold=s.threshold,
+        picks = extract_particles(prob, diameter_px, threshold=threshold,
                                   min_size_fraction=ex.min_size_fraction,
                                   max_size_fraction=ex.max_size_fraction,
                                   min_distance_fraction=ex.min_distance_fraction,
@@ -259,13 +267,13 @@ class PickRecorder:
 
         start = time.perf_counter()
         out = s.output_dir
-        title = (f"{name}: {len(picks)} particles, threshold {s.threshold:g}, "
+        title = (f"{name}: {len(picks)} particles, threshold {threshold:.3g}, "
                  f"{binned_px:.3g} Å/px, diameter {diameter_a:.0f} Å"
                  + (" (estimated)" if s.estimate_diameter else ""))
         if s.write_probability:
             write_mrc(out / f"{name}{PROBABILITY_SUFFIX}", prob, binned_px)
         if s.write_mask:
-            write_mask_png(out / f"{name}{MASK_SUFFIX}", (prob >= s.threshold).astype(np.uint8))
+            write_mask_png(out / f"{name}{MASK_SUFFIX}", (prob >= threshold).astype(np.uint8))
         if s.write_overlay:
             save_figure_png(out / f"{name}{OVERLAY_SUFFIX}",
                             picks_figure(record["image"][0].cpu().numpy(), picks, title))
@@ -324,7 +332,8 @@ class PickRecorder:
             seconds_per_micrograph=(float(np.mean([r.total_s for r in picked]))
                                     if picked else math.nan),
             wall_seconds_per_micrograph=(wall / len(picked) if picked else math.nan),
-            wall_s=wall, threshold=s.threshold, device=self.device_name,
+            wall_s=wall, threshold=s.threshold, relative_threshold=s.relative_threshold,
+            device=self.device_name,
             output_dir=str(s.output_dir), combined_star=str(combined_path),
             failures=[r.error or r.name for r in failed],
             micrographs=[{**asdict(r), "total_s": r.total_s} for r in results])
@@ -347,6 +356,22 @@ def picking_diameters(summary: PredictSummary) -> tuple[str, bool]:
     return f"{np.median(values):.0f} (estimated{spread})", True
 
 
+def picking_thresholds(summary: PredictSummary) -> tuple[str, str | None]:
+    """The threshold(s) the micrographs were picked at and the rule, for the summary table:
+    ``("0.125", None)`` when fixed; ``("0.17 (0.13–0.21)", "max(0.125, 0.5 × peak level)")``
+    (median; range over the picked micrographs) when relative to each micrograph's particle
+    peak level."""
+    if summary.relative_threshold <= 0:
+        return f"{summary.threshold:g}", None
+    rule = f"max({summary.threshold:g}, {summary.relative_threshold:g} × peak level)"
+    values = np.array([float(m["threshold"]) for m in summary.micrographs
+                       if m.get("status") == "picked" and m.get("threshold") is not None])
+    if not len(values):
+        return "–", rule
+    spread = f" ({values.min():.3g}–{values.max():.3g})" if len(values) > 1 else ""
+    return f"{np.median(values):.3g}{spread}", rule
+
+
 ESTIMATED_DIAMETER_NOTE = (
     "note: the particle diameter was estimated from the network's particle cores, which have "
     "about the same size whatever the particle's size (benchmarks/diameter_cues.py): if you know "
@@ -363,6 +388,7 @@ def print_summary(summary: PredictSummary) -> None:
         return "–" if value is None or not math.isfinite(value) else format(value, fmt)
 
     diameter, estimated = picking_diameters(summary)
+    threshold, rule = picking_thresholds(summary)
     table = Table(title="picking summary", show_header=True)
     table.add_column("")
     table.add_column("value", justify="right")
@@ -376,7 +402,8 @@ def print_summary(summary: PredictSummary) -> None:
             ("time per micrograph (s)", number(summary.seconds_per_micrograph, ".2f")),
             ("wall time per micrograph (s)", number(summary.wall_seconds_per_micrograph,
                                                     ".2f")),
-            ("threshold", f"{summary.threshold:g}"),
+            ("threshold", threshold),
+            *([("threshold rule", rule)] if rule else []),
             ("particle diameter (Å)", diameter),
             ("device", summary.device),
             ("combined STAR", str(summary.combined_star))]
@@ -390,4 +417,5 @@ def print_summary(summary: PredictSummary) -> None:
 
 
 __all__ = ["ESTIMATED_DIAMETER_NOTE", "SUMMARY_NAME", "PickRecorder", "PredictSummary", "Result",
-           "picking_diameter_a", "picking_diameters", "prepare_output_dir", "print_summary"]
+           "picking_diameter_a", "picking_diameters", "picking_thresholds", "prepare_output_dir",
+           "print_summary"]

@@ -39,7 +39,6 @@ def test_rules_give_fixed_or_floored_relative_thresholds():
     assert rt.rule_threshold(("fixed", 0.125, 0.0), 0.9) == 0.125
     assert rt.rule_threshold(("relative", 0.3, 0.05), 0.5) == pytest.approx(0.15)
     assert rt.rule_threshold(("relative", 0.3, 0.05), 0.1) == 0.05   # the floor
-    assert rt.rule_threshold(("relative", 0.4, 0.05), 5.0) == 0.9    # capped
     every = rt.rules()
     assert "fixed 0.125" in every and len(every) == len(rt.FIXED) + len(rt.FRACTIONS) * len(
         rt.FLOORS)

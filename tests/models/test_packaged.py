@@ -88,9 +88,19 @@ def test_export_cli_and_bad_sources(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         packaged.main(["export", str(trained), str(target), "--diameter-threshold", "2"])
     assert "diameter_threshold=2.0" in capsys.readouterr().err
+    packaged.main(["export", str(trained), str(target), "--relative-threshold", "0.5",
+                   "--peak-quantile", "0.75"])
+    raw = torch.load(target, map_location="cpu", weights_only=True)
+    assert {k: raw["cryoparticle"]["export"][k] for k in ("relative_threshold",
+                                                         "peak_quantile")} == \
+        {"relative_threshold": 0.5, "peak_quantile": 0.75}
+    with pytest.raises(SystemExit):
+        packaged.main(["export", str(trained), str(target), "--relative-threshold", "1.5"])
+    assert "relative_threshold=1.5" in capsys.readouterr().err
     # the API checks what predict.py will read, before anything is written
     target.unlink()
-    for bad in ({"diameter_threshold": -0.1}, {"core_fraction": 0.0}, {"core_fraction": 1.5}):
+    for bad in ({"diameter_threshold": -0.1}, {"core_fraction": 0.0}, {"core_fraction": 1.5},
+                {"peak_quantile": 2.0}):
         with pytest.raises(InputError, match=next(iter(bad))):
             packaged.export_checkpoint(trained, target, extra=bad)
         assert not target.exists()

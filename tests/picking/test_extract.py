@@ -152,3 +152,36 @@ def test_several_minimum_sizes_at_once_equal_one_extraction_each():
     assert list(generated) == list(sizes)   # an iterator is read once, every size answered
     with pytest.raises(InputError, match="min_size_fraction"):
         extract_particles_by_min_size(prob, D, (0.1, -1.0))
+
+
+def test_the_peak_level_is_the_quantile_of_the_particle_heights():
+    """Discs of known heights on a faint noisy background: the Gaussian of σ = d/8 leaves a
+    disc's centre at its height (1 − e⁻⁸), so the level is the median (or the asked quantile)
+    of the discs' heights; background maxima below ``min_peak`` are not peaks."""
+    from cryoparticle.picking.extract import particle_peak_level
+
+    rng = np.random.default_rng(0)
+    heights = [0.2, 0.3, 0.3, 0.5, 0.6, 0.6, 0.9]
+    prob = (rng.random((H, W)) * 0.04).astype(np.float32)
+    for i, h in enumerate(heights):
+        disc(prob, 20 + 26 * i, 30 + 50 * (i % 2), value=h)
+    assert particle_peak_level(prob, D) == pytest.approx(0.5, abs=0.005)
+    assert particle_peak_level(prob, D, quantile=1.0) == pytest.approx(0.9, abs=0.005)
+    assert particle_peak_level(prob, D, quantile=0.0) == pytest.approx(0.2, abs=0.005)
+    assert particle_peak_level(torch.from_numpy(prob), D) == particle_peak_level(prob, D)
+    assert particle_peak_level(blank(), D) == 0.0      # nothing above min_peak
+    # the background's maxima count only when min_peak lets them in: they pull the level down
+    assert particle_peak_level(prob, D, min_peak=0.0) < 0.1
+    with pytest.raises(InputError, match="quantile"):
+        particle_peak_level(prob, D, quantile=1.5)
+
+
+def test_a_relative_threshold_is_a_fraction_of_the_level_never_below_the_floor():
+    from cryoparticle.picking.extract import relative_threshold
+
+    assert relative_threshold(0.6, 0.5, 0.125) == pytest.approx(0.3)
+    assert relative_threshold(0.2, 0.5, 0.125) == 0.125          # the floor
+    assert relative_threshold(0.6, 0.0, 0.125) == 0.125          # fraction 0: fixed
+    for bad in [(1.2, 0.5, 0.1), (0.5, -0.1, 0.1), (0.5, 0.5, float("nan"))]:
+        with pytest.raises(InputError):
+            relative_threshold(*bad)

@@ -1293,3 +1293,118 @@ def test_the_summary_reports_the_diameter_picked_with_and_notes_an_estimate(caps
     print_summary(summary(given))
     out = capsys.readouterr().out
     assert "particle diameter (Å)" in out and ESTIMATED_DIAMETER_NOTE not in out
+
+
+def _two_populations(shape, true_xy, true_p, false_xy, false_p, diameter):
+    """Discs of ``diameter`` at probability ``true_p`` (the particles) and ``false_p``
+    (weaker blobs) on a 0.02 background."""
+    prob = np.full(shape, 0.02, np.float32)
+    for centres, value in ((true_xy, true_p), (false_xy, false_p)):
+        inside = _discs(shape, centres, diameter) > 0.5
+        prob[inside] = value
+    return prob
+
+
+@pytest.mark.parametrize("case", ["faint", "confident"])
+def test_a_relative_threshold_follows_how_sure_the_network_is_of_each_micrograph(tmp_path, case):
+    """16 particles and 4 weaker blobs, picked by a checkpoint with a fixed threshold 0.125
+    and by one whose export picks at max(0.05, 0.5 × peak level). Faint (particles at 0.11,
+    blobs at 0.03, as on data unlike the training data): the fixed threshold finds nothing,
+    the relative one (0.055) every particle. Confident (particles at 0.9, blobs at 0.3): the
+    fixed threshold picks the blobs too, the relative one (0.45) only the particles. The
+    threshold and the peak level are recorded per micrograph."""
+    from cryoparticle.picking.settings import build_settings
+
+    true_xy = np.array([(x, y) for y in (30, 80, 130, 180) for x in (30, 80, 130, 180)], float)
+    false_xy = np.array([(55, 55), (155, 55), (55, 155), (155, 155)], float)
+    p_true, p_false = (0.11, 0.03) if case == "faint" else (0.9, 0.3)
+    prob = _two_populations((210, 210), true_xy, p_true, false_xy, p_false, 20.0)
+    picked = {}
+    for rule, threshold, export in [("fixed", 0.125, {}),
+                                    ("relative", 0.05, {"relative_threshold": 0.5})]:
+        facts = {"pixel_size_a": 7.08, "particle_diameter_a": 20 * 7.08,
+                 "picking_threshold": threshold, "normalisation": None, "export": export}
+        cfg = compose("predict", ["input=x", f"output_dir={tmp_path / rule}",
+                                  "extraction.border_px=0"])
+        csv_picks, record = _pick_map(build_settings(cfg, facts, Path("m.ckpt")), prob, 1.0)
+        picked[rule] = csv_picks[["X-Coordinate", "Y-Coordinate"]].to_numpy(float)
+        if rule == "relative":
+            assert record["peak_level"] == pytest.approx(p_true, abs=0.005)
+            assert record["threshold"] == pytest.approx(0.5 * p_true, abs=0.005)
+        else:
+            assert record["threshold"] == 0.125 and record["peak_level"] is None
+    _match_once(picked["relative"], true_xy, 3.0)
+    assert len(picked["fixed"]) == (0 if case == "faint" else 20)
+
+
+def test_a_given_threshold_is_fixed_unless_a_relative_one_is_given_too(tmp_path):
+    """The export's relative rule applies to its own threshold: threshold=0.3 alone is used as
+    it is; with relative_threshold it is the floor; crf= (which replaces the threshold the
+    rule was chosen with) and relative_threshold=0 turn the rule off; out of [0, 1] is a
+    one-line error."""
+    from cryoparticle.errors import InputError
+    from cryoparticle.picking.settings import build_settings
+
+    facts = {"pixel_size_a": 7.08, "particle_diameter_a": 190.0, "picking_threshold": 0.05,
+             "normalisation": None, "export": {"relative_threshold": 0.5, "peak_quantile": 0.75}}
+
+    def settings(*extra):
+        cfg = compose("predict", ["input=x", f"output_dir={tmp_path}", *extra])
+        return build_settings(cfg, facts, Path("m.ckpt"))
+
+    default = settings()
+    assert (default.threshold, default.relative_threshold, default.peak_quantile) == \
+        (0.05, 0.5, 0.75)
+    assert default.picking_threshold(0.6) == pytest.approx(0.3)
+    assert default.picking_threshold(0.06) == 0.05
+    given = settings("threshold=0.3")
+    assert given.relative_threshold == 0 and given.picking_threshold(0.9) == 0.3
+    both = settings("threshold=0.2", "relative_threshold=0.4", "peak_quantile=0.5")
+    assert both.picking_threshold(0.9) == pytest.approx(0.36) and both.peak_quantile == 0.5
+    assert settings("relative_threshold=0").picking_threshold(0.9) == 0.05
+    for bad in ("relative_threshold=1.5", "peak_quantile=-1", "relative_threshold=true"):
+        with pytest.raises(InputError, match=bad.split("=")[0]):
+            settings(bad)
+    facts["export"]["relative_threshold"] = 2.0
+    with pytest.raises(InputError, match="m.ckpt: export.relative_threshold=2.0"):
+        settings()
+
+
+def test_post_hoc_crf_turns_the_exports_relative_threshold_off(ckpt, sims, tmp_path):
+    """The relative rule (like the stored threshold) was chosen for the checkpoint's own
+    output: with crf= replacing it, picking is at 0.5, fixed."""
+    from cryoparticle.models import packaged
+
+    relative = packaged.export_checkpoint(ckpt, tmp_path / "relative.ckpt",
+                                          extra={"relative_threshold": 0.5})
+    cfg = compose("predict", [f"input={sims[0]}", f"output_dir={tmp_path / 'out'}",
+                              f"ckpt_path={relative}", "crf=meanfield", "progress_bar=false",
+                              "num_workers=0"])
+    summary = run(cfg)
+    assert summary.relative_threshold == 0 and summary.threshold == 0.5
+    picked = [m for m in summary.micrographs if m["status"] == "picked"]
+    assert len(picked) == 2
+    assert all(m["threshold"] == 0.5 and m["peak_level"] is None for m in picked)
+
+
+def test_the_summary_reports_relative_thresholds_as_median_rule_and_range(capsys):
+    from cryoparticle.picking.writers import PredictSummary, picking_thresholds, print_summary
+
+    picked = [{"status": "picked", "threshold": t} for t in (0.13, 0.21, 0.17)]
+    summary = PredictSummary(
+        n_micrographs=4, n_picked=3, n_skipped=0, n_failed=1, n_particles=0,
+        n_particles_new=0, particles_per_micrograph=0.0, seconds_per_micrograph=1.0,
+        wall_seconds_per_micrograph=1.0, wall_s=1.0, threshold=0.125, device="cpu × 1",
+        output_dir=".", combined_star="p.star", relative_threshold=0.5,
+        micrographs=[*picked, {"status": "failed", "threshold": None}])
+    text = ("0.17 (0.13–0.21)", "max(0.125, 0.5 × peak level)")
+    assert picking_thresholds(summary) == text
+    print_summary(summary)
+    out = capsys.readouterr().out
+    assert all(part in out for part in text)
+    again = PredictSummary.from_json(summary.to_json())
+    assert again.relative_threshold == 0.5 and picking_thresholds(again) == text
+    summary.relative_threshold = 0.0
+    assert picking_thresholds(summary) == ("0.125", None)
+    print_summary(summary)
+    assert "peak level" not in capsys.readouterr().out
