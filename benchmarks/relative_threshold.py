@@ -1,23 +1,37 @@
 """A threshold relative to each micrograph's particle probability, on sets never seen.
 
     python benchmarks/relative_threshold.py --data-dir DATA --loo-work-dir DIR [DIR ...]
-        [--out relative_threshold] [--results-dir benchmarks/results]
+        [--coverages 0.3 0.15] [--seed 0] [--out relative_threshold]
+        [--results-dir benchmarks/results]
 
 A held-out model of ``leave_one_out.py`` is less sure of a set it has never seen, and by how
 much depends on the set and on the training's seed: the best fixed threshold on a held-out set
 ranged over 0.05–0.5, and the shipped setting (0.125) gave EMPIAR-10947 F1 0.46–0.69 over two
 seeds of one recipe. This benchmark asks whether a threshold that follows the network's own
-level on each micrograph transfers better: ``max(floor, fraction × level)``, ``level`` the
-median height of the particle peaks of the map (:func:`peak_level`), against fixed thresholds.
+level on each micrograph transfers better: ``max(floor, fraction × level)`` (what
+``predict.py relative_threshold=`` does), ``level`` a quantile of the heights of the particle
+peaks of the map (:func:`~cryoparticle.picking.extract.particle_peak_level`; the median, the
+75th or the 90th percentile), against fixed thresholds.
 
 It reads the probability maps that ``leave_one_out.py`` wrote for the held-out sets in each
 ``--loo-work-dir`` (several: other seeds or recipes of the held-out models), re-extracts them at
 every rule with the diameter and edge margin ``predict.py`` used (minimum region
 :data:`MIN_SIZE` particle areas, the shipped model's) and scores them as ``real_transfer.py``
-does. Reported: F1 per work dir, held-out set and rule; the rule of each family (fixed,
-relative) best on average over sets and work dirs; and, for an honest figure, each set at the
-rule of its family chosen on the *other two* sets (nested). Writes ``<results-dir>/<out>.json``
-and ``.md``. Nothing is trained; a few minutes per work dir on a 2-core CPU.
+does, at the sets' own (crowded) coverage. The three sets are crowded, where many data sets are
+not, and a level taken over all peaks falls where empty ice adds peaks of its own. So, where a
+work dir also has ``leave_one_out.py --empty-n`` maps of micrographs without particles
+(``empty/picks/<set>_full/<kind>/*_prob.mrc``, the same held-out models), each held-out map is
+also *thinned* to each ``--coverages`` value: a seeded random share of its expert particles is
+kept, and the probability around every other one (within 0.75 diameters, nearer to it than to
+a kept one) is replaced by an empty map's, so that those particles become empty ice in the
+network's own output; only the kept particles count as truth.
+
+Reported: F1 per work dir, held-out set, coverage and rule; per rule the mean F1 at the own
+coverage (over sets and work dirs), thinned (over sets, coverages and the work dirs that have
+empty maps) and their mean, the *score*; the rule of each family (fixed, relative) with the best
+score; and, for an honest figure, each set at the rule of its family chosen on the *other two*
+sets (nested). Writes ``<results-dir>/<out>.json`` and ``.md``. Nothing is trained; about ten
+minutes per work dir on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -34,43 +48,76 @@ from _common import (DATASETS, DEFAULT_DATA_DIR, DATA_DIR_HELP, add_output_optio
                      inside, require_datasets, write_report)
 
 FIXED = (0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3)
-"""Fixed thresholds (the shipped model's is 0.125)."""
-FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6)
-"""Relative rules: the threshold is this fraction of the micrograph's peak level ..."""
-FLOORS = (0.05, 0.075, 0.1)
+"""Fixed thresholds (the shipped model's was 0.125)."""
+FRACTIONS = {0.5: (0.4, 0.5), 0.75: (0.3, 0.4, 0.5), 0.9: (0.2, 0.25, 0.3, 0.4)}
+"""Relative rules: the threshold is one of these fractions of the micrograph's peak level, the
+level being the key's quantile of its particle peak heights ..."""
+FLOORS = (0.05, 0.075, 0.1, 0.125)
 """... but never below this floor."""
+COVERAGES = (0.3, 0.15)
+"""Coverages (expert particle discs over the area) the held-out maps are thinned to."""
 MIN_SIZE = 0.2
 """Minimum region, in particle disc areas (the shipped model's)."""
 PEAK_MIN = 0.05
 """Local maxima below this probability are background, not particle peaks."""
+REPLACED_DIAMETERS = 0.75
+"""Thinning: the probability within this many diameters of a dropped particle is replaced."""
 
 
-def peak_level(prob: np.ndarray, diameter_px: float) -> float:
-    """The median height of the particle peaks of a probability map (binned pixels): what
-    ``predict.py`` computes (:func:`~cryoparticle.picking.extract.particle_peak_level`),
+def peak_level(prob: np.ndarray, diameter_px: float, quantile: float = 0.5) -> float:
+    """A quantile of the heights of the particle peaks of a probability map (binned pixels):
+    what ``predict.py`` computes (:func:`~cryoparticle.picking.extract.particle_peak_level`),
     local maxima above :data:`PEAK_MIN`."""
     from cryoparticle.picking.extract import particle_peak_level
 
-    return particle_peak_level(prob, diameter_px, quantile=0.5, min_peak=PEAK_MIN)
+    return particle_peak_level(prob, diameter_px, quantile=quantile, min_peak=PEAK_MIN)
 
 
-def rules() -> dict[str, tuple[str, float, float]]:
-    """``{key: (family, value, floor)}`` of every rule measured."""
-    out = {f"fixed {t:g}": ("fixed", t, 0.0) for t in FIXED}
-    for fraction in FRACTIONS:
-        for floor in FLOORS:
-            out[f"relative {fraction:g}, floor {floor:g}"] = ("relative", fraction, floor)
+Rule = tuple[str, float, float, float]
+"""``(family, quantile, value, floor)``: fixed ``value``, or ``max(floor, value × level)``."""
+
+
+def rules() -> dict[str, Rule]:
+    """``{key: rule}`` of every rule measured."""
+    out = {f"fixed {t:g}": ("fixed", 0.0, t, 0.0) for t in FIXED}
+    for quantile, fractions in FRACTIONS.items():
+        name = "median" if quantile == 0.5 else f"p{round(100 * quantile)}"
+        for fraction in fractions:
+            for floor in FLOORS:
+                out[f"relative {fraction:g} × {name}, floor {floor:g}"] = (
+                    "relative", quantile, fraction, floor)
     return out
 
 
-def rule_threshold(rule: tuple[str, float, float], level: float) -> float:
-    """The threshold a rule gives a micrograph of peak level ``level``."""
+def rule_threshold(rule: Rule, levels: dict[float, float]) -> float:
+    """The threshold a rule gives a micrograph whose peak levels are ``levels``
+    (``{quantile: level}``)."""
     from cryoparticle.picking.extract import relative_threshold
 
-    family, value, floor = rule
+    family, quantile, value, floor = rule
     if family == "fixed":
         return value
-    return relative_threshold(level, value, floor)
+    return relative_threshold(levels[quantile], value, floor)
+
+
+def thin(prob: np.ndarray, centres: np.ndarray, kept: np.ndarray, diameter_px: float,
+         empty: np.ndarray) -> np.ndarray:
+    """``prob`` with the particles not ``kept`` turned into empty ice: every pixel within
+    :data:`REPLACED_DIAMETERS` diameters of a dropped centre (``centres``: x, y in pixels of
+    ``prob``), and nearer to it than to any other centre, takes the value of ``empty`` (a map
+    without particles, tiled to the shape)."""
+    from scipy.spatial import cKDTree
+
+    if kept.all() or not len(centres):
+        return prob
+    height, width = prob.shape
+    reps = (-(-height // empty.shape[0]), -(-width // empty.shape[1]))
+    filler = np.tile(empty, reps)[:height, :width]
+    rows, cols = np.mgrid[:height, :width]
+    distance, nearest = cKDTree(centres).query(np.column_stack([cols.ravel(), rows.ravel()]))
+    replace = (~kept[nearest] & (distance < REPLACED_DIAMETERS * diameter_px)).reshape(
+        height, width)
+    return np.where(replace, filler, prob).astype(np.float32)
 
 
 def nested(f1: dict[str, dict[str, float]], keys: list[str]) -> dict[str, dict[str, Any]]:
@@ -84,9 +131,21 @@ def nested(f1: dict[str, dict[str, float]], keys: list[str]) -> dict[str, dict[s
     return out
 
 
-def held_out_f1(work_dir: Path, held_out: str, data_dir: Path) -> dict[str, Any]:
+def empty_maps(work_dir: Path, held_out: str) -> list[np.ndarray]:
+    """The probability maps the held-out model of ``held_out`` wrote for micrographs without
+    particles (``leave_one_out.py --empty-n``), every kind, sorted; [] when there are none."""
+    from cryoparticle.io.mrc import read_mrc
+
+    folder = work_dir / "empty" / "picks" / f"{DATASETS[held_out][0]}_full"
+    return [np.asarray(read_mrc(path, mmap=False)[0], np.float32)
+            for path in sorted(folder.glob("*/*_prob.mrc"))]
+
+
+def held_out_f1(work_dir: Path, held_out: str, data_dir: Path,
+                coverages: tuple[float, ...] = COVERAGES, seed: int = 0) -> dict[str, Any]:
     """F1 (P, R) of every rule on all micrographs of ``held_out``, from the maps its held-out
-    model wrote in ``work_dir``, and the micrographs' peak levels."""
+    model wrote in ``work_dir``: at the set's own coverage (``"own"``) and, when the work dir
+    has empty maps, thinned to each of ``coverages``; and the micrographs' peak levels."""
     import json
 
     import pandas as pd
@@ -113,72 +172,120 @@ def held_out_f1(work_dir: Path, held_out: str, data_dir: Path) -> dict[str, Any]
                                         work_dir / "transfer" / "inputs")
     summary = {m["name"]: m for m in json.loads((folder / "predict_summary.json").read_text())
                ["micrographs"]}
+    empties = empty_maps(work_dir, held_out)
     every = rules()
-    picks: dict[str, list[Any]] = {k: [] for k in every}
-    levels = []
-    for path in data["paths"]:
-        info = summary[path.stem]
-        prob, _ = read_mrc(folder / f"{path.stem}_prob.mrc", mmap=False)
-        prob = np.asarray(prob, np.float32)
-        factor = float(info["bin_factor"])
-        diameter = float(info["particle_diameter_a"]) / (float(info["pixel_size_a"]) * factor)
-        margin = float(info.get("edge_margin_px") or 0.0) / factor
-        level = peak_level(prob, diameter)
-        levels.append(level)
-        by_threshold: dict[float, Any] = {}
-        for key, rule in every.items():
-            t = round(rule_threshold(rule, level), 6)
-            if t not in by_threshold:
-                by_threshold[t] = scale_coordinates(extract_particles_by_min_size(
-                    prob, diameter, [MIN_SIZE], threshold=t, micrograph=path.stem,
-                    border_px=margin, **options)[MIN_SIZE], factor)
-            picks[key].append(by_threshold[t])
-    truth = inside(data["truth"], data["borders"])
-    scores = {}
-    for key, frames in picks.items():
-        r = precision_recall_f1(inside(pd.concat(frames, ignore_index=True), data["borders"]),
-                                truth, data["diameter_px"] / 2)
-        scores[key] = {k: float(r[k]) for k in ("precision", "recall", "f1")}
-    return {"folder": label, "peak_levels": levels, "scores": scores}
+    truth_all = inside(data["truth"], data["borders"])
+    rng = np.random.default_rng(seed)
+    scores: dict[str, dict[str, Any]] = {}
+    levels: dict[str, dict[str, list[float]]] = {}
+    for coverage in [None, *(coverages if empties else ())]:
+        tag = "own" if coverage is None else f"{coverage:g}"
+        picks: dict[str, list[Any]] = {k: [] for k in every}
+        truths = []
+        levels[tag] = {f"{q:g}": [] for q in FRACTIONS}
+        for index, path in enumerate(data["paths"]):
+            info = summary[path.stem]
+            prob = np.asarray(read_mrc(folder / f"{path.stem}_prob.mrc", mmap=False)[0],
+                              np.float32)
+            factor = float(info["bin_factor"])
+            diameter = float(info["particle_diameter_a"]) / (float(info["pixel_size_a"]) * factor)
+            margin = float(info.get("edge_margin_px") or 0.0) / factor
+            truth = truth_all[truth_all["micrograph"] == path.stem]
+            if coverage is not None:
+                border = data["borders"][path.stem]
+                own = len(truth) * np.pi * (data["diameter_px"] / 2) ** 2 / max(
+                    1, int((~border).sum()))
+                kept = rng.random(len(truth)) < min(1.0, coverage / max(own, 1e-9))
+                centres = truth[["x", "y"]].to_numpy(float) / factor
+                prob = thin(prob, centres, kept, data["diameter_px"] / factor,
+                            empties[index % len(empties)])
+                truth = truth[kept]
+            truths.append(truth)
+            level = {q: peak_level(prob, diameter, q) for q in FRACTIONS}
+            for q, value in level.items():
+                levels[tag][f"{q:g}"].append(value)
+            by_threshold: dict[float, Any] = {}
+            for key, rule in every.items():
+                t = round(rule_threshold(rule, level), 6)
+                if t not in by_threshold:
+                    by_threshold[t] = scale_coordinates(extract_particles_by_min_size(
+                        prob, diameter, [MIN_SIZE], threshold=t, micrograph=path.stem,
+                        border_px=margin, **options)[MIN_SIZE], factor)
+                picks[key].append(by_threshold[t])
+        truth = pd.concat(truths, ignore_index=True)
+        scores[tag] = {}
+        for key, frames in picks.items():
+            r = precision_recall_f1(inside(pd.concat(frames, ignore_index=True),
+                                           data["borders"]), truth, data["diameter_px"] / 2)
+            scores[tag][key] = {k: float(r[k]) for k in ("precision", "recall", "f1")}
+    return {"folder": label, "n_empty_maps": len(empties), "peak_levels": levels,
+            "scores": scores}
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
 
 
 def summarise(per_dir: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Mean F1 over work dirs per set and rule; best rule of each family on average over the
-    sets; nested choice per family."""
+    """Per set and rule: mean F1 at the own coverage (over work dirs), thinned (over the
+    coverages and work dirs that have them) and the score (their mean, or the own F1 alone
+    when nothing was thinned); the best rule of each family by mean score over the sets; the
+    nested choice per family."""
     every = rules()
     sets = list(next(iter(per_dir.values())))
-    mean = {s: {k: float(np.mean([per_dir[d][s]["scores"][k]["f1"] for d in per_dir]))
-                for k in every} for s in sets}
-    out: dict[str, Any] = {"mean_f1": mean, "families": {}}
+    own = {s: {k: _mean([per_dir[d][s]["scores"]["own"][k]["f1"] for d in per_dir])
+               for k in every} for s in sets}
+    thinned = {s: {k: _mean([v[k]["f1"] for d in per_dir
+                             for tag, v in per_dir[d][s]["scores"].items() if tag != "own"])
+                   for k in every} for s in sets}
+    score = {s: {k: own[s][k] if np.isnan(thinned[s][k]) else (own[s][k] + thinned[s][k]) / 2
+                 for k in every} for s in sets}
+    out: dict[str, Any] = {"mean_f1": own, "thinned_f1": thinned, "score": score,
+                           "families": {}}
     for family in ("fixed", "relative"):
         keys = [k for k, r in every.items() if r[0] == family]
-        best = max(keys, key=lambda k: np.mean([mean[s][k] for s in sets]))
-        chosen = nested(mean, keys)
+        best = max(keys, key=lambda k: (np.mean([score[s][k] for s in sets]), -keys.index(k)))
+        chosen = nested(score, keys)
         out["families"][family] = {
-            "best_on_average": best, "best_mean_f1": float(np.mean([mean[s][best] for s in sets])),
-            "nested": chosen, "nested_mean_f1": float(np.mean([c["f1"] for c in chosen.values()])),
-            "nested_per_dir": {d: {s: per_dir[d][s]["scores"][chosen[s]["rule"]]["f1"]
+            "best_on_average": best,
+            "best_score": float(np.mean([score[s][best] for s in sets])),
+            "best_mean_f1": float(np.mean([own[s][best] for s in sets])),
+            "best_thinned_f1": _mean([thinned[s][best] for s in sets
+                                      if not np.isnan(thinned[s][best])]),
+            "nested": {s: {**c, "f1": own[s][c["rule"]], "thinned_f1": thinned[s][c["rule"]]}
+                       for s, c in chosen.items()},
+            "nested_mean_f1": float(np.mean([own[s][c["rule"]] for s, c in chosen.items()])),
+            "nested_thinned_f1": _mean([thinned[s][c["rule"]] for s, c in chosen.items()
+                                        if not np.isnan(thinned[s][c["rule"]])]),
+            "nested_per_dir": {d: {s: per_dir[d][s]["scores"]["own"][chosen[s]["rule"]]["f1"]
                                    for s in sets} for d in per_dir}}
     return out
 
 
 def markdown(per_dir: dict[str, Any], summary: dict[str, Any]) -> str:
     sets = list(summary["mean_f1"])
-    lines = ["| rule | " + " | ".join(f"{s} (mean over {len(per_dir)})" for s in sets)
-             + " | mean |", "|---|" + "---|" * (len(sets) + 1)]
+    lines = ["F1 at the sets' own coverage (mean over the work dirs) / thinned (mean over the "
+             "coverages and the work dirs with empty maps); score = the mean of the two.", "",
+             "| rule | " + " | ".join(sets) + " | own | thinned | score |",
+             "|---|" + "---|" * (len(sets) + 3)]
     for key in rules():
-        values = [summary["mean_f1"][s][key] for s in sets]
-        lines.append(f"| {key} | " + " | ".join(f"{v:.3f}" for v in values)
-                     + f" | {np.mean(values):.3f} |")
-    lines += ["", "| family | best on average (mean F1) | nested: rule chosen on the other "
-              "sets → F1, per held-out set | nested mean | nested, per work dir |",
+        own = [summary["mean_f1"][s][key] for s in sets]
+        thinned = [summary["thinned_f1"][s][key] for s in sets]
+        cells = [f"{o:.3f} / {t:.3f}" for o, t in zip(own, thinned, strict=True)]
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {np.mean(own):.3f} | "
+                     f"{_mean([t for t in thinned if not np.isnan(t)]):.3f} | "
+                     f"{np.mean([summary['score'][s][key] for s in sets]):.3f} |")
+    lines += ["", "| family | best score (own / thinned F1) | nested: rule chosen on the other "
+              "sets → own / thinned F1 | nested mean own / thinned | nested own, per work dir |",
               "|---|---|---|---|---|"]
     for family, f in summary["families"].items():
-        chosen = "; ".join(f"{s}: `{c['rule']}` → {c['f1']:.3f}" for s, c in f["nested"].items())
+        chosen = "; ".join(f"{s}: `{c['rule']}` → {c['f1']:.3f} / {c['thinned_f1']:.3f}"
+                           for s, c in f["nested"].items())
         per = "; ".join(f"{d}: " + " / ".join(f"{v:.3f}" for v in row.values())
                         for d, row in f["nested_per_dir"].items())
-        lines.append(f"| {family} | `{f['best_on_average']}` ({f['best_mean_f1']:.3f}) | "
-                     f"{chosen} | **{f['nested_mean_f1']:.3f}** | {per} |")
+        lines.append(f"| {family} | `{f['best_on_average']}` {f['best_score']:.3f} "
+                     f"({f['best_mean_f1']:.3f} / {f['best_thinned_f1']:.3f}) | {chosen} | "
+                     f"**{f['nested_mean_f1']:.3f} / {f['nested_thinned_f1']:.3f}** | {per} |")
     return "\n".join(lines) + "\n"
 
 
@@ -187,18 +294,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
     parser.add_argument("--loo-work-dir", type=Path, nargs="+", required=True,
                         help="leave_one_out.py work dirs (their held-out maps)")
+    parser.add_argument("--coverages", type=float, nargs="*", default=list(COVERAGES),
+                        help="coverages the held-out maps are thinned to (where a work dir "
+                             "has empty maps); none: no thinning")
+    parser.add_argument("--seed", type=int, default=0, help="which particles thinning keeps")
     add_output_options(parser, "relative_threshold")
     args = parser.parse_args(argv)
     require_datasets(args.data_dir)
     names = [d.name for d in args.loo_work_dir]
     if len(set(names)) < len(names):
         parser.error("--loo-work-dir folders must have different names")
-    per_dir = {d.name: {s: held_out_f1(d.resolve(), s, args.data_dir) for s in DATASETS}
+    if any(not 0 < c < 1 for c in args.coverages):
+        parser.error("--coverages must be in (0, 1)")
+    per_dir = {d.name: {s: held_out_f1(d.resolve(), s, args.data_dir, tuple(args.coverages),
+                                       args.seed) for s in DATASETS}
                for d in args.loo_work_dir}
     summary = summarise(per_dir)
-    report = {"rules": {"fixed": list(FIXED), "fractions": list(FRACTIONS),
+    report = {"rules": {"fixed": list(FIXED),
+                        "fractions": {f"{q:g}": list(v) for q, v in FRACTIONS.items()},
                         "floors": list(FLOORS), "min_size_fraction": MIN_SIZE,
-                        "peak_level": "median of local maxima (window diameter/2) of the map "
+                        "coverages": list(args.coverages), "seed": args.seed,
+                        "replaced_diameters": REPLACED_DIAMETERS,
+                        "peak_level": "quantile of local maxima (window diameter/2) of the map "
                                       f"smoothed by σ = diameter/8, above {PEAK_MIN}"},
               "work_dirs": per_dir, **summary}
     text = markdown(per_dir, summary)

@@ -27,21 +27,41 @@ def _blobs(heights: list[float], diameter: float, size: int = 256) -> np.ndarray
     return prob
 
 
-def test_peak_level_is_the_median_particle_peak_after_the_smoothing():
+def test_peak_level_is_the_quantile_of_the_particle_peaks_after_the_smoothing():
     diameter = 24.0
     prob = _blobs([0.2, 0.4, 0.6], diameter)
     # a Gaussian of σ = d/4 smoothed by σ = d/8 keeps 0.8 of its height (2-D: σ²/(σ²+σs²))
     assert rt.peak_level(prob, diameter) == pytest.approx(0.02 + 0.8 * 0.4, abs=0.01)
+    assert rt.peak_level(prob, diameter, 0.9) == pytest.approx(0.02 + 0.8 * 0.6, abs=0.01)
     assert rt.peak_level(np.full((128, 128), 0.02, np.float32), diameter) == 0.0
 
 
 def test_rules_give_fixed_or_floored_relative_thresholds():
-    assert rt.rule_threshold(("fixed", 0.125, 0.0), 0.9) == 0.125
-    assert rt.rule_threshold(("relative", 0.3, 0.05), 0.5) == pytest.approx(0.15)
-    assert rt.rule_threshold(("relative", 0.3, 0.05), 0.1) == 0.05   # the floor
+    levels = {0.5: 0.5, 0.9: 0.8}
+    assert rt.rule_threshold(("fixed", 0.0, 0.125, 0.0), levels) == 0.125
+    assert rt.rule_threshold(("relative", 0.5, 0.3, 0.05), levels) == pytest.approx(0.15)
+    assert rt.rule_threshold(("relative", 0.9, 0.3, 0.05), levels) == pytest.approx(0.24)
+    assert rt.rule_threshold(("relative", 0.5, 0.3, 0.05), {0.5: 0.1}) == 0.05   # the floor
     every = rt.rules()
-    assert "fixed 0.125" in every and len(every) == len(rt.FIXED) + len(rt.FRACTIONS) * len(
-        rt.FLOORS)
+    assert "fixed 0.125" in every and "relative 0.3 × p90, floor 0.05" in every
+    assert len(every) == len(rt.FIXED) + sum(map(len, rt.FRACTIONS.values())) * len(rt.FLOORS)
+
+
+def test_thinning_turns_the_dropped_particles_into_the_empty_map():
+    """Two particles 40 px apart; the dropped one's neighbourhood (0.75 diameters, nearer to it
+    than to the kept one) takes the empty map's values, tiled; the kept one is untouched."""
+    diameter = 20.0
+    prob = np.full((64, 100), 0.02, np.float32)
+    centres = np.array([[30.0, 32.0], [70.0, 32.0]])          # x, y
+    rows, cols = np.mgrid[:64, :100]
+    for x, y in centres:
+        prob[np.hypot(cols - x, rows - y) <= diameter / 2] = 0.9
+    empty = np.full((16, 16), 0.07, np.float32)
+    thinned = rt.thin(prob, centres, np.array([True, False]), diameter, empty)
+    near_dropped = np.hypot(cols - 70, rows - 32) < 0.75 * diameter
+    assert (thinned[near_dropped] == 0.07).all()
+    assert (thinned[~near_dropped] == prob[~near_dropped]).all()
+    assert rt.thin(prob, centres, np.array([True, True]), diameter, empty) is prob
 
 
 def test_nested_choice_ignores_the_set_it_scores():
@@ -55,3 +75,32 @@ def test_nested_choice_ignores_the_set_it_scores():
 def test_a_work_dir_without_held_out_maps_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="expected one leave_one_out.py map folder"):
         rt.held_out_f1(tmp_path, "EMPIAR-10017", tmp_path)
+
+
+def test_the_score_averages_the_own_and_the_thinned_f1(monkeypatch):
+    """Rule "a" wins on crowded maps, "b" on thinned ones; the score weighs both, and a work
+    dir without thinned maps counts only in the own F1."""
+    monkeypatch.setattr(rt, "rules", lambda: {"fixed a": ("fixed", 0, 0.1, 0),
+                                              "fixed b": ("fixed", 0, 0.2, 0),
+                                              "relative c": ("relative", 0.5, 0.5, 0.05)})
+
+    def scores(own, thinned=None):
+        out = {"own": {k: {"f1": v} for k, v in own.items()}}
+        if thinned:
+            out["0.3"] = {k: {"f1": v} for k, v in thinned.items()}
+        return {"scores": out}
+
+    per_dir = {"d1": {s: scores({"fixed a": 0.8, "fixed b": 0.7, "relative c": 0.75},
+                                {"fixed a": 0.3, "fixed b": 0.6, "relative c": 0.5})
+                      for s in ("A", "B")},
+               "d2": {s: scores({"fixed a": 0.6, "fixed b": 0.5, "relative c": 0.55})
+                      for s in ("A", "B")}}
+    summary = rt.summarise(per_dir)
+    assert summary["mean_f1"]["A"]["fixed a"] == pytest.approx(0.7)
+    assert summary["thinned_f1"]["A"]["fixed b"] == pytest.approx(0.6)
+    assert summary["score"]["A"]["fixed a"] == pytest.approx((0.7 + 0.3) / 2)
+    fixed = summary["families"]["fixed"]
+    assert fixed["best_on_average"] == "fixed b"       # 0.6 + 0.6 beats 0.7 + 0.3
+    assert fixed["nested"]["A"]["rule"] == "fixed b"
+    assert fixed["best_thinned_f1"] == pytest.approx(0.6)
+    assert "| fixed b | 0.600 / 0.600" in rt.markdown(per_dir, summary)
