@@ -82,7 +82,13 @@ def count_picks(out: Path, paths: list[Path], tables: dict[float, Any], used: fl
         height, width = info["original_shape"][-2:]
         diameter_px = float(info["particle_diameter_a"]) / float(info["pixel_size_a"])
         areas += height * width / (math.pi * diameter_px ** 2 / 4)
+    picked = [summary[path.stem] for path in paths]
     return {"threshold_used": used,
+            # what predict.py picked, at each micrograph's own threshold (relative_threshold)
+            "predict_picks_per_micrograph": sum(m["n_particles"] for m in picked) / len(paths),
+            "predict_picks_per_100_particle_areas": 100 * sum(m["n_particles"]
+                                                              for m in picked) / areas,
+            "predict_thresholds": [m.get("threshold") for m in picked],
             "pixel_size_a": float(summary[paths[0].stem]["pixel_size_a"]),
             "diameters_a": sorted({round(float(summary[p.stem]["particle_diameter_a"]), 1)
                                    for p in paths}),
@@ -113,19 +119,27 @@ def run_topaz(topaz: Path, paths: list[Path], out: Path, pixel_size_a: float
 def markdown(rows: dict[str, dict[str, Any]]) -> str:
     thresholds = sorted({float(t) for r in rows.values() for t in r["picks_per_micrograph"]})
     topaz = {name: r.pop("topaz") for name, r in rows.items() if "topaz" in r}
-    lines = ["| empty micrographs | diameter (Å) | " + " | ".join(
+    lines = ["| empty micrographs | diameter (Å) | predict.py (its thresholds) | " + " | ".join(
         f"picks at {t:g}" for t in thresholds) + " |",
-             "|---|---|" + "---|" * len(thresholds)]
+             "|---|---|---|" + "---|" * len(thresholds)]
     for name, r in rows.items():
-        cells = []
+        used = sorted({round(float(t), 3) for t in r.get("predict_thresholds") or []
+                       if t is not None})
+        cells = [f"{r['predict_picks_per_micrograph']:.0f} "
+                 f"({r['predict_picks_per_100_particle_areas']:.1f}; "
+                 f"{', '.join(f'{t:g}' for t in used) or '–'})"
+                 if "predict_picks_per_micrograph" in r else "–"]
         for t in thresholds:
             count = r["picks_per_micrograph"][f"{t:g}"]
             text = f"{count:.0f} ({r['picks_per_100_particle_areas'][f'{t:g}']:.1f})"
             cells.append(f"**{text}**" if t == r["threshold_used"] else text)
         lines.append(f"| {name} | {', '.join(f'{d:g}' for d in r['diameters_a'])} | "
                      + " | ".join(cells) + " |")
-    text = ("\n".join(lines) + "\n\nPicks per micrograph (per 100 particle disc areas); bold: "
-            "the threshold predict used. Every pick is false: there are no particles.\n")
+    text = ("\n".join(lines) + "\n\nPicks per micrograph (per 100 particle disc areas); "
+            "predict.py: what it picked as a user runs it (with a relative threshold, each "
+            "micrograph at its own, listed); the sweep re-extracts its maps at fixed thresholds, "
+            "bold: the checkpoint's stored one. Every pick is false: there are no "
+            "particles.\n")
     if topaz:
         text += ("\nTopaz `resnet16_u64` (shipped) at its default score 0, picks per "
                  "micrograph: " + ", ".join(f"{name} {t['picks_per_micrograph']['0']:.0f}"

@@ -99,16 +99,17 @@ def held_out_overrides(held_out: str, data_dir: Path) -> list[str]:
 
 
 def shipped_export_flags() -> list[str]:
-    """The diameter estimation and threshold rule of the shipped general model's export (its
-    ``core_fraction``, ``diameter_threshold``, ``relative_threshold`` and ``peak_quantile``,
-    read from the packaged checkpoint), as ``export`` flags."""
+    """The diameter estimation of the shipped general model's export (its ``core_fraction``
+    and ``diameter_threshold``, read from the packaged checkpoint), as ``export`` flags. Not
+    its relative threshold: held-out models are scored over a grid of fixed thresholds here,
+    and ``relative_threshold.py`` measures the relative rule on the maps they write."""
     from cryoparticle.models.packaged import export_facts, packaged_checkpoint
 
     facts = export_facts(packaged_checkpoint())
     flags = ["--estimate-diameter"] if facts.get("estimate_diameter") else []
     if facts.get("int8"):
         flags.append("--int8")
-    for key in ("core_fraction", "diameter_threshold", "relative_threshold", "peak_quantile"):
+    for key in ("core_fraction", "diameter_threshold"):
         if facts.get(key) is not None:
             flags += [f"--{key.replace('_', '-')}", str(facts[key])]
     return flags
@@ -284,12 +285,16 @@ def best_setting(grids: dict[str, dict[str, float]], keys: list[str] | None = No
     return best, mean[best]
 
 
-def shipped_setting() -> str:
-    """The shipped general model's extraction (threshold, minimum region size) as a grid key."""
-    from cryoparticle.models.packaged import packaged_checkpoint
+def shipped_setting() -> str | None:
+    """The shipped general model's extraction (threshold, minimum region size) as a grid key;
+    None when it picks at a threshold relative to each micrograph (its export's
+    ``relative_threshold``), which no fixed setting of the grid is."""
+    from cryoparticle.models.packaged import export_facts, packaged_checkpoint
     from cryoparticle.models.segmenter import load_segmenter
     from cryoparticle.picking.settings import Extraction
 
+    if float(export_facts(packaged_checkpoint()).get("relative_threshold") or 0) > 0:
+        return None
     facts = load_segmenter(packaged_checkpoint()).inference_facts()
     extraction = Extraction.from_config(facts.get("extraction"))  # as predict.py reads it
     return setting_key(extraction.min_size_fraction, float(facts["picking_threshold"]))

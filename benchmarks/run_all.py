@@ -191,8 +191,9 @@ def _empty_picks(r: dict[str, Any]) -> str:
     rows = r.get("rows") or {}
     parts = []
     for name, row in rows.items():
-        used = f"{row['threshold_used']:g}"
-        ours = row["picks_per_micrograph"].get(used)
+        ours = row.get("predict_picks_per_micrograph")   # as predict.py picked
+        if ours is None:
+            ours = row["picks_per_micrograph"].get(f"{row['threshold_used']:g}")
         topaz = (row.get("topaz") or {}).get("picks_per_micrograph", {}).get("0")
         parts.append(f"{name} {ours:.0f}" + (f"/{topaz:.0f}" if topaz is not None else ""))
     return "false picks per empty micrograph (ours/Topaz): " + ", ".join(parts)
