@@ -147,6 +147,7 @@ class PredictSummary:
     failures: list[str] = field(default_factory=list)
     micrographs: list[dict[str, Any]] = field(default_factory=list)
     relative_threshold: float = 0.0   # > 0: max(threshold, this × each peak level)
+    peak_quantile: float = 0.5        # the peak level: this quantile of the peak heights
 
     @property
     def exit_code(self) -> int:
@@ -333,7 +334,7 @@ class PickRecorder:
                                     if picked else math.nan),
             wall_seconds_per_micrograph=(wall / len(picked) if picked else math.nan),
             wall_s=wall, threshold=s.threshold, relative_threshold=s.relative_threshold,
-            device=self.device_name,
+            peak_quantile=s.peak_quantile, device=self.device_name,
             output_dir=str(s.output_dir), combined_star=str(combined_path),
             failures=[r.error or r.name for r in failed],
             micrographs=[{**asdict(r), "total_s": r.total_s} for r in results])
@@ -358,12 +359,14 @@ def picking_diameters(summary: PredictSummary) -> tuple[str, bool]:
 
 def picking_thresholds(summary: PredictSummary) -> tuple[str, str | None]:
     """The threshold(s) the micrographs were picked at and the rule, for the summary table:
-    ``("0.125", None)`` when fixed; ``("0.17 (0.13–0.21)", "max(0.125, 0.5 × peak level)")``
-    (median; range over the picked micrographs) when relative to each micrograph's particle
-    peak level."""
+    ``("0.125", None)`` when fixed; ``("0.17 (0.13–0.21)", "max(0.125, 0.5 × p90 peak)")``
+    (median; range over the picked micrographs; the level's quantile of the peak heights) when
+    relative to each micrograph's particle peak level."""
     if summary.relative_threshold <= 0:
         return f"{summary.threshold:g}", None
-    rule = f"max({summary.threshold:g}, {summary.relative_threshold:g} × peak level)"
+    quantile = summary.peak_quantile
+    level = "median" if quantile == 0.5 else f"p{100 * quantile:g}"
+    rule = f"max({summary.threshold:g}, {summary.relative_threshold:g} × {level} peak)"
     values = np.array([float(m["threshold"]) for m in summary.micrographs
                        if m.get("status") == "picked" and m.get("threshold") is not None])
     if not len(values):

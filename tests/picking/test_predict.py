@@ -1009,6 +1009,11 @@ def test_shipped_general_model_picks_the_example(tmp_path):
                               truth[["X-Coordinate", "Y-Coordinate"]].to_numpy(float),
                               tol=truth["Diameter"].median() / 2)
     assert 2 * precision * recall / max(precision + recall, 1e-9) >= 0.6, (precision, recall)
+    # it picks at its export's threshold relative to the micrograph's peak level
+    record = summary.micrographs[0]
+    assert summary.relative_threshold > 0 and record["peak_level"] > 0
+    assert record["threshold"] == pytest.approx(max(
+        summary.threshold, summary.relative_threshold * record["peak_level"]))
 
 
 def _settings(out: Path, *extra: str, estimate: bool | None = None):
@@ -1395,16 +1400,18 @@ def test_the_summary_reports_relative_thresholds_as_median_rule_and_range(capsys
         n_micrographs=4, n_picked=3, n_skipped=0, n_failed=1, n_particles=0,
         n_particles_new=0, particles_per_micrograph=0.0, seconds_per_micrograph=1.0,
         wall_seconds_per_micrograph=1.0, wall_s=1.0, threshold=0.125, device="cpu × 1",
-        output_dir=".", combined_star="p.star", relative_threshold=0.5,
+        output_dir=".", combined_star="p.star", relative_threshold=0.5, peak_quantile=0.9,
         micrographs=[*picked, {"status": "failed", "threshold": None}])
-    text = ("0.17 (0.13–0.21)", "max(0.125, 0.5 × peak level)")
+    text = ("0.17 (0.13–0.21)", "max(0.125, 0.5 × p90 peak)")
     assert picking_thresholds(summary) == text
     print_summary(summary)
     out = capsys.readouterr().out
     assert all(part in out for part in text)
     again = PredictSummary.from_json(summary.to_json())
     assert again.relative_threshold == 0.5 and picking_thresholds(again) == text
+    summary.peak_quantile = 0.5
+    assert picking_thresholds(summary)[1] == "max(0.125, 0.5 × median peak)"
     summary.relative_threshold = 0.0
     assert picking_thresholds(summary) == ("0.125", None)
     print_summary(summary)
-    assert "peak level" not in capsys.readouterr().out
+    assert "peak" not in capsys.readouterr().out
