@@ -3,6 +3,8 @@
     python benchmarks/relative_threshold.py --data-dir DATA --loo-work-dir DIR [DIR ...]
         [--coverages 0.3 0.15] [--seed 0] [--out relative_threshold]
         [--results-dir benchmarks/results]
+    python benchmarks/relative_threshold.py --data-dir DATA --size-work-dir PARTICLE_SIZE_WORK
+        --out relative_threshold_sizes
 
 A held-out model of ``leave_one_out.py`` is less sure of a set it has never seen, and by how
 much depends on the set and on the training's seed: the best fixed threshold on a held-out set
@@ -30,8 +32,11 @@ Reported: F1 per work dir, held-out set, coverage and rule; per rule the mean F1
 coverage (over sets and work dirs), thinned (over sets, coverages and the work dirs that have
 empty maps) and their mean, the *score*; the rule of each family (fixed, relative) with the best
 score; and, for an honest figure, each set at the rule of its family chosen on the *other two*
-sets (nested). Writes ``<results-dir>/<out>.json`` and ``.md``. Nothing is trained; about ten
-minutes per work dir on a 2-core CPU.
+sets (nested). With ``--size-work-dir`` (the work dir of ``particle_size.py``, whose maps show
+the sets' particles at 0.6×, 1× and 1.6× their size, picked with an estimated, a given or a
+matched diameter) every rule is also scored on those maps: a threshold rule must not depend on
+the particles being the size the network learnt. Writes ``<results-dir>/<out>.json`` and
+``.md``. Nothing is trained; about ten minutes per work dir on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -131,6 +136,93 @@ def nested(f1: dict[str, dict[str, float]], keys: list[str]) -> dict[str, dict[s
     return out
 
 
+def rule_picks(prob: np.ndarray, diameter: float, margin: float, factor: float, name: str,
+               options: dict[str, Any], keys: list[str] | None = None
+               ) -> tuple[dict[float, float], dict[str, Any]]:
+    """The peak levels of one probability map (binned grid; ``diameter`` and ``margin`` in its
+    pixels) and its picks at every rule (or those named in ``keys``), in pixels of the original
+    micrograph (``factor`` × the map's); each distinct threshold is extracted once."""
+    from cryoparticle.io.coords import scale_coordinates
+    from cryoparticle.picking.extract import extract_particles_by_min_size
+
+    level = {q: peak_level(prob, diameter, q) for q in FRACTIONS}
+    by_threshold: dict[float, Any] = {}
+    tables = {}
+    every = rules()
+    for key in every if keys is None else keys:
+        t = round(rule_threshold(every[key], level), 6)
+        if t not in by_threshold:
+            by_threshold[t] = scale_coordinates(extract_particles_by_min_size(
+                prob, diameter, [MIN_SIZE], threshold=t, micrograph=name, border_px=margin,
+                **options)[MIN_SIZE], factor)
+        tables[key] = by_threshold[t]
+    return level, tables
+
+
+def size_f1(work_dir: Path, data_dir: Path, keys: list[str] | None = None
+            ) -> dict[str, dict[str, float]]:
+    """F1 of every rule on the probability maps of a ``particle_size.py`` work dir (its
+    ``picks/<set>_s<scale>_<mode>/`` folders; it picks through ``real_transfer.run_ours``,
+    which writes the maps):
+    the sets shown at other apparent particle sizes, picked with an estimated, a given or a
+    matched diameter. The maps do not depend on the threshold, so any rule can be scored on
+    them. ``{folder: {rule: F1}}`` for every rule, or those named in ``keys``."""
+    import json
+
+    import pandas as pd
+    import real_transfer
+
+    from cryoparticle.io.mrc import read_mrc
+    from cryoparticle.picking.evaluate import precision_recall_f1
+
+    out: dict[str, dict[str, float]] = {}
+    for held_out, (folder_name, *_rest) in DATASETS.items():
+        folders = sorted((work_dir / "picks").glob(f"{folder_name}_s*"))
+        if not folders:
+            continue
+        data = real_transfer.dataset_inputs(held_out, data_dir, "all", work_dir / "inputs")
+        truth = inside(data["truth"], data["borders"])
+        for folder in folders:
+            summary = {m["name"]: m for m in json.loads(
+                (folder / "predict_summary.json").read_text())["micrographs"]}
+            picks: dict[str, list[Any]] = {k: [] for k in keys or rules()}
+            for path in data["paths"]:
+                info = summary[path.stem]
+                maps = folder / f"{path.stem}_prob.mrc"
+                if not maps.is_file():
+                    sys.exit(f"{maps}: no probability map (run benchmarks/particle_size.py "
+                             "first)")
+                prob = np.asarray(read_mrc(maps, mmap=False)[0], np.float32)
+                factor = float(info["bin_factor"])
+                diameter = float(info["particle_diameter_a"]) / (
+                    float(info["pixel_size_a"]) * factor)
+                margin = float(info.get("edge_margin_px") or 0.0) / factor
+                for key, table in rule_picks(prob, diameter, margin, factor, path.stem,
+                                             {}, keys)[1].items():
+                    picks[key].append(table)
+            out[folder.name] = {key: float(precision_recall_f1(
+                inside(pd.concat(frames, ignore_index=True), data["borders"]), truth,
+                data["diameter_px"] / 2)["f1"]) for key, frames in picks.items()}
+            print(f"{folder.name}: done", flush=True)
+    if not out:
+        sys.exit(f"{work_dir}: no particle_size.py map folders (picks/<set>_s<scale>_<mode>)")
+    return out
+
+
+def sizes_markdown(sizes: dict[str, dict[str, float]]) -> str:
+    """Mean F1 of every rule over the particle_size.py runs, per mode and overall."""
+    modes = sorted({name.rsplit("_", 1)[1] for name in sizes})
+    lines = [f"Particles at other apparent sizes (particle_size.py maps, {len(sizes)} runs): "
+             "mean F1 per mode.", "", "| rule | " + " | ".join(modes) + " | mean |",
+             "|---|" + "---|" * (len(modes) + 1)]
+    for key in next(iter(sizes.values())):
+        cells = [np.mean([v[key] for n, v in sizes.items() if n.endswith("_" + m)])
+                 for m in modes]
+        lines.append(f"| {key} | " + " | ".join(f"{c:.3f}" for c in cells)
+                     + f" | {np.mean([v[key] for v in sizes.values()]):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def empty_maps(work_dir: Path, held_out: str) -> list[np.ndarray]:
     """The probability maps the held-out model of ``held_out`` wrote for micrographs without
     particles (``leave_one_out.py --empty-n``), every kind, sorted; [] when there are none."""
@@ -151,11 +243,9 @@ def held_out_f1(work_dir: Path, held_out: str, data_dir: Path,
     import pandas as pd
     import real_transfer
 
-    from cryoparticle.io.coords import scale_coordinates
     from cryoparticle.io.mrc import read_mrc
     from cryoparticle.models.segmenter import load_segmenter
     from cryoparticle.picking.evaluate import precision_recall_f1
-    from cryoparticle.picking.extract import extract_particles_by_min_size
 
     found = sorted((work_dir / "transfer" / "picks" / held_out).glob(
         f"ours_{DATASETS[held_out][0]}_full*"))
@@ -201,17 +291,11 @@ def held_out_f1(work_dir: Path, held_out: str, data_dir: Path,
                             empties[index % len(empties)])
                 truth = truth[kept]
             truths.append(truth)
-            level = {q: peak_level(prob, diameter, q) for q in FRACTIONS}
+            level, tables = rule_picks(prob, diameter, margin, factor, path.stem, options)
             for q, value in level.items():
                 levels[tag][f"{q:g}"].append(value)
-            by_threshold: dict[float, Any] = {}
-            for key, rule in every.items():
-                t = round(rule_threshold(rule, level), 6)
-                if t not in by_threshold:
-                    by_threshold[t] = scale_coordinates(extract_particles_by_min_size(
-                        prob, diameter, [MIN_SIZE], threshold=t, micrograph=path.stem,
-                        border_px=margin, **options)[MIN_SIZE], factor)
-                picks[key].append(by_threshold[t])
+            for key, table in tables.items():
+                picks[key].append(table)
         truth = pd.concat(truths, ignore_index=True)
         scores[tag] = {}
         for key, frames in picks.items():
@@ -292,8 +376,14 @@ def markdown(per_dir: dict[str, Any], summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
-    parser.add_argument("--loo-work-dir", type=Path, nargs="+", required=True,
+    parser.add_argument("--loo-work-dir", type=Path, nargs="+", default=[],
                         help="leave_one_out.py work dirs (their held-out maps)")
+    parser.add_argument("--size-work-dir", type=Path, default=None,
+                        help="a particle_size.py work dir (its maps): the rules on particles "
+                             "shown at other sizes")
+    parser.add_argument("--size-rules", nargs="+", default=None, metavar="RULE",
+                        help="with --size-work-dir: only these rules (keys as in the table, "
+                             "e.g. 'fixed 0.125' 'relative 0.25 × p90, floor 0.05'); default all")
     parser.add_argument("--coverages", type=float, nargs="*", default=list(COVERAGES),
                         help="coverages the held-out maps are thinned to (where a work dir "
                              "has empty maps); none: no thinning")
@@ -306,10 +396,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--loo-work-dir folders must have different names")
     if any(not 0 < c < 1 for c in args.coverages):
         parser.error("--coverages must be in (0, 1)")
+    if not args.loo_work_dir and args.size_work_dir is None:
+        parser.error("give --loo-work-dir and/or --size-work-dir")
+    unknown = sorted(set(args.size_rules or []) - set(rules()))
+    if unknown:
+        parser.error(f"--size-rules: unknown rule {unknown[0]!r}")
+    sizes = None if args.size_work_dir is None else size_f1(args.size_work_dir.resolve(),
+                                                             args.data_dir, args.size_rules)
     per_dir = {d.name: {s: held_out_f1(d.resolve(), s, args.data_dir, tuple(args.coverages),
                                        args.seed) for s in DATASETS}
                for d in args.loo_work_dir}
-    summary = summarise(per_dir)
+    summary = summarise(per_dir) if per_dir else {}
     report = {"rules": {"fixed": list(FIXED),
                         "fractions": {f"{q:g}": list(v) for q, v in FRACTIONS.items()},
                         "floors": list(FLOORS), "min_size_fraction": MIN_SIZE,
@@ -317,8 +414,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "replaced_diameters": REPLACED_DIAMETERS,
                         "peak_level": "quantile of local maxima (window diameter/2) of the map "
                                       f"smoothed by σ = diameter/8, above {PEAK_MIN}"},
-              "work_dirs": per_dir, **summary}
-    text = markdown(per_dir, summary)
+              "work_dirs": per_dir, **summary, **({} if sizes is None else {"sizes": sizes})}
+    text = (markdown(per_dir, summary) if per_dir else "") + \
+        ("" if sizes is None else ("\n" if per_dir else "") + sizes_markdown(sizes))
     write_report(args.results_dir, args.out, report, text, {"DATA_DIR": args.data_dir})
     print(text)
     return report

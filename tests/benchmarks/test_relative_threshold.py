@@ -104,3 +104,18 @@ def test_the_score_averages_the_own_and_the_thinned_f1(monkeypatch):
     assert fixed["nested"]["A"]["rule"] == "fixed b"
     assert fixed["best_thinned_f1"] == pytest.approx(0.6)
     assert "| fixed b | 0.600 / 0.600" in rt.markdown(per_dir, summary)
+
+
+def test_the_sizes_table_averages_each_mode_and_a_missing_work_dir_is_one_line(
+        monkeypatch, tmp_path):
+    monkeypatch.setattr(rt, "rules", lambda: {"fixed a": ("fixed", 0, 0.1, 0),
+                                              "relative c": ("relative", 0.9, 0.3, 0.05)})
+    sizes = {"empiar-10017_s0.6_matched": {"fixed a": 0.6, "relative c": 0.8},
+             "empiar-10017_s1_matched": {"fixed a": 0.8, "relative c": 0.8},
+             "empiar-10017_s1_given": {"fixed a": 0.5, "relative c": 0.2}}
+    text = rt.sizes_markdown(sizes)
+    assert "| rule | given | matched | mean |" in text
+    assert "| fixed a | 0.500 | 0.700 | 0.633 |" in text
+    assert "| relative c | 0.200 | 0.800 | 0.600 |" in text
+    with pytest.raises(SystemExit, match="no particle_size.py map folders"):
+        rt.size_f1(tmp_path, tmp_path)
