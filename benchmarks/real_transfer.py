@@ -78,6 +78,21 @@ def dataset_inputs(name: str, data_dir: Path, which: str, work: Path) -> dict[st
             "pixel_size_a": px, "diameter_px": diameter}
 
 
+def picked_thresholds(out: Path) -> dict[str, Any]:
+    """What ``predict.py`` (its ``predict_summary.json`` in ``out``) picked at: the fixed
+    threshold, or the rule of a relative one and each micrograph's threshold, with their median
+    (``threshold_median``) and range, for the table's threshold column."""
+    from cryoparticle.picking.writers import PredictSummary, picking_thresholds
+
+    summary = PredictSummary.from_json((out / "predict_summary.json").read_text())
+    text, rule = picking_thresholds(summary)
+    values = [float(m["threshold"]) for m in summary.micrographs
+              if m.get("status") == "picked" and m.get("threshold") is not None]
+    return {"threshold_rule": rule, "threshold_text": text,
+            "thresholds_per_micrograph": values,
+            "threshold_median": float(np.median(values)) if values else summary.threshold}
+
+
 def scores(picks: pd.DataFrame, truth: pd.DataFrame, radius: float, threshold: float,
            sweep: dict[float, pd.DataFrame] | None = None) -> dict[str, Any]:
     """At ``threshold``; best F1 over the score thresholds of ``picks`` (Topaz: its scores
@@ -141,7 +156,8 @@ def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | 
     facts = load_segmenter(resolve_checkpoint(ckpt)).inference_facts()
     picks = pd.concat([read_star(out / f"{p.stem}.star").assign(micrograph=p.stem)
                        for p in data["paths"]], ignore_index=True)
-    # the threshold predict used (the stored one, or a --predict threshold=...), in the sweep
+    # the threshold predict used (the stored one, or a --predict threshold=...; the floor of a
+    # relative threshold, whose picks all lie above it), in the sweep
     used = float(json.loads((out / "predict_summary.json").read_text())["threshold"])
     options = {**(facts.get("extraction") or {}), **predict_extraction(overrides or [])}
     tables = extraction_sweep(out, data["paths"], options, tuple(sorted({*thresholds, used})))
@@ -249,10 +265,16 @@ def table(record: dict[str, Any]) -> str:
              " s / micrograph |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, pickers in record["results"].items():
         for picker, r in pickers.items():
-            lines.append(f"| {name} | {picker} | {r['n_micrographs']} | {r['threshold']:.2f} | "
+            at = r.get("threshold_text") if r.get("threshold_rule") else f"{r['threshold']:.2f}"
+            lines.append(f"| {name} | {picker} | {r['n_micrographs']} | {at} | "
                          f"{r['precision']:.3f} | {r['recall']:.3f} | **{r['f1']:.3f}** | "
                          f"{r['best_f1']:.3f} ({r['best_threshold']:.2f}) | {r['ap']:.3f} | "
                          f"{r['s_per_micrograph']:.1f} |")
+    rules = sorted({f"{picker}: {r['threshold_rule']}" for pickers in record["results"].values()
+                    for picker, r in pickers.items() if r.get("threshold_rule")})
+    if rules:  # a relative threshold: each micrograph's own (median, range over micrographs)
+        lines.append("\nThreshold relative to each micrograph's particle peak level ("
+                     + "; ".join(rules) + "): the median (range) of the micrographs' thresholds.")
     return "\n".join(lines)
 
 
@@ -316,6 +338,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 threshold = 0.0
             picks = inside(picks, data["borders"])
             result = scores(picks, truth, radius, threshold, sweep)
+            if kind == "ours":
+                result.update(picked_thresholds(out))
             # in units of each dataset's radius, for the threshold pooled over datasets
             pooled.setdefault(name, {})[picker] = (
                 {t: _in_radii(p, radius, name) for t, p in sweep.items()} if sweep

@@ -1,7 +1,7 @@
 """A threshold relative to each micrograph's particle probability, on sets never seen.
 
     python benchmarks/relative_threshold.py --data-dir DATA --loo-work-dir DIR [DIR ...]
-        [--coverages 0.3 0.15] [--seed 0] [--out relative_threshold]
+        [--datasets EMPIAR-10017 ...] [--coverages 0.3 0.15] [--seed 0] [--out relative_threshold]
         [--results-dir benchmarks/results]
     python benchmarks/relative_threshold.py --data-dir DATA --size-work-dir PARTICLE_SIZE_WORK
         --out relative_threshold_sizes
@@ -128,9 +128,11 @@ def thin(prob: np.ndarray, centres: np.ndarray, kept: np.ndarray, diameter_px: f
 def nested(f1: dict[str, dict[str, float]], keys: list[str]) -> dict[str, dict[str, Any]]:
     """Each set (of ``f1``: ``{set: {rule: F1}}``) at the rule among ``keys`` with the best
     mean F1 over the other sets: ``{set: {"rule": ..., "f1": ...}}``."""
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for held in f1:
         others = [s for s in f1 if s != held]
+        if not others:   # one set: nothing to choose on
+            continue
         chosen = max(keys, key=lambda k: (np.mean([f1[s][k] for s in others]), -keys.index(k)))
         out[held] = {"rule": chosen, "f1": f1[held][chosen]}
     return out
@@ -338,11 +340,11 @@ def summarise(per_dir: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
                                       if not np.isnan(thinned[s][best])]),
             "nested": {s: {**c, "f1": own[s][c["rule"]], "thinned_f1": thinned[s][c["rule"]]}
                        for s, c in chosen.items()},
-            "nested_mean_f1": float(np.mean([own[s][c["rule"]] for s, c in chosen.items()])),
+            "nested_mean_f1": _mean([own[s][c["rule"]] for s, c in chosen.items()]),
             "nested_thinned_f1": _mean([thinned[s][c["rule"]] for s, c in chosen.items()
                                         if not np.isnan(thinned[s][c["rule"]])]),
             "nested_per_dir": {d: {s: per_dir[d][s]["scores"]["own"][chosen[s]["rule"]]["f1"]
-                                   for s in sets} for d in per_dir}}
+                                   for s in chosen} for d in per_dir}}
     return out
 
 
@@ -388,6 +390,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="coverages the held-out maps are thinned to (where a work dir "
                              "has empty maps); none: no thinning")
     parser.add_argument("--seed", type=int, default=0, help="which particles thinning keeps")
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS),
+                        help="the held-out sets of --loo-work-dir (default all three; the "
+                             "nested choice needs two or more)")
     add_output_options(parser, "relative_threshold")
     args = parser.parse_args(argv)
     require_datasets(args.data_dir)
@@ -404,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sizes = None if args.size_work_dir is None else size_f1(args.size_work_dir.resolve(),
                                                              args.data_dir, args.size_rules)
     per_dir = {d.name: {s: held_out_f1(d.resolve(), s, args.data_dir, tuple(args.coverages),
-                                       args.seed) for s in DATASETS}
+                                       args.seed) for s in args.datasets}
                for d in args.loo_work_dir}
     summary = summarise(per_dir) if per_dir else {}
     report = {"rules": {"fixed": list(FIXED),

@@ -16,7 +16,8 @@ never in a full run's folder. ``--full``: every script's own defaults
 ``topaz`` on the PATH exists, ASPIRE when ``--aspire-python`` is given; otherwise their
 comparisons are skipped (``--no-topaz`` / ``--no-aspire``). Benchmarks on real data
 (``crf_effect``, ``real_data_cv``, ``real_transfer``, ``contrast_stats``, ``sim_ablation``,
-``leave_one_out``, ``particle_size``, ``diameter_cues``, ``coverage_weighting``)
+``leave_one_out``, ``particle_size``, ``relative_threshold``, ``diameter_cues``,
+``coverage_weighting``)
 are skipped when ``--data-dir`` has no EMPIAR-10017 folder. ``quickstart`` times the README's
 first commands (``--quick``: its training runs 2 epochs instead of the default 10).
 
@@ -183,6 +184,14 @@ def _diameter_cues(r: dict[str, Any]) -> str:
         for cue in ("estimate", "equivalent@0.25", "log_sigma") if cue in exponents)
 
 
+def _relative_threshold(r: dict[str, Any]) -> str:
+    """Each family's rule with the best score (own coverage and thinned, on held-out maps)."""
+    families = r.get("families") or {}
+    return "best score: " + ", ".join(
+        f"{f['best_on_average']} {_fmt(f.get('best_score'), '.3f')}"
+        for f in families.values() if f.get("best_on_average"))
+
+
 def _keys(r: dict[str, Any]) -> str:
     return ", ".join(k for k in r if k not in ("machine", "load_before", "load_after"))[:60]
 
@@ -288,6 +297,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                                 "extraction.min_size_fraction=0.2"],
               ["--predict", "threshold=0.125", "extraction.min_size_fraction=0.2"],
               real_data=True, outputs=(), headline=_particle_size),
+    # after leave_one_out: its held-out models' maps (thinned where it wrote empty maps)
+    Benchmark("relative_threshold", ["--datasets", "EMPIAR-10059",
+                                     "--loo-work-dir", "benchmarks/work/leave_one_out_quick",
+                                     "--work-dir", "benchmarks/work/relative_threshold_quick"],
+              ["--loo-work-dir", "benchmarks/work/leave_one_out"],
+              real_data=True, outputs=(), headline=_relative_threshold),
     # after particle_size: its estimated runs' probability maps
     Benchmark("diameter_cues", ["--datasets", "EMPIAR-10059", "--scales", "0.6", "1.6",
                                 "--particle-size-work-dir",
@@ -331,7 +346,7 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
     elif bench.name in ("crf_effect", "real_data_cv", "contrast_stats"):
         cmd += ["--data-dir", str(data_dir)]
     elif bench.name in ("real_transfer", "sim_ablation", "leave_one_out", "particle_size",
-                        "diameter_cues", "coverage_weighting"):
+                        "diameter_cues", "coverage_weighting", "relative_threshold"):
         cmd += ["--data-dir", str(data_dir), "--results-dir", str(results_dir),
                 "--out", bench.name]
     elif bench.name == "empty_picks":

@@ -67,13 +67,20 @@ def picking_diameter_a(prob: np.ndarray, settings: Settings, binned_px: float) -
     network marks, divided by ``settings.core_fraction``: a network trained on particle cores
     marks that share of each diameter) within :meth:`Settings.diameter_bounds_a` (that
     diameter when there is too little foreground), at ``settings.diameter_threshold`` (the
-    threshold the core fraction holds at) or else the picking threshold."""
+    threshold the core fraction holds at) or else the picking threshold: the fixed one, or a
+    relative one's for this micrograph with its peak level measured at the given diameter (not
+    its floor, at which the regions of a confident map would merge)."""
     if not settings.estimate_diameter:
         return settings.particle_diameter_a
     low, high = settings.diameter_bounds_a()
     core = settings.core_fraction
-    at = settings.threshold if settings.diameter_threshold is None else \
-        settings.diameter_threshold
+    at = settings.diameter_threshold
+    if at is None:
+        level = None
+        if settings.relative_threshold > 0:
+            level = particle_peak_level(prob, settings.particle_diameter_a / binned_px,
+                                        quantile=settings.peak_quantile)
+        at = settings.picking_threshold(level)
     estimate = estimate_diameter_px(prob, at,
                                     min_diameter_px=max(core * low / binned_px, 1.0),
                                     max_diameter_px=max(core * high / binned_px, 1.0))

@@ -104,3 +104,43 @@ def test_the_sweep_takes_the_edge_margin_predict_used_not_a_border_option(tmp_pa
     assert {s: {t: len(p) for t, p in by_t.items()} for s, by_t in grid.items()} == \
         {0.2: {0.5: 2, 0.95: 0}, 3.0: {0.5: 0, 0.95: 0}}
     assert grid[0.2][0.5].equals(tables[0.5])
+
+
+def _summary(tmp_path: Path, relative: float, thresholds: list[float]) -> Path:
+    from cryoparticle.picking.writers import PredictSummary
+
+    summary = PredictSummary(
+        n_micrographs=len(thresholds), n_picked=len(thresholds), n_skipped=0, n_failed=0,
+        n_particles=0, n_particles_new=0, particles_per_micrograph=0.0,
+        seconds_per_micrograph=1.0, wall_seconds_per_micrograph=1.0, wall_s=1.0,
+        threshold=0.05, device="cpu", output_dir=str(tmp_path), combined_star=None,
+        micrographs=[{"name": f"m{i}", "status": "picked", "threshold": t}
+                     for i, t in enumerate(thresholds)],
+        relative_threshold=relative, peak_quantile=0.9)
+    (tmp_path / "predict_summary.json").write_text(summary.to_json())
+    return tmp_path
+
+
+def test_a_relative_export_reports_each_micrographs_threshold_not_the_floor(tmp_path):
+    facts = real_transfer.picked_thresholds(_summary(tmp_path, 0.25, [0.07, 0.2, 0.11]))
+    assert facts["threshold_rule"] == "max(0.05, 0.25 × p90 peak)"
+    assert facts["thresholds_per_micrograph"] == [0.07, 0.2, 0.11]
+    assert facts["threshold_median"] == 0.11
+    assert facts["threshold_text"] == "0.11 (0.07–0.2)"
+    result = {"threshold": 0.05, "precision": 0.9, "recall": 0.8, "f1": 0.847, "best_f1": 0.85,
+              "best_threshold": 0.1, "ap": 0.8, "n_micrographs": 3, "s_per_micrograph": 2.0,
+              **facts}
+    text = real_transfer.table({"results": {"EMPIAR-10017": {"ours: general": result}}})
+    row = next(line for line in text.splitlines() if "ours: general" in line)
+    assert "| 0.11 (0.07–0.2) |" in row and "| 0.05 |" not in row
+    assert "ours: general: max(0.05, 0.25 × p90 peak)" in text
+
+
+def test_a_fixed_threshold_is_reported_as_it_is(tmp_path):
+    facts = real_transfer.picked_thresholds(_summary(tmp_path, 0.0, [0.05, 0.05]))
+    assert facts["threshold_rule"] is None and facts["threshold_median"] == 0.05
+    result = {"threshold": 0.05, "precision": 0.9, "recall": 0.8, "f1": 0.847, "best_f1": 0.85,
+              "best_threshold": 0.1, "ap": 0.8, "n_micrographs": 2, "s_per_micrograph": 2.0,
+              **facts}
+    text = real_transfer.table({"results": {"EMPIAR-10017": {"ours": result}}})
+    assert "| 0.05 |" in text and "peak level" not in text

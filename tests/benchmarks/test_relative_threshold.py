@@ -106,6 +106,22 @@ def test_the_score_averages_the_own_and_the_thinned_f1(monkeypatch):
     assert "| fixed b | 0.600 / 0.600" in rt.markdown(per_dir, summary)
 
 
+def test_one_held_out_set_is_summarised_without_a_nested_choice(monkeypatch):
+    """run_all --quick holds out one set: the rules are still ranked on it, and the nested
+    choice (on the other sets) is left empty rather than chosen on nothing."""
+    monkeypatch.setattr(rt, "rules", lambda: {"fixed a": ("fixed", 0, 0.1, 0),
+                                              "fixed b": ("fixed", 0, 0.2, 0),
+                                              "relative c": ("relative", 0.5, 0.5, 0.05)})
+    per_dir = {"d1": {"A": {"scores": {"own": {"fixed a": {"f1": 0.4}, "fixed b": {"f1": 0.6},
+                                               "relative c": {"f1": 0.7}}}}}}
+    summary = rt.summarise(per_dir)
+    assert summary["families"]["fixed"]["best_on_average"] == "fixed b"
+    assert summary["families"]["relative"]["best_score"] == pytest.approx(0.7)
+    assert summary["families"]["fixed"]["nested"] == {}
+    assert np.isnan(summary["families"]["fixed"]["nested_mean_f1"])
+    assert "| relative c | 0.700 / nan" in rt.markdown(per_dir, summary)
+
+
 def test_the_sizes_table_averages_each_mode_and_a_missing_work_dir_is_one_line(
         monkeypatch, tmp_path):
     monkeypatch.setattr(rt, "rules", lambda: {"fixed a": ("fixed", 0, 0.1, 0),

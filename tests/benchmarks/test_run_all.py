@@ -166,6 +166,11 @@ def test_headlines_summarise_the_results_they_are_given():
         "setting": "b", "f1": {"X": 0.5, "Y": 0.7}}}}}
     assert run_all._coverage_weighting(coverage) == (
         "expected F1 over CryoPPP coverages: best `a` 0.610, shipped `b` 0.600")
+    relative = {"families": {"fixed": {"best_on_average": "fixed 0.15", "best_score": 0.608},
+                             "relative": {"best_on_average": "relative 0.3 × p90, floor 0.05",
+                                          "best_score": 0.627}}}
+    assert run_all._relative_threshold(relative) == (
+        "best score: fixed 0.15 0.608, relative 0.3 × p90, floor 0.05 0.627")
 
 
 def test_topaz_joins_each_benchmark_only_in_the_modes_it_is_affordable(tmp_path):

@@ -1239,6 +1239,36 @@ def test_estimated_diameter_of_a_core_trained_network_is_the_whole_particle(tmp_
         build_settings(cfg, facts, tmp_path / "a.ckpt")
 
 
+def test_a_relative_threshold_estimates_the_diameter_at_its_own_level_not_its_floor(tmp_path):
+    """An export with a relative threshold and no diameter_threshold: the diameter is
+    estimated at the micrograph's threshold (0.25 × its peak level), not at the floor 0.05,
+    below which a background of probability 0.1 would make one region of the whole map."""
+    import pandas as pd
+
+    from cryoparticle.data.masks import disc_mask
+    from cryoparticle.picking.settings import build_settings
+    from cryoparticle.picking.writers import picking_diameter_a
+
+    facts = {"pixel_size_a": 7.08, "particle_diameter_a": 190.0, "picking_threshold": 0.05,
+             "normalisation": "per_micrograph_standardise",
+             "export": {"estimate_diameter": True, "core_fraction": 0.5,
+                        "relative_threshold": 0.25, "peak_quantile": 0.9}}
+    cfg = compose("predict", ["input=b", f"output_dir={tmp_path}"])
+    settings = build_settings(cfg, facts, tmp_path / "a.ckpt")
+    assert settings.diameter_threshold is None and settings.relative_threshold == 0.25
+    xy = [(x, y) for x in range(20, 300, 40) for y in range(20, 300, 40)]
+    cores = disc_mask((320, 320), pd.DataFrame({"micrograph": "m", "x": [p[0] for p in xy],
+                                                "y": [p[1] for p in xy], "diameter": 15.0,
+                                                "score": 1.0})).astype(float)
+    prob = 0.1 + 0.04 * np.random.default_rng(0).random(cores.shape) + 0.8 * cores
+    assert picking_diameter_a(prob, settings, 7.08) == pytest.approx(30 * 7.08, rel=0.1)
+    fixed = build_settings(cfg, {**facts, "export": {**facts["export"],
+                                                      "relative_threshold": 0.0}},
+                           tmp_path / "a.ckpt")
+    # at the fixed floor the background is foreground: the estimate is not the particles'
+    assert picking_diameter_a(prob, fixed, 7.08) != pytest.approx(30 * 7.08, rel=0.1)
+
+
 @pytest.mark.parametrize("extra, side", [
     ([], 128),                                              # the checkpoint's 7.08 Å/px
     (["particle_diameter_a=95"], 256),                      # half the size: 3.54 Å/px
