@@ -368,7 +368,11 @@ def run_ours(ckpt: Path | None, mics: list[Path], work: Path, threads: int
                      "peak_rss_gb": result["peak_rss_largest_process_gb"],
                      "peak_pss_tree_gb": result["peak_pss_tree_gb"],
                      "diameter_a": summary["micrographs"][0]["particle_diameter_a"],
-                     "threshold": summary["threshold"], "loadavg_1min_at_start": load_1min,
+                     "threshold": summary["threshold"],   # fixed, or a relative one's floor
+                     # what the micrograph was picked at (its relative threshold) and in
+                     "micrograph_threshold": summary["micrographs"][0].get("threshold"),
+                     "polarity": summary["micrographs"][0].get("polarity"),
+                     "loadavg_1min_at_start": load_1min,
                      "cmd": result["cmd"]})
     out = fresh_dir(work / "ours" / "batch")
     batch = measured([sys.executable, *predict_cmd(ckpt, mics, out, threads)], work, env)
@@ -383,6 +387,8 @@ def run_ours(ckpt: Path | None, mics: list[Path], work: Path, threads: int
         "peak_pss_tree_gb": max(r["peak_pss_tree_gb"] for r in runs),
         "particles_per_micrograph": sum(r["n_picks"] for r in runs) / len(runs),
         "threshold": runs[0]["threshold"],
+        "micrograph_thresholds": [r["micrograph_threshold"] for r in runs],
+        "polarities": [r["polarity"] for r in runs],
         "batch": {"n": len(mics), "s_per_micrograph": batch["wall_s"] / len(mics),
                   "peak_rss_gb": batch["peak_rss_largest_process_gb"],
                   "peak_pss_tree_gb": batch["peak_pss_tree_gb"], "cmd": batch["cmd"]}}
@@ -587,6 +593,18 @@ def _f1(acc: dict[str, Any] | None) -> str:
     return f"{acc['f1']:.3f} (P {acc['precision']:.3f} R {acc['recall']:.3f})"
 
 
+def picked_at(ours: dict[str, Any]) -> str:
+    """The thresholds ``predict.py`` picked at: the stored fixed one, or each micrograph's
+    relative one (their range), and the polarity when it was not dark."""
+    values = [float(t) for t in ours.get("micrograph_thresholds") or [] if t is not None]
+    if values and (max(values) > ours["threshold"] + 1e-9 or min(values) < ours["threshold"]):
+        text = f"thresholds {min(values):.3g}–{max(values):.3g}, relative"
+    else:
+        text = f"threshold {ours['threshold']:g}, stored"
+    light = sum(p == "light" for p in ours.get("polarities") or [])
+    return text + (f"; {light} light" if light else "")
+
+
 def print_table(record: dict[str, Any]) -> None:
     ours, topaz = record["ours"], record.get("topaz")
     rows = [("ours: s / micrograph, process (start-up incl.), median",
@@ -597,7 +615,7 @@ def print_table(record: dict[str, Any]) -> None:
             ("ours: peak RSS, process (GB)", _num(ours["peak_rss_gb"])),
             ("ours: peak PSS, process tree (GB)", _num(ours["peak_pss_tree_gb"])),
             ("ours: particles / micrograph", _num(ours["particles_per_micrograph"], ".0f")),
-            (f"ours: F1 at {ours['threshold']:g} (stored)", _f1(ours.get("accuracy")))]
+            (f"ours: F1 as picked ({picked_at(ours)})", _f1(ours.get("accuracy")))]
     if ours.get("paths"):
         paths = ours["paths"]
         rows += [("ours: s / micrograph, one-device loop / Trainer.predict, median",

@@ -15,11 +15,11 @@ never in a full run's folder. ``--full``: every script's own defaults
 ``benchmarks/results/``. The peers stay optional: Topaz is compared when ``--topaz`` or a
 ``topaz`` on the PATH exists, ASPIRE when ``--aspire-python`` is given; otherwise their
 comparisons are skipped (``--no-topaz`` / ``--no-aspire``). Benchmarks on real data
-(``crf_effect``, ``real_data_cv``, ``real_transfer``, ``contrast_stats``, ``sim_ablation``,
-``leave_one_out``, ``particle_size``, ``relative_threshold``, ``diameter_cues``,
-``coverage_weighting``)
-are skipped when ``--data-dir`` has no EMPIAR-10017 folder. ``quickstart`` times the README's
-first commands (``--quick``: its training runs 2 epochs instead of the default 10).
+(``crf_effect``, ``real_data_cv``, ``real_transfer``, ``contrast_stats``, ``polarity``,
+``sim_ablation``, ``leave_one_out``, ``particle_size``, ``relative_threshold``,
+``diameter_cues``, ``coverage_weighting``) are skipped when ``--data-dir`` has no EMPIAR-10017
+folder. ``quickstart`` times the README's first commands (``--quick``: its training runs 2
+epochs instead of the default 10).
 
 Each benchmark runs as its own process (``python benchmarks/<name>.py ...``); a failing one is
 reported and the others still run. ``--dry-run`` prints the commands and runs nothing. The
@@ -184,6 +184,14 @@ def _diameter_cues(r: dict[str, Any]) -> str:
         for cue in ("estimate", "equivalent@0.25", "log_sigma") if cue in exponents)
 
 
+def _polarity(r: dict[str, Any]) -> str:
+    """F1 on the inverted micrographs with polarity=dark and auto, per set."""
+    return "inverted F1 dark → auto: " + ", ".join(
+        f"{name} {_fmt(_dig(row, 'runs', 'inverted dark', 'f1'), '.3f')} → "
+        f"{_fmt(_dig(row, 'runs', 'inverted auto', 'f1'), '.3f')}"
+        for name, row in (r.get("results") or {}).items())
+
+
 def _relative_threshold(r: dict[str, Any]) -> str:
     """Each family's rule with the best score (own coverage and thinned, on held-out maps)."""
     families = r.get("families") or {}
@@ -258,6 +266,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("real_transfer", ["--micrographs", "test"], ["--micrographs", "test"],
               real_data=True, outputs=(), headline=_real_transfer, topaz_modes=BOTH),
     Benchmark("contrast_stats", ["--n", "40"], real_data=True, headline=_contrast_stats),
+    Benchmark("polarity", ["--micrographs", "test",
+                           "--work-dir", "benchmarks/work/polarity_quick"],
+              ["--micrographs", "all"], real_data=True, outputs=(), headline=_polarity),
     Benchmark("quickstart", ["--train-overrides", "trainer.max_epochs=2"],
               headline=_quickstart),
     Benchmark("method_claim", ["--networks", "unet", "--epochs", "1", "--samples", "32",
@@ -346,7 +357,8 @@ def command(bench: Benchmark, mode: str, results_dir: Path, data_dir: Path,
     elif bench.name in ("crf_effect", "real_data_cv", "contrast_stats"):
         cmd += ["--data-dir", str(data_dir)]
     elif bench.name in ("real_transfer", "sim_ablation", "leave_one_out", "particle_size",
-                        "diameter_cues", "coverage_weighting", "relative_threshold"):
+                        "diameter_cues", "coverage_weighting", "relative_threshold",
+                        "polarity"):
         cmd += ["--data-dir", str(data_dir), "--results-dir", str(results_dir),
                 "--out", bench.name]
     elif bench.name == "empty_picks":

@@ -342,6 +342,30 @@ def relative_threshold(peak_level: float, fraction: float, floor: float) -> floa
     return max(lowest, share * level)
 
 
+#: Contrast polarities: ``dark`` particles (darker than the ice, as in raw bright-field
+#: micrographs and as the networks here learn them) and ``light`` ones (an inverted micrograph).
+POLARITIES = ("dark", "light")
+
+
+def choose_polarity(dark: Any, light: Any, particle_diameter_px: float, *,
+                    quantile: float = 0.98, margin: float = 1.03
+                    ) -> tuple[str, float, float]:
+    """Which contrast polarity a micrograph has, from the probability maps of the network on it
+    as given (``dark``) and inverted (``light``): ``(polarity, dark level, light level)``.
+
+    A network that learnt dark particles is surer of them (:func:`particle_peak_level`, the
+    ``quantile`` of the particle peak heights) on the micrograph's true polarity than on its
+    negative, where it can only mark the gaps between particles. ``light`` is chosen when its
+    level exceeds ``margin`` (≥ 1) × the dark one: a tie goes to the polarity the network learnt.
+    """
+    if not (math.isfinite(float(margin)) and float(margin) >= 1.0):
+        raise param_error("polarity_margin", margin, "must be a number ≥ 1")
+    dark_level = particle_peak_level(dark, particle_diameter_px, quantile=quantile)
+    light_level = particle_peak_level(light, particle_diameter_px, quantile=quantile)
+    polarity = "light" if light_level > float(margin) * dark_level else "dark"
+    return polarity, dark_level, light_level
+
+
 #: Options of :func:`extract_particles` that a checkpoint may carry (``Segmenter(extraction=)``)
 EXTRACTION_OPTIONS = ("min_size_fraction", "max_size_fraction", "min_distance_fraction",
                       "split_touching")
@@ -364,5 +388,6 @@ def check_extraction_options(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["EXTRACTION_OPTIONS", "check_extraction_options", "estimate_diameter_px",
-           "extract_particles", "particle_peak_level", "relative_threshold"]
+__all__ = ["EXTRACTION_OPTIONS", "POLARITIES", "check_extraction_options", "choose_polarity",
+           "estimate_diameter_px", "extract_particles", "particle_peak_level",
+           "relative_threshold"]

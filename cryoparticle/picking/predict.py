@@ -156,7 +156,7 @@ def run(cfg: Mapping[str, Any]) -> PredictSummary:
                         collate_fn=first_record, worker_init_fn=worker_init,
                         persistent_workers=False)
     picker = MicrographSegmenter(segmenter, tile, overlap, tile_batch, fit_tiles, crf=crf,
-                                 tta=str(cfg.get("tta") or "none"))
+                                 tta=str(cfg.get("tta") or "none"), polarity=settings.polarity)
     if device is not None:
         summary = _pick_on(device, picker, loader, PickRecorder(
             settings, paths, names, device=f"{device.type} × 1"), progress)

@@ -70,6 +70,12 @@ def fitted_tile(shape: Sequence[int], tile: int, overlap: int, multiple: int = 3
 #: Tiles per forward pass when ``tile_batch_size`` is null: as many as make this many pixels.
 TILE_BATCH_PIXELS = 2**20
 
+#: Contrast polarities a micrograph is segmented in, as the signs its standardised image is
+#: multiplied by: ``dark`` as given (particles darker than the ice, as the network learnt them),
+#: ``light`` inverted, ``auto`` both (the picking keeps the one the network is surer of).
+POLARITY_SIGNS: dict[str, tuple[float, ...]] = {"dark": (1.0,), "light": (-1.0,),
+                                                "auto": (1.0, -1.0)}
+
 #: Test-time augmentation: the symmetries of the square a micrograph is segmented under, as
 #: ``(quarter turns, mirrored)``; the logits are mapped back and averaged. Particles have no
 #: preferred in-plane orientation, so every view is as valid as the original.
@@ -107,16 +113,24 @@ class MicrographSegmenter(torch.nn.Module):
     :data:`TILE_BATCH_PIXELS` pixels per pass, which bounds the memory of a pass).
     ``tta``: test-time augmentation, a key of :data:`TTA_TRANSFORMS` (``none``; ``flips``: 4
     views, 4× the network time; ``dihedral``: 8 views); the views' logits are averaged before
-    the post-hoc CRF and the softmax.
+    the post-hoc CRF and the softmax. ``polarity``, a key of :data:`POLARITY_SIGNS`: ``dark``
+    segments the micrograph as given, ``light`` inverted, ``auto`` both (twice the network
+    time: :meth:`predict_record` returns the inverted one's map as ``prob_light`` too, and the
+    picking chooses, :func:`~cryoparticle.picking.extract.choose_polarity`).
     """
 
     def __init__(self, segmenter: torch.nn.Module, tile_size: int, tile_overlap: int,
                  tile_batch_size: int | None = None, fit_tiles: bool = True,
-                 crf: torch.nn.Module | None = None, tta: str = "none") -> None:
+                 crf: torch.nn.Module | None = None, tta: str = "none",
+                 polarity: str = "dark") -> None:
         super().__init__()
         if tta not in TTA_TRANSFORMS:
             raise param_error("tta", tta, f"must be one of {', '.join(TTA_TRANSFORMS)}")
+        if polarity not in POLARITY_SIGNS:
+            raise param_error("polarity", polarity,
+                              f"must be one of {', '.join(POLARITY_SIGNS)}")
         self.tta = tta
+        self.polarity = polarity
         self.segmenter = segmenter
         self.crf = crf
         self.tile_size, self.tile_overlap = int(tile_size), int(tile_overlap)
@@ -168,17 +182,20 @@ class MicrographSegmenter(torch.nn.Module):
             return {}
         start = time.perf_counter()
         try:
-            prob = self(record["image"])
-            if prob.is_cuda:
-                torch.cuda.synchronize(prob.device)
+            probs = [self(sign * record["image"]) for sign in POLARITY_SIGNS[self.polarity]]
+            if probs[0].is_cuda:
+                torch.cuda.synchronize(probs[0].device)
         except Exception as exc:  # noqa: BLE001 - one micrograph's failure is reported
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             return {"error": f"{record['path']}: segmentation failed ({type(exc).__name__}: "
                              f"{one_line(exc)[:300]})"}
-        return {"prob": prob, "segment_s": time.perf_counter() - start,
-                "tile": self.tiling(record["image"].shape[-2:])[0]}
+        out = {"prob": probs[0], "segment_s": time.perf_counter() - start,
+               "tile": self.tiling(record["image"].shape[-2:])[0], "polarity": self.polarity}
+        if len(probs) > 1:
+            out["prob_light"] = probs[1]
+        return out
 
 
-__all__ = ["TILE_BATCH_PIXELS", "TTA_TRANSFORMS", "MicrographSegmenter", "fitted_tile",
-           "post_hoc_crf"]
+__all__ = ["POLARITY_SIGNS", "TILE_BATCH_PIXELS", "TTA_TRANSFORMS", "MicrographSegmenter",
+           "fitted_tile", "post_hoc_crf"]

@@ -134,6 +134,12 @@ class Settings:
     #: the quantile of the particle peak heights that is the level
     #: (:func:`~cryoparticle.picking.extract.particle_peak_level`)
     peak_quantile: float = 0.5
+    #: ``dark`` (the micrograph as given), ``light`` (inverted) or ``auto`` (each micrograph in
+    #: the polarity whose particle peak level, at ``polarity_quantile``, is higher; light only
+    #: above ``polarity_margin`` × dark: :func:`~cryoparticle.picking.extract.choose_polarity`)
+    polarity: str = "dark"
+    polarity_margin: float = 1.03
+    polarity_quantile: float = 0.98
 
     def picking_threshold(self, peak_level: float | None) -> float:
         """The threshold of a micrograph whose particle peak level is ``peak_level`` (None
@@ -288,11 +294,8 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
     relative, quantile = _relative_threshold(cfg, export, fixed=threshold is not None)
     if threshold is None:
         threshold = facts.get("picking_threshold", 0.5)
-    try:
-        threshold_value = float(threshold)
-    except (TypeError, ValueError):
-        threshold_value = math.nan
-    if isinstance(threshold, bool) or not 0.0 <= threshold_value <= 1.0:
+    threshold_value = _number(threshold)
+    if not 0.0 <= threshold_value <= 1.0:
         raise param_error("threshold", threshold, "must be a probability in [0, 1] or null")
     combined = str(cfg.get("combined_star") or "particles.star")
     if "/" in combined or "\\" in combined or not combined.endswith(".star"):
@@ -324,7 +327,36 @@ def build_settings(cfg: Mapping[str, Any], facts: Mapping[str, Any], ckpt_path: 
         match_diameter=flag("match_diameter", cfg.get("match_diameter", True)),
         relative_threshold=relative,
         peak_quantile=quantile,
+        **_polarity(cfg),
     )
+
+
+def _number(value: Any) -> float:
+    """``value`` as a float; NaN for anything else (a bool, text, a list), so that a range
+    check refuses it."""
+    if isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _polarity(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``polarity``, ``polarity_margin`` and ``polarity_quantile`` of the config, checked."""
+    polarity = str(cfg.get("polarity") or "auto")
+    if polarity not in ("dark", "light", "auto"):
+        raise param_error("polarity", cfg.get("polarity"), "must be dark, light or auto")
+    margin = cfg.get("polarity_margin", 1.03)
+    margin_value = _number(margin)
+    if not (math.isfinite(margin_value) and margin_value >= 1.0):
+        raise param_error("polarity_margin", margin, "must be a number ≥ 1")
+    quantile = cfg.get("polarity_quantile", 0.98)
+    quantile_value = _number(quantile)
+    if not 0.0 <= quantile_value <= 1.0:
+        raise param_error("polarity_quantile", quantile, "must be in [0, 1]")
+    return {"polarity": polarity, "polarity_margin": margin_value,
+            "polarity_quantile": quantile_value}
 
 
 def _relative_threshold(cfg: Mapping[str, Any], export: Mapping[str, Any], *, fixed: bool

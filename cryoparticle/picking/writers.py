@@ -47,8 +47,8 @@ from cryoparticle.io.coords import (
 )
 from cryoparticle.io.jsonfile import jsonable
 from cryoparticle.io.mrc import write_mask_png, write_mrc
-from cryoparticle.picking.extract import (estimate_diameter_px, extract_particles,
-                                          particle_peak_level)
+from cryoparticle.picking.extract import (choose_polarity, estimate_diameter_px,
+                                          extract_particles, particle_peak_level)
 from cryoparticle.picking.settings import (
     MASK_SUFFIX,
     OVERLAY_SUFFIX,
@@ -123,6 +123,8 @@ class Result:
     edge_margin_px: float | None = None        # picks closer to the edge dropped (original px)
     threshold: float | None = None             # the probability threshold picked at
     peak_level: float | None = None            # the particle peak level (relative threshold)
+    polarity: str | None = None                # dark (as given) | light (picked inverted)
+    polarity_levels: tuple[float, float] | None = None   # polarity=auto: dark, light levels
     read_s: float = 0.0
     segment_s: float = 0.0
     extract_s: float = 0.0
@@ -155,6 +157,7 @@ class PredictSummary:
     micrographs: list[dict[str, Any]] = field(default_factory=list)
     relative_threshold: float = 0.0   # > 0: max(threshold, this × each peak level)
     peak_quantile: float = 0.5        # the peak level: this quantile of the peak heights
+    polarity: str = "dark"            # dark | light | auto (each micrograph's: micrographs)
 
     @property
     def exit_code(self) -> int:
@@ -222,7 +225,7 @@ class PickRecorder:
             result.segment_s = float(prediction["segment_s"])
             result.tile_size = int(prediction["tile"])
             try:
-                self._pick(record, prediction["prob"], result)
+                self._pick(record, prediction, result)
                 result.status = "picked"
             except InputError as exc:
                 result.error = one_line(exc)
@@ -231,21 +234,36 @@ class PickRecorder:
         self.results.append(result)
         return result
 
-    def _pick(self, record: dict[str, Any], prob_t: torch.Tensor, result: Result) -> None:
+    def _pick(self, record: dict[str, Any], prediction: dict[str, Any], result: Result
+              ) -> None:
         s = self.settings
         name = record["name"]
         factor_y, factor_x = (float(f) for f in record["factor"])
         pixel_size_a = float(record["pixel_size_a"])
         binned_px = pixel_size_a * factor_y
         start = time.perf_counter()
-        prob = prob_t.detach().to("cpu", torch.float32).numpy()
         border = BorderWidths(*record["border"]) if record.get("border") else None
-        if s.drop_border and border is not None and border.any():
-            # No particle in the padding: its probability is zeroed on the binned grid (widths
-            # rounded up) before extraction, so a pick there can neither be made nor
-            # suppress a real neighbour.
-            prob = np.where(border_mask(prob.shape, border.scaled(factor_y)), 0.0, prob
-                            ).astype(np.float32)
+
+        def probability(prob_t: torch.Tensor) -> np.ndarray:
+            prob = prob_t.detach().to("cpu", torch.float32).numpy()
+            if s.drop_border and border is not None and border.any():
+                # No particle in the padding: its probability is zeroed on the binned grid
+                # (widths rounded up) before extraction, so a pick there can neither be made
+                # nor suppress a real neighbour.
+                prob = np.where(border_mask(prob.shape, border.scaled(factor_y)), 0.0, prob
+                                ).astype(np.float32)
+            return prob
+
+        prob = probability(prediction["prob"])
+        result.polarity = "light" if prediction.get("polarity") == "light" else "dark"
+        if prediction.get("prob_light") is not None:   # polarity=auto: the surer of the two
+            light = probability(prediction["prob_light"])
+            result.polarity, *levels = choose_polarity(
+                prob, light, s.particle_diameter_a / binned_px, quantile=s.polarity_quantile,
+                margin=s.polarity_margin)
+            result.polarity_levels = (float(levels[0]), float(levels[1]))
+            if result.polarity == "light":
+                prob = light
         diameter_a = picking_diameter_a(prob, s, binned_px)
         result.particle_diameter_a = diameter_a
         result.diameter_estimated = s.estimate_diameter
@@ -277,7 +295,8 @@ class PickRecorder:
         out = s.output_dir
         title = (f"{name}: {len(picks)} particles, threshold {threshold:.3g}, "
                  f"{binned_px:.3g} Å/px, diameter {diameter_a:.0f} Å"
-                 + (" (estimated)" if s.estimate_diameter else ""))
+                 + (" (estimated)" if s.estimate_diameter else "")
+                 + (", light particles (inverted)" if result.polarity == "light" else ""))
         if s.write_probability:
             write_mrc(out / f"{name}{PROBABILITY_SUFFIX}", prob, binned_px)
         if s.write_mask:
@@ -341,7 +360,7 @@ class PickRecorder:
                                     if picked else math.nan),
             wall_seconds_per_micrograph=(wall / len(picked) if picked else math.nan),
             wall_s=wall, threshold=s.threshold, relative_threshold=s.relative_threshold,
-            peak_quantile=s.peak_quantile, device=self.device_name,
+            peak_quantile=s.peak_quantile, polarity=s.polarity, device=self.device_name,
             output_dir=str(s.output_dir), combined_star=str(combined_path),
             failures=[r.error or r.name for r in failed],
             micrographs=[{**asdict(r), "total_s": r.total_s} for r in results])
@@ -382,6 +401,23 @@ def picking_thresholds(summary: PredictSummary) -> tuple[str, str | None]:
     return f"{np.median(values):.3g}{spread}", rule
 
 
+def picking_polarities(summary: PredictSummary) -> tuple[str, bool]:
+    """The contrast polarity the micrographs were picked in, for the summary table, and whether
+    ``auto`` chose both in one run: ``("dark", False)``; ``("auto: dark 9, light 1", True)``."""
+    if summary.polarity != "auto":
+        return summary.polarity, False
+    chosen = [m.get("polarity") for m in summary.micrographs
+              if m.get("status") == "picked" and m.get("polarity")]
+    counts = {p: chosen.count(p) for p in ("dark", "light") if p in chosen}
+    return "auto: " + (", ".join(f"{p} {n}" for p, n in counts.items()) or "–"), \
+        len(counts) > 1
+
+
+MIXED_POLARITY_NOTE = (
+    "note: polarity=auto picked some micrographs as dark particles and some as light ones; a data "
+    "set has one polarity: look at the overlays (write_overlay=true) and give polarity=dark or "
+    "polarity=light")
+
 ESTIMATED_DIAMETER_NOTE = (
     "note: the particle diameter was estimated from the network's particle cores, which have "
     "about the same size whatever the particle's size (benchmarks/diameter_cues.py): if you know "
@@ -399,6 +435,7 @@ def print_summary(summary: PredictSummary) -> None:
 
     diameter, estimated = picking_diameters(summary)
     threshold, rule = picking_thresholds(summary)
+    polarity, mixed = picking_polarities(summary)
     table = Table(title="picking summary", show_header=True)
     table.add_column("")
     table.add_column("value", justify="right")
@@ -415,6 +452,7 @@ def print_summary(summary: PredictSummary) -> None:
             ("threshold", threshold),
             *([("threshold rule", rule)] if rule else []),
             ("particle diameter (Å)", diameter),
+            ("contrast polarity", polarity),
             ("device", summary.device),
             ("combined STAR", str(summary.combined_star))]
     for key, value in rows:
@@ -422,10 +460,12 @@ def print_summary(summary: PredictSummary) -> None:
     Console(file=sys.stdout, soft_wrap=True).print(table)
     if estimated:
         print(ESTIMATED_DIAMETER_NOTE)
+    if mixed:
+        print(MIXED_POLARITY_NOTE)
     for failure in summary.failures:
         print(f"failed: {one_line(Exception(failure))}", file=sys.stderr)
 
 
-__all__ = ["ESTIMATED_DIAMETER_NOTE", "SUMMARY_NAME", "PickRecorder", "PredictSummary", "Result",
-           "picking_diameter_a", "picking_diameters", "picking_thresholds", "prepare_output_dir",
-           "print_summary"]
+__all__ = ["ESTIMATED_DIAMETER_NOTE", "MIXED_POLARITY_NOTE", "SUMMARY_NAME", "PickRecorder",
+           "PredictSummary", "Result", "picking_diameter_a", "picking_diameters",
+           "picking_polarities", "picking_thresholds", "prepare_output_dir", "print_summary"]

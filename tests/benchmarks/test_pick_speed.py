@@ -90,3 +90,15 @@ def test_one_device_loop_and_trainer_predict_are_timed_on_the_same_picks(tmp_pat
         assert len(record["runs"][path]) == 1
     assert record["saved_s_median"] == pytest.approx(
         record["lightning"]["process_s"] - record["loop"]["process_s"])
+
+
+def test_the_f1_row_names_the_thresholds_predict_picked_at():
+    import pick_speed
+
+    fixed = {"threshold": 0.125, "micrograph_thresholds": [0.125, 0.125],
+             "polarities": ["dark", "dark"]}
+    assert pick_speed.picked_at(fixed) == "threshold 0.125, stored"
+    relative = {"threshold": 0.05, "micrograph_thresholds": [0.18, 0.2, 0.19],
+                "polarities": ["dark", "light", "dark"]}
+    assert pick_speed.picked_at(relative) == "thresholds 0.18–0.2, relative; 1 light"
+    assert pick_speed.picked_at({"threshold": 0.3}) == "threshold 0.3, stored"   # older JSON

@@ -166,6 +166,9 @@ def test_headlines_summarise_the_results_they_are_given():
         "setting": "b", "f1": {"X": 0.5, "Y": 0.7}}}}}
     assert run_all._coverage_weighting(coverage) == (
         "expected F1 over CryoPPP coverages: best `a` 0.610, shipped `b` 0.600")
+    flipped = {"results": {"X": {"runs": {"inverted dark": {"f1": 0.5},
+                                          "inverted auto": {"f1": 0.75}}}}}
+    assert run_all._polarity(flipped) == "inverted F1 dark → auto: X 0.500 → 0.750"
     relative = {"families": {"fixed": {"best_on_average": "fixed 0.15", "best_score": 0.608},
                              "relative": {"best_on_average": "relative 0.3 × p90, floor 0.05",
                                           "best_score": 0.627}}}

@@ -176,6 +176,29 @@ def test_the_peak_level_is_the_quantile_of_the_particle_heights():
         particle_peak_level(prob, D, quantile=1.5)
 
 
+def test_the_polarity_is_the_one_whose_particle_peaks_are_higher_beyond_the_margin():
+    """Confident particles in one map and only weak gap peaks in the other: that map's
+    polarity; levels within the margin: dark, the polarity the network learnt."""
+    from cryoparticle.picking.extract import choose_polarity
+
+    rng = np.random.default_rng(0)
+    strong = (rng.random((H, W)) * 0.04).astype(np.float32)
+    weak = strong.copy()
+    for i in range(7):
+        disc(strong, 20 + 26 * i, 30 + 50 * (i % 2), value=0.9)
+        disc(weak, 20 + 26 * i, 30 + 50 * (i % 2), value=0.4)
+    polarity, dark, light = choose_polarity(weak, strong, D, quantile=0.9)
+    assert polarity == "light"
+    assert (dark, light) == pytest.approx((0.4, 0.9), abs=0.01)
+    assert choose_polarity(strong, weak, D)[0] == "dark"
+    almost = weak * 1.02   # 2 % higher: within the margin 1.03
+    assert choose_polarity(weak, almost, D, quantile=0.9)[0] == "dark"
+    assert choose_polarity(weak, almost, D, quantile=0.9, margin=1.0)[0] == "light"
+    assert choose_polarity(blank(), blank(), D)[0] == "dark"       # nothing either way
+    with pytest.raises(InputError, match="polarity_margin"):
+        choose_polarity(weak, strong, D, margin=0.5)
+
+
 def test_a_relative_threshold_is_a_fraction_of_the_level_never_below_the_floor():
     from cryoparticle.picking.extract import relative_threshold
 

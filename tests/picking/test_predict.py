@@ -423,6 +423,43 @@ def test_test_time_augmentation_averages_the_views_and_makes_picking_equivariant
         MicrographSegmenter(seg, 256, 16, tta="rot45")
 
 
+def test_polarity_auto_picks_an_inverted_micrograph_as_light_particles(ckpt, sims, tmp_path):
+    """The network learnt dark particles. On the micrograph inverted (light particles),
+    ``polarity=dark`` picks badly; ``auto`` segments both polarities, finds the network surer
+    of the inverted one (higher particle peak level), picks it there — the same picks as the
+    original micrograph — and says so in the summary; on the original it keeps dark."""
+    image, _ = mrcfile.read(sims[0] / "wide.mrc"), None
+    write_mrc(tmp_path / "light.mrc", -np.asarray(image, np.float32), MIC_PX)
+    truth = sims[1]["wide"].to_numpy(float)
+    picks, summaries = {}, {}
+    for label, mic, polarity in (("original", sims[0] / "wide.mrc", "dark"),
+                                 ("original_auto", sims[0] / "wide.mrc", "auto"),
+                                 ("light_dark", tmp_path / "light.mrc", "dark"),
+                                 ("light_auto", tmp_path / "light.mrc", "auto")):
+        out = tmp_path / label
+        summary = run(config(ckpt, mic, out, f"polarity={polarity}"))
+        assert summary.exit_code == 0
+        summaries[label] = summary.micrographs[0]
+        picks[label] = starfile.read(out / f"{mic.stem}.star", always_dict=True)[""][
+            ["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)
+    assert summaries["original"]["polarity"] == "dark"
+    assert summaries["original"]["polarity_levels"] is None       # one polarity segmented
+    assert summaries["original_auto"]["polarity"] == "dark"
+    dark, light = summaries["light_auto"]["polarity_levels"]
+    assert summaries["light_auto"]["polarity"] == "light" and light > 1.03 * dark
+    # inverting the micrograph swaps the two levels
+    assert (dark, light) == pytest.approx(summaries["original_auto"]["polarity_levels"][::-1],
+                                          abs=1e-4)
+    np.testing.assert_allclose(picks["light_auto"], picks["original"], atol=1e-3)
+    np.testing.assert_allclose(picks["original_auto"], picks["original"], atol=1e-3)
+    f1 = {k: 2 * np.prod(match(v, truth)) / max(sum(match(v, truth)), 1e-9)
+          for k, v in picks.items()}
+    assert f1["original"] >= 0.6 and f1["light_dark"] < f1["original"] - 0.3, f1
+    for bad in ("polarity=both", "polarity_margin=0.9", "polarity_quantile=2"):
+        with pytest.raises(InputError, match=bad.split("=")[0]):
+            run(config(ckpt, sims[0] / "wide.mrc", tmp_path / "bad", bad))
+
+
 def test_particle_diameter_px_stands_in_for_an_unknown_pixel_size(ckpt, sims, tmp_path):
     """A TIFF (no pixel size) picked with ``particle_diameter_px`` (the diameter in its pixels)
     is resampled as if its pixel size were the checkpoint's diameter over it: the same picks as
@@ -1445,3 +1482,29 @@ def test_the_summary_reports_relative_thresholds_as_median_rule_and_range(capsys
     assert picking_thresholds(summary) == ("0.125", None)
     print_summary(summary)
     assert "peak" not in capsys.readouterr().out
+
+
+def test_the_summary_counts_the_polarities_auto_chose_and_flags_a_mixed_run(capsys):
+    from cryoparticle.picking.writers import (MIXED_POLARITY_NOTE, PredictSummary,
+                                              picking_polarities, print_summary)
+
+    chosen = [{"status": "picked", "threshold": 0.1, "polarity": p}
+              for p in ("dark", "light", "dark")]
+    summary = PredictSummary(
+        n_micrographs=4, n_picked=3, n_skipped=0, n_failed=1, n_particles=0,
+        n_particles_new=0, particles_per_micrograph=0.0, seconds_per_micrograph=1.0,
+        wall_seconds_per_micrograph=1.0, wall_s=1.0, threshold=0.1, device="cpu × 1",
+        output_dir=".", combined_star="p.star", polarity="auto",
+        micrographs=[*chosen, {"status": "failed", "polarity": None}])
+    assert picking_polarities(summary) == ("auto: dark 2, light 1", True)
+    print_summary(summary)
+    out = capsys.readouterr().out
+    assert "auto: dark 2, light 1" in out and MIXED_POLARITY_NOTE.split(";")[0] in out
+    again = PredictSummary.from_json(summary.to_json())
+    assert picking_polarities(again) == ("auto: dark 2, light 1", True)
+    summary.micrographs = chosen[:1]
+    assert picking_polarities(summary) == ("auto: dark 1", False)
+    print_summary(summary)
+    assert MIXED_POLARITY_NOTE.split(";")[0] not in capsys.readouterr().out
+    summary.polarity = "light"
+    assert picking_polarities(summary) == ("light", False)
