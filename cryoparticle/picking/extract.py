@@ -310,10 +310,11 @@ def particle_peak_level(prob: Any, particle_diameter_px: float, *, quantile: flo
     0.5, the median) of the heights of its particle peaks, 0 when there is none.
 
     The peaks are the local maxima, in windows of half a diameter, of ``prob`` smoothed by a
-    Gaussian of σ = ``particle_diameter_px`` / 8 (one peak per particle, not per noisy pixel),
-    above ``min_peak`` (lower maxima are background). A network is less sure of data unlike
-    its training data, by an amount that depends on the data and on the training's seed; a
-    threshold that is a fraction of this level (:func:`relative_threshold`) follows it.
+    Gaussian of σ = ``particle_diameter_px`` / 8 (one peak per particle, not per noisy pixel;
+    a plateau of equal maxima is one peak), above ``min_peak`` (lower maxima are background).
+    A network is less sure of data unlike its training data, by an amount that depends on the
+    data and on the training's seed; a threshold that is a fraction of this level
+    (:func:`relative_threshold`) follows it.
     """
     array = _as_probability_map(prob)
     diameter = _check_fraction("particle_diameter_px", particle_diameter_px, allow_zero=False)
@@ -325,8 +326,13 @@ def particle_peak_level(prob: Any, particle_diameter_px: float, *, quantile: flo
         return 0.0
     smooth = ndimage.gaussian_filter(array.astype(np.float32), max(1.0, diameter / 8))
     window = max(3, int(diameter / 2)) | 1
-    peaks = smooth[(smooth == ndimage.maximum_filter(smooth, size=window)) & (smooth > floor)]
-    return float(np.quantile(peaks, q)) if peaks.size else 0.0
+    at_peak = (smooth == ndimage.maximum_filter(smooth, size=window)) & (smooth > floor)
+    # a flat maximum (a plateau of equal values, e.g. a constant background) is one peak
+    labels, n_peaks = ndimage.label(at_peak, structure=np.ones((3, 3), bool))
+    if not n_peaks:
+        return 0.0
+    peaks = ndimage.maximum(smooth, labels, index=np.arange(1, n_peaks + 1))
+    return float(np.quantile(peaks, q))
 
 
 def relative_threshold(peak_level: float, fraction: float, floor: float) -> float:

@@ -176,6 +176,18 @@ def test_the_peak_level_is_the_quantile_of_the_particle_heights():
         particle_peak_level(prob, D, quantile=1.5)
 
 
+def test_a_plateau_is_one_peak_so_a_flat_background_does_not_outvote_the_particles():
+    """Discs of 0.9 on a perfectly flat background of 0.1: every background pixel is a maximum
+    of its window, but the plateau counts once, so the 90th percentile is the particles'."""
+    from cryoparticle.picking.extract import particle_peak_level
+
+    prob = np.full((H, W), 0.1, np.float32)
+    for i in range(7):
+        disc(prob, 20 + 26 * i, 30 + 50 * (i % 2), value=0.9)
+    assert particle_peak_level(prob, D, quantile=0.9) == pytest.approx(0.9, abs=0.01)
+    assert particle_peak_level(prob, D, quantile=0.0) == pytest.approx(0.1, abs=0.001)
+
+
 def test_the_polarity_is_the_one_whose_particle_peaks_are_higher_beyond_the_margin():
     """Confident particles in one map and only weak gap peaks in the other: that map's
     polarity; levels within the margin: dark, the polarity the network learnt."""
