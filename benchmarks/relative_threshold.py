@@ -13,7 +13,7 @@ seeds of one recipe. This benchmark asks whether a threshold that follows the ne
 level on each micrograph transfers better: ``max(floor, fraction × level)`` (what
 ``predict.py relative_threshold=`` does), ``level`` a quantile of the heights of the particle
 peaks of the map (:func:`~cryoparticle.picking.extract.particle_peak_level`; the median, the
-75th or the 90th percentile), against fixed thresholds.
+75th, 90th or 98th percentile), against fixed thresholds.
 
 It reads the probability maps that ``leave_one_out.py`` wrote for the held-out sets in each
 ``--loo-work-dir`` (several: other seeds or recipes of the held-out models), re-extracts them at
@@ -54,9 +54,11 @@ from _common import (DATASETS, DEFAULT_DATA_DIR, DATA_DIR_HELP, add_output_optio
 
 FIXED = (0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3)
 """Fixed thresholds (the shipped model's was 0.125)."""
-FRACTIONS = {0.5: (0.4, 0.5), 0.75: (0.3, 0.4, 0.5), 0.9: (0.2, 0.25, 0.3, 0.4)}
+FRACTIONS = {0.5: (0.4, 0.5), 0.75: (0.3, 0.4, 0.5), 0.9: (0.2, 0.25, 0.3, 0.4),
+             0.98: (0.2, 0.25, 0.3)}
 """Relative rules: the threshold is one of these fractions of the micrograph's peak level, the
-level being the key's quantile of its particle peak heights ..."""
+level being the key's quantile of its particle peak heights (the 98th percentile: still a
+particle's on a sparse micrograph, where most peaks are background) ..."""
 FLOORS = (0.05, 0.075, 0.1, 0.125)
 """... but never below this floor."""
 COVERAGES = (0.3, 0.15)
