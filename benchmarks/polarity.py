@@ -57,9 +57,7 @@ def pick(ckpt: str, paths: list[Path], out: Path, polarity: str, overrides: list
          ) -> tuple[Any, dict[str, Any], float]:
     """``predict.py`` on ``paths`` with ``polarity``: its picks (micrograph = file stem), its
     summary's per-micrograph records by name, and seconds per micrograph (wall)."""
-    import pandas as pd
-
-    from cryoparticle.io.coords import read_star
+    import real_transfer
 
     cmd = [sys.executable, str(ROOT / "predict.py"), f"input=[{','.join(map(str, paths))}]",
            f"output_dir={out}", f"ckpt_path={ckpt}", f"polarity={polarity}", "overwrite=true",
@@ -69,8 +67,7 @@ def pick(ckpt: str, paths: list[Path], out: Path, polarity: str, overrides: list
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"predict.py failed ({polarity}, {out}):\n{done.stderr[-2000:]}")
-    picks = pd.concat([read_star(out / f"{p.stem}.star").assign(micrograph=p.stem)
-                       for p in paths], ignore_index=True)
+    picks = real_transfer.predict_picks(out, paths)
     records = {m["name"]: m for m in json.loads((out / "predict_summary.json").read_text())
                ["micrographs"]}
     return picks, records, wall / len(paths)

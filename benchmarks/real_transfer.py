@@ -78,6 +78,13 @@ def dataset_inputs(name: str, data_dir: Path, which: str, work: Path) -> dict[st
             "pixel_size_a": px, "diameter_px": diameter}
 
 
+def predict_picks(out: Path, paths: list[Path]) -> pd.DataFrame:
+    """The picks ``predict.py`` wrote in ``out`` for ``paths`` (``NAME.star`` each), one
+    table, ``micrograph`` the file stem."""
+    return pd.concat([read_star(out / f"{p.stem}.star", micrograph=p.stem) for p in paths],
+                     ignore_index=True)
+
+
 def picked_thresholds(out: Path) -> dict[str, Any]:
     """What ``predict.py`` (its ``predict_summary.json`` in ``out``) picked at: the fixed
     threshold, or the rule of a relative one and each micrograph's threshold, with their median
@@ -154,8 +161,7 @@ def run_ours(ckpt: str, data: dict[str, Any], out: Path, overrides: list[str] | 
     if result.returncode != 0:
         sys.exit(f"predict.py failed ({ckpt}):\n{result.stderr[-2000:]}")
     facts = load_segmenter(resolve_checkpoint(ckpt)).inference_facts()
-    picks = pd.concat([read_star(out / f"{p.stem}.star").assign(micrograph=p.stem)
-                       for p in data["paths"]], ignore_index=True)
+    picks = predict_picks(out, data["paths"])
     # the threshold predict used (the stored one, or a --predict threshold=...; the floor of a
     # relative threshold, whose picks all lie above it), in the sweep
     used = float(json.loads((out / "predict_summary.json").read_text())["threshold"])

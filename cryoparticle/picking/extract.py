@@ -348,11 +348,6 @@ def relative_threshold(peak_level: float, fraction: float, floor: float) -> floa
     return max(lowest, share * level)
 
 
-#: Contrast polarities: ``dark`` particles (darker than the ice, as in raw bright-field
-#: micrographs and as the networks here learn them) and ``light`` ones (an inverted micrograph).
-POLARITIES = ("dark", "light")
-
-
 def choose_polarity(dark: Any, light: Any, particle_diameter_px: float, *,
                     quantile: float = 0.98, margin: float = 1.03
                     ) -> tuple[str, float, float]:
@@ -394,6 +389,6 @@ def check_extraction_options(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["EXTRACTION_OPTIONS", "POLARITIES", "check_extraction_options", "choose_polarity",
+__all__ = ["EXTRACTION_OPTIONS", "check_extraction_options", "choose_polarity",
            "estimate_diameter_px", "extract_particles", "particle_peak_level",
            "relative_threshold"]

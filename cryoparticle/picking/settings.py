@@ -344,14 +344,17 @@ def _number(value: Any) -> float:
 
 def _polarity(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``polarity``, ``polarity_margin`` and ``polarity_quantile`` of the config, checked."""
+    from cryoparticle.picking.segment import POLARITY_SIGNS
+
     polarity = str(cfg.get("polarity") or "auto")
-    if polarity not in ("dark", "light", "auto"):
-        raise param_error("polarity", cfg.get("polarity"), "must be dark, light or auto")
-    margin = cfg.get("polarity_margin", 1.03)
+    if polarity not in POLARITY_SIGNS:
+        raise param_error("polarity", cfg.get("polarity"),
+                          f"must be one of {', '.join(POLARITY_SIGNS)}")
+    margin = cfg.get("polarity_margin", Settings.polarity_margin)
     margin_value = _number(margin)
     if not (math.isfinite(margin_value) and margin_value >= 1.0):
         raise param_error("polarity_margin", margin, "must be a number ≥ 1")
-    quantile = cfg.get("polarity_quantile", 0.98)
+    quantile = cfg.get("polarity_quantile", Settings.polarity_quantile)
     quantile_value = _number(quantile)
     if not 0.0 <= quantile_value <= 1.0:
         raise param_error("polarity_quantile", quantile, "must be in [0, 1]")
